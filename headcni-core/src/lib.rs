@@ -1,1 +1,16 @@
-//! placeholder
+//! # headcni-core
+//!
+//! HeadCNI's domain types and traits, free of I/O:
+//!
+//! - [`cni`]: the CNI protocol (spec 1.1.0; results convertible to 1.0.0/0.4.0/0.3.x):
+//!   versions, environment, `CNI_ARGS`, NetConf, results and error codes.
+//! - [`ipam`]: the IPAM configuration (host-local compatible), range sets, reservations,
+//!   the [`ipam::AllocationStrategy`] and [`ipam::IpamStore`] traits.
+//! - [`link`]: the [`link::LinkManager`] and [`link::RouteManager`] traits.
+//! - [`control`]: the [`control::ControlPlaneBackend`] trait.
+#![warn(missing_docs)]
+
+pub mod cni;
+pub mod control;
+pub mod ipam;
+pub mod link;

@@ -14,3 +14,4 @@ pub mod cni;
 pub mod control;
 pub mod ipam;
 pub mod link;
+pub mod plugin;

@@ -1,0 +1,146 @@
+//! The `headcni` plugin's own NetConf keys.
+
+use serde::{Deserialize, Serialize};
+
+use crate::cni::{CniError, ErrorCode, validate_ifname};
+
+/// The default bridge name.
+pub const DEFAULT_BRIDGE: &str = "headcni0";
+
+fn default_bridge() -> String {
+    DEFAULT_BRIDGE.to_owned()
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// The plugin-specific keys of a `headcni` plugin configuration (flattened into
+/// [`crate::cni::NetConf`]). Names follow the reference `bridge` plugin where they overlap.
+///
+/// ```json
+/// {"type": "headcni", "bridge": "headcni0", "mtu": 1280, "isGateway": true,
+///  "isDefaultGateway": true, "hairpinMode": false, "ipam": {"type": "headcni-ipam", ...}}
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BridgeConf {
+    /// Bridge name; default `headcni0`.
+    #[serde(default = "default_bridge")]
+    pub bridge: String,
+    /// MTU in bytes for the bridge and both veth ends; default: the kernel's (1500).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtu: Option<u32>,
+    /// Put the range gateways on the bridge and enable forwarding; default `true`.
+    #[serde(default = "default_true", rename = "isGateway")]
+    pub is_gateway: bool,
+    /// Add a default route via the gateway in the container (implies `isGateway`); default `false`.
+    #[serde(default, rename = "isDefaultGateway")]
+    pub is_default_gateway: bool,
+    /// Hairpin mode on the bridge port (a pod can reach itself through a service); default `false`.
+    #[serde(default, rename = "hairpinMode")]
+    pub hairpin_mode: bool,
+    /// Accepted for compatibility with bridge configurations; HeadCNI's masquerade is done by
+    /// the node daemon's nftables table, so this only logs a note when true.
+    #[serde(default, rename = "ipMasq")]
+    pub ip_masq: bool,
+    /// Accepted for compatibility (the node daemon's reporting socket, issue-3 feature).
+    #[serde(
+        default,
+        rename = "daemonSocket",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub daemon_socket: Option<String>,
+}
+
+impl Default for BridgeConf {
+    fn default() -> Self {
+        BridgeConf {
+            bridge: default_bridge(),
+            mtu: None,
+            is_gateway: true,
+            is_default_gateway: false,
+            hairpin_mode: false,
+            ip_masq: false,
+            daemon_socket: None,
+        }
+    }
+}
+
+/// Smallest MTU accepted (IPv4 minimum, RFC 791).
+pub const MIN_MTU: u32 = 68;
+/// Largest MTU accepted.
+pub const MAX_MTU: u32 = 65535;
+
+impl BridgeConf {
+    /// Validates the keys: a valid bridge name, an MTU in 68..=65535 (and ≥ 1280 when IPv6
+    /// addresses are configured, which the caller checks with the IPAM result). Code 7.
+    pub fn validate(&self) -> Result<(), CniError> {
+        validate_ifname(&self.bridge).map_err(|d| {
+            CniError::new(ErrorCode::InvalidConfig, "invalid bridge name").with_details(d)
+        })?;
+        if let Some(mtu) = self.mtu {
+            if !(MIN_MTU..=MAX_MTU).contains(&mtu) {
+                return Err(CniError::new(ErrorCode::InvalidConfig, "invalid mtu")
+                    .with_details(format!("{mtu} is outside {MIN_MTU}..={MAX_MTU}")));
+            }
+        }
+        Ok(())
+    }
+
+    /// `isGateway`, which `isDefaultGateway` implies.
+    pub fn gateway(&self) -> bool {
+        self.is_gateway || self.is_default_gateway
+    }
+}
+
+/// The host-side veth name of an attachment: `veth` + 11 hex digits of the FNV-1a 64 hash
+/// of `<containerID>/<ifname>`, so DEL can find it without the container's netns and two
+/// attachments collide with probability ≈ n²/2⁴⁵.
+pub fn host_veth_name(container_id: &str, ifname: &str) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in container_id.bytes().chain([b'/']).chain(ifname.bytes()) {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    format!("veth{:011x}", h >> 20)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn veth_names_are_valid_and_stable() {
+        let a = host_veth_name("abc", "eth0");
+        assert_eq!(a, host_veth_name("abc", "eth0"));
+        assert_ne!(a, host_veth_name("abc", "eth1"));
+        assert_ne!(a, host_veth_name("abd", "eth0"));
+        assert_eq!(a.len(), 15);
+        assert!(validate_ifname(&a).is_ok());
+    }
+
+    #[test]
+    fn validation() {
+        assert!(BridgeConf::default().validate().is_ok());
+        let c = BridgeConf {
+            mtu: Some(10),
+            ..Default::default()
+        };
+        assert_eq!(c.validate().unwrap_err().code, 7);
+        let c = BridgeConf {
+            bridge: "a/b".into(),
+            ..Default::default()
+        };
+        assert_eq!(c.validate().unwrap_err().code, 7);
+        let c: BridgeConf = serde_json::from_str("{}").unwrap();
+        assert_eq!(c, BridgeConf::default());
+        assert!(
+            BridgeConf {
+                is_gateway: false,
+                is_default_gateway: true,
+                ..Default::default()
+            }
+            .gateway()
+        );
+    }
+}

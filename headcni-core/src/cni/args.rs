@@ -69,9 +69,7 @@ impl CniArgs {
                 }
                 "K8S_POD_NAMESPACE" => out.k8s_pod_namespace = Some(v.to_owned()),
                 "K8S_POD_NAME" => out.k8s_pod_name = Some(v.to_owned()),
-                "K8S_POD_INFRA_CONTAINER_ID" => {
-                    out.k8s_pod_infra_container_id = Some(v.to_owned())
-                }
+                "K8S_POD_INFRA_CONTAINER_ID" => out.k8s_pod_infra_container_id = Some(v.to_owned()),
                 "K8S_POD_UID" => out.k8s_pod_uid = Some(v.to_owned()),
                 "IP" => {
                     for one in v.split(',').filter(|x| !x.is_empty()) {
@@ -93,7 +91,9 @@ impl CniArgs {
         }
         if !unknown.is_empty() && !out.ignore_unknown {
             let keys: Vec<String> = unknown.iter().map(|(k, v)| format!("{k}={v}")).collect();
-            return Err(bad(format!("unknown args {keys:?} (set IgnoreUnknown=1 to ignore them)")));
+            return Err(bad(format!(
+                "unknown args {keys:?} (set IgnoreUnknown=1 to ignore them)"
+            )));
         }
         out.unknown = unknown;
         Ok(out)

@@ -32,7 +32,12 @@ pub struct RuntimeConfig {
     #[serde(default, alias = "IPs", skip_serializing_if = "Vec::is_empty")]
     pub ips: Vec<String>,
     /// Extra range sets, prepended to the IPAM ranges (host-local semantics).
-    #[serde(default, rename = "ipRanges", alias = "IPRanges", skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        default,
+        rename = "ipRanges",
+        alias = "IPRanges",
+        skip_serializing_if = "Vec::is_empty"
+    )]
     pub ip_ranges: Vec<Vec<crate::ipam::RangeConf>>,
     /// Requested MAC address of the container interface.
     #[serde(default, alias = "MAC", skip_serializing_if = "Option::is_none")]
@@ -64,16 +69,28 @@ pub struct NetConf<P> {
     #[serde(default, rename = "runtimeConfig")]
     pub runtime_config: RuntimeConfig,
     /// The previous plugin's result (chained ADD) or the final ADD result (DEL, CHECK).
-    #[serde(default, rename = "prevResult", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        rename = "prevResult",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub prev_result: Option<Value>,
     /// The `args` key (e.g. `args.cni.ips`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub args: Option<Value>,
     /// GC: the attachments to keep (spec 1.1.0 after the rename).
-    #[serde(default, rename = "cni.dev/valid-attachments", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        rename = "cni.dev/valid-attachments",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub valid_attachments: Option<Vec<GcAttachment>>,
     /// GC: the same list under its spec-v1.1.0-tag name; libcni sends both.
-    #[serde(default, rename = "cni.dev/attachments", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        rename = "cni.dev/attachments",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub legacy_attachments: Option<Vec<GcAttachment>>,
     /// The plugin's own keys.
     #[serde(flatten)]
@@ -113,12 +130,18 @@ impl<P: DeserializeOwned> NetConf<P> {
                 .with_details(e.to_string())
         })?;
         let Some(obj) = raw.as_object() else {
-            return Err(CniError::new(ErrorCode::Decode, "network configuration is not a JSON object"));
+            return Err(CniError::new(
+                ErrorCode::Decode,
+                "network configuration is not a JSON object",
+            ));
         };
         let version = match obj.get("cniVersion") {
             None | Some(Value::Null) => {
-                return Err(CniError::new(ErrorCode::IncompatibleVersion, "incompatible CNI versions")
-                    .with_details("config has no cniVersion (0.1.0 is not supported)"));
+                return Err(CniError::new(
+                    ErrorCode::IncompatibleVersion,
+                    "incompatible CNI versions",
+                )
+                .with_details("config has no cniVersion (0.1.0 is not supported)"));
             }
             Some(Value::String(s)) => CniVersion::parse_config_version(s)?,
             Some(other) => {
@@ -130,25 +153,37 @@ impl<P: DeserializeOwned> NetConf<P> {
             match obj.get(key) {
                 Some(Value::String(_)) => {}
                 None => {
-                    return Err(CniError::new(ErrorCode::InvalidConfig, format!("network configuration has no {key:?}")));
+                    return Err(CniError::new(
+                        ErrorCode::InvalidConfig,
+                        format!("network configuration has no {key:?}"),
+                    ));
                 }
                 Some(_) => {
-                    return Err(CniError::new(ErrorCode::InvalidConfig, format!("{key:?} must be a string")));
+                    return Err(CniError::new(
+                        ErrorCode::InvalidConfig,
+                        format!("{key:?} must be a string"),
+                    ));
                 }
             }
         }
         let conf: NetConf<P> = serde_json::from_value(raw.clone()).map_err(|e| {
-            CniError::new(ErrorCode::InvalidConfig, "invalid network configuration").with_details(e.to_string())
+            CniError::new(ErrorCode::InvalidConfig, "invalid network configuration")
+                .with_details(e.to_string())
         })?;
         if !is_valid_id(&conf.name) {
-            return Err(CniError::new(ErrorCode::InvalidConfig, "invalid network name").with_details(format!(
-                "{:?} must match ^[a-zA-Z0-9][a-zA-Z0-9_.\\-]*$",
-                conf.name
-            )));
+            return Err(
+                CniError::new(ErrorCode::InvalidConfig, "invalid network name").with_details(
+                    format!("{:?} must match ^[a-zA-Z0-9][a-zA-Z0-9_.\\-]*$", conf.name),
+                ),
+            );
         }
-        if conf.plugin_type.is_empty() || conf.plugin_type.contains('/') || conf.plugin_type == ".." {
-            return Err(CniError::new(ErrorCode::InvalidConfig, "invalid plugin type")
-                .with_details(format!("{:?} is not a plugin binary name", conf.plugin_type)));
+        if conf.plugin_type.is_empty() || conf.plugin_type.contains('/') || conf.plugin_type == ".."
+        {
+            return Err(
+                CniError::new(ErrorCode::InvalidConfig, "invalid plugin type").with_details(
+                    format!("{:?} is not a plugin binary name", conf.plugin_type),
+                ),
+            );
         }
         Ok(ParsedConf { version, conf, raw })
     }
@@ -195,7 +230,10 @@ mod tests {
         assert_eq!(p.conf.plugin.bridge.as_deref(), Some("hc0"));
         assert_eq!(p.conf.plugin.mtu, Some(1280));
         assert_eq!(p.conf.runtime_config.ips, vec!["10.0.0.5/24"]);
-        assert_eq!(p.conf.runtime_config.mac.as_deref(), Some("02:00:00:00:00:09"));
+        assert_eq!(
+            p.conf.runtime_config.mac.as_deref(),
+            Some("02:00:00:00:00:09")
+        );
         assert!(p.conf.runtime_config.other.contains_key("portMappings"));
         assert_eq!(p.conf.gc_valid_attachments().unwrap()[0].container_id, "a");
         assert_eq!(p.raw["unknownKey"], true);
@@ -205,12 +243,45 @@ mod tests {
     fn error_codes() {
         assert_eq!(NetConf::<Mine>::parse(b"{not json").unwrap_err().code, 6);
         assert_eq!(NetConf::<Mine>::parse(b"[1]").unwrap_err().code, 6);
-        assert_eq!(parse(json!({"name": "n", "type": "t"})).unwrap_err().code, 1);
-        assert_eq!(parse(json!({"cniVersion": "9.9.9", "name": "n", "type": "t"})).unwrap_err().code, 1);
-        assert_eq!(parse(json!({"cniVersion": 1, "name": "n", "type": "t"})).unwrap_err().code, 6);
-        assert_eq!(parse(json!({"cniVersion": "1.0.0", "type": "t"})).unwrap_err().code, 7);
-        assert_eq!(parse(json!({"cniVersion": "1.0.0", "name": "../x", "type": "t"})).unwrap_err().code, 7);
-        assert_eq!(parse(json!({"cniVersion": "1.0.0", "name": "n", "type": "a/b"})).unwrap_err().code, 7);
-        assert_eq!(parse(json!({"cniVersion": "1.0.0", "name": "n", "type": "t", "mtu": "big"})).unwrap_err().code, 7);
+        assert_eq!(
+            parse(json!({"name": "n", "type": "t"})).unwrap_err().code,
+            1
+        );
+        assert_eq!(
+            parse(json!({"cniVersion": "9.9.9", "name": "n", "type": "t"}))
+                .unwrap_err()
+                .code,
+            1
+        );
+        assert_eq!(
+            parse(json!({"cniVersion": 1, "name": "n", "type": "t"}))
+                .unwrap_err()
+                .code,
+            6
+        );
+        assert_eq!(
+            parse(json!({"cniVersion": "1.0.0", "type": "t"}))
+                .unwrap_err()
+                .code,
+            7
+        );
+        assert_eq!(
+            parse(json!({"cniVersion": "1.0.0", "name": "../x", "type": "t"}))
+                .unwrap_err()
+                .code,
+            7
+        );
+        assert_eq!(
+            parse(json!({"cniVersion": "1.0.0", "name": "n", "type": "a/b"}))
+                .unwrap_err()
+                .code,
+            7
+        );
+        assert_eq!(
+            parse(json!({"cniVersion": "1.0.0", "name": "n", "type": "t", "mtu": "big"}))
+                .unwrap_err()
+                .code,
+            7
+        );
     }
 }

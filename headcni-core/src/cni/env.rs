@@ -131,7 +131,12 @@ impl CniEnv {
         let netns = get("CNI_NETNS").map(PathBuf::from);
         let ifname = get("CNI_IFNAME");
         let path: Vec<PathBuf> = get("CNI_PATH")
-            .map(|p| p.split(':').filter(|s| !s.is_empty()).map(PathBuf::from).collect())
+            .map(|p| {
+                p.split(':')
+                    .filter(|s| !s.is_empty())
+                    .map(PathBuf::from)
+                    .collect()
+            })
             .unwrap_or_default();
 
         if command.is_attachment_verb() {
@@ -139,13 +144,13 @@ impl CniEnv {
                 .as_deref()
                 .ok_or_else(|| env_err("CNI_CONTAINERID is not set"))?;
             if !is_valid_id(cid) {
-                return Err(env_err("CNI_CONTAINERID is invalid").with_details(format!(
-                    "{cid:?} must match ^[a-zA-Z0-9][a-zA-Z0-9_.\\-]*$"
-                )));
+                return Err(env_err("CNI_CONTAINERID is invalid")
+                    .with_details(format!("{cid:?} must match ^[a-zA-Z0-9][a-zA-Z0-9_.\\-]*$")));
             }
-            let ifn = ifname.as_deref().ok_or_else(|| env_err("CNI_IFNAME is not set"))?;
-            validate_ifname(ifn)
-                .map_err(|d| env_err("CNI_IFNAME is invalid").with_details(d))?;
+            let ifn = ifname
+                .as_deref()
+                .ok_or_else(|| env_err("CNI_IFNAME is not set"))?;
+            validate_ifname(ifn).map_err(|d| env_err("CNI_IFNAME is invalid").with_details(d))?;
             if command != Command::Del && netns.is_none() {
                 return Err(env_err("CNI_NETNS is not set"));
             }
@@ -201,7 +206,11 @@ mod tests {
         assert_eq!(e.command, Command::Add);
         assert_eq!(e.path.len(), 2);
         for missing in ["CNI_CONTAINERID", "CNI_NETNS", "CNI_IFNAME", "CNI_COMMAND"] {
-            let v: Vec<_> = base.iter().filter(|(k, _)| *k != missing).copied().collect();
+            let v: Vec<_> = base
+                .iter()
+                .filter(|(k, _)| *k != missing)
+                .copied()
+                .collect();
             let err = env(&v).unwrap_err();
             assert_eq!(err.code, 4);
             assert!(err.msg.contains(missing), "{err:?}");
@@ -225,7 +234,13 @@ mod tests {
 
     #[test]
     fn invalid_values() {
-        for (cid, ifn) in [("-x", "eth0"), ("a b", "eth0"), ("a", "0123456789abcdef"), ("a", "e/0"), ("a", "..")] {
+        for (cid, ifn) in [
+            ("-x", "eth0"),
+            ("a b", "eth0"),
+            ("a", "0123456789abcdef"),
+            ("a", "e/0"),
+            ("a", ".."),
+        ] {
             let r = env(&[
                 ("CNI_COMMAND", "ADD"),
                 ("CNI_CONTAINERID", cid),

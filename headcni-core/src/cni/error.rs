@@ -127,6 +127,14 @@ mod tests {
         let e = e.with_details("x");
         assert_eq!(e.to_json("1.0.0")["details"], "x");
         assert_eq!(e.exit_code(), 4);
-        assert_eq!(CniError { code: 999, msg: String::new(), details: String::new() }.exit_code(), 1);
+        assert_eq!(
+            CniError {
+                code: 999,
+                msg: String::new(),
+                details: String::new()
+            }
+            .exit_code(),
+            1
+        );
     }
 }

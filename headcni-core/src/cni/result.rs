@@ -24,7 +24,11 @@ pub struct Interface {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sandbox: Option<String>,
     /// vhost-user socket path (1.1.0).
-    #[serde(default, rename = "socketPath", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        rename = "socketPath",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub socket_path: Option<String>,
     /// PCI ID of a device (1.1.0).
     #[serde(default, rename = "pciID", skip_serializing_if = "Option::is_none")]
@@ -162,8 +166,10 @@ impl CniResult {
     /// (`ip4`/`ip6`) or a shape that does not fit is a decode error (code 6).
     pub fn from_json(v: &Value) -> Result<CniResult, CniError> {
         if v.get("ip4").is_some() || v.get("ip6").is_some() {
-            return Err(CniError::new(ErrorCode::Decode, "unsupported result format")
-                .with_details("results of CNI 0.1.0/0.2.0 (ip4/ip6) are not supported"));
+            return Err(
+                CniError::new(ErrorCode::Decode, "unsupported result format")
+                    .with_details("results of CNI 0.1.0/0.2.0 (ip4/ip6) are not supported"),
+            );
         }
         serde_json::from_value(v.clone()).map_err(|e| {
             CniError::new(ErrorCode::Decode, "failed to decode result").with_details(e.to_string())
@@ -198,7 +204,12 @@ mod tests {
     fn sample() -> CniResult {
         CniResult {
             interfaces: vec![
-                Interface { name: "headcni0".into(), mac: Some("02:00:00:00:00:01".into()), mtu: Some(1280), ..Default::default() },
+                Interface {
+                    name: "headcni0".into(),
+                    mac: Some("02:00:00:00:00:01".into()),
+                    mtu: Some(1280),
+                    ..Default::default()
+                },
                 Interface {
                     name: "eth0".into(),
                     mac: Some("02:00:00:00:00:02".into()),
@@ -208,10 +219,21 @@ mod tests {
                 },
             ],
             ips: vec![
-                IpConfig { interface: Some(1), address: "10.244.1.5/24".parse().unwrap(), gateway: Some("10.244.1.1".parse().unwrap()) },
-                IpConfig { interface: Some(1), address: "fd00:244::5/64".parse().unwrap(), gateway: None },
+                IpConfig {
+                    interface: Some(1),
+                    address: "10.244.1.5/24".parse().unwrap(),
+                    gateway: Some("10.244.1.1".parse().unwrap()),
+                },
+                IpConfig {
+                    interface: Some(1),
+                    address: "fd00:244::5/64".parse().unwrap(),
+                    gateway: None,
+                },
             ],
-            routes: vec![Route { mtu: Some(1280), ..Route::new("0.0.0.0/0".parse().unwrap(), None) }],
+            routes: vec![Route {
+                mtu: Some(1280),
+                ..Route::new("0.0.0.0/0".parse().unwrap(), None)
+            }],
             dns: Dns::default(),
         }
     }
@@ -249,9 +271,19 @@ mod tests {
                 }
                 expect.routes[0].mtu = None;
             }
-            assert_eq!(CniResult::from_json(&sample().to_json(ver)).unwrap(), expect, "{ver}");
+            assert_eq!(
+                CniResult::from_json(&sample().to_json(ver)).unwrap(),
+                expect,
+                "{ver}"
+            );
         }
-        assert_eq!(CniResult::from_json(&json!({"ip4": {}})).unwrap_err().code, 6);
-        assert_eq!(CniResult::from_json(&json!({"ips": 3})).unwrap_err().code, 6);
+        assert_eq!(
+            CniResult::from_json(&json!({"ip4": {}})).unwrap_err().code,
+            6
+        );
+        assert_eq!(
+            CniResult::from_json(&json!({"ips": 3})).unwrap_err().code,
+            6
+        );
     }
 }

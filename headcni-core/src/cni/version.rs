@@ -78,14 +78,13 @@ impl CniVersion {
                     .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
         };
         if well_formed {
-            Err(CniError::new(
-                ErrorCode::IncompatibleVersion,
-                "incompatible CNI versions",
+            Err(
+                CniError::new(ErrorCode::IncompatibleVersion, "incompatible CNI versions")
+                    .with_details(format!(
+                        "config is {s:?}, plugin supports {:?}",
+                        SUPPORTED_VERSIONS.map(CniVersion::as_str)
+                    )),
             )
-            .with_details(format!(
-                "config is {s:?}, plugin supports {:?}",
-                SUPPORTED_VERSIONS.map(CniVersion::as_str)
-            )))
         } else {
             Err(CniError::new(ErrorCode::Decode, "invalid cniVersion")
                 .with_details(format!("{s:?} is not a version string")))
@@ -160,11 +159,20 @@ mod tests {
 
     #[test]
     fn config_version_errors_carry_spec_codes() {
-        assert_eq!(CniVersion::parse_config_version("99.0.0").unwrap_err().code, 1);
-        assert_eq!(CniVersion::parse_config_version("0.2.0").unwrap_err().code, 1);
+        assert_eq!(
+            CniVersion::parse_config_version("99.0.0").unwrap_err().code,
+            1
+        );
+        assert_eq!(
+            CniVersion::parse_config_version("0.2.0").unwrap_err().code,
+            1
+        );
         assert_eq!(CniVersion::parse_config_version("one").unwrap_err().code, 6);
         assert_eq!(CniVersion::parse_config_version("1.0").unwrap_err().code, 6);
-        assert_eq!(CniVersion::parse_config_version("1.0.0").unwrap(), CniVersion::V1_0_0);
+        assert_eq!(
+            CniVersion::parse_config_version("1.0.0").unwrap(),
+            CniVersion::V1_0_0
+        );
     }
 
     #[test]

@@ -32,7 +32,11 @@ pub struct RangeConf {
     /// The subnet, e.g. `10.244.1.0/24`; host bits must be zero.
     pub subnet: IpNetwork,
     /// First allocatable address; default: network + 1.
-    #[serde(default, rename = "rangeStart", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        rename = "rangeStart",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub range_start: Option<IpAddr>,
     /// Last allocatable address; default: the last address (minus broadcast for IPv4).
     #[serde(default, rename = "rangeEnd", skip_serializing_if = "Option::is_none")]
@@ -56,7 +60,11 @@ pub struct IpamConf {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub subnet: Option<IpNetwork>,
     /// Legacy form's `rangeStart`.
-    #[serde(default, rename = "rangeStart", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        rename = "rangeStart",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub range_start: Option<IpAddr>,
     /// Legacy form's `rangeEnd`.
     #[serde(default, rename = "rangeEnd", skip_serializing_if = "Option::is_none")]
@@ -71,7 +79,11 @@ pub struct IpamConf {
     #[serde(default, rename = "dataDir", skip_serializing_if = "Option::is_none")]
     pub data_dir: Option<PathBuf>,
     /// A resolv.conf whose settings go into the result's `dns`.
-    #[serde(default, rename = "resolvConf", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        rename = "resolvConf",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub resolv_conf: Option<PathBuf>,
     /// HeadCNI extension: the allocation strategy; default `sequential`.
     #[serde(default)]
@@ -213,7 +225,11 @@ pub trait IpamStore {
     /// Reserves one address per range set for `att`. Idempotent: if `att` already holds
     /// reservations they are returned unchanged. `requested` addresses (at most one per set)
     /// are reserved instead of chosen ones. On error nothing stays reserved.
-    fn allocate(&self, att: &Attachment, requested: &[IpAddr]) -> Result<Vec<Reservation>, IpamError>;
+    fn allocate(
+        &self,
+        att: &Attachment,
+        requested: &[IpAddr],
+    ) -> Result<Vec<Reservation>, IpamError>;
     /// The reservations held by `att` (empty if none).
     fn find(&self, att: &Attachment) -> Result<Vec<Reservation>, IpamError>;
     /// Releases every reservation of `att`; returns the released addresses (empty if none).
@@ -222,4 +238,524 @@ pub trait IpamStore {
     fn gc(&self, valid: &[Attachment]) -> Result<Vec<IpAddr>, IpamError>;
     /// Per range set usage.
     fn usage(&self) -> Result<Vec<PoolUsage>, IpamError>;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Address arithmetic and configuration validation (host-local `allocator/range.go`,
+// `allocator/range_set.go`, `allocator/config.go`).
+// ---------------------------------------------------------------------------------------------
+
+/// The address as a 128-bit unsigned integer (IPv4 in the low 32 bits).
+pub fn ip_to_u128(ip: IpAddr) -> u128 {
+    match ip {
+        IpAddr::V4(a) => u128::from(u32::from(a)),
+        IpAddr::V6(a) => u128::from(a),
+    }
+}
+
+/// The inverse of [`ip_to_u128`]: an IPv4 address when `v4` (the value is truncated to its
+/// low 32 bits), otherwise an IPv6 address.
+pub fn u128_to_ip(v: u128, v4: bool) -> IpAddr {
+    if v4 {
+        IpAddr::V4(std::net::Ipv4Addr::from(v as u32))
+    } else {
+        IpAddr::V6(std::net::Ipv6Addr::from(v))
+    }
+}
+
+fn cfg_err(msg: impl Into<String>) -> IpamError {
+    IpamError::Config(msg.into())
+}
+
+/// First and last address of `net` as integers.
+fn net_bounds(net: &IpNetwork) -> (u128, u128) {
+    let bits: u32 = if net.is_ipv4() { 32 } else { 128 };
+    let host_bits = bits - u32::from(net.prefix());
+    let base = ip_to_u128(net.ip());
+    let host_mask: u128 = if host_bits == 128 {
+        u128::MAX
+    } else {
+        (1u128 << host_bits) - 1
+    };
+    let first = base & !host_mask;
+    (first, first | host_mask)
+}
+
+fn same_family(a: IpAddr, b: IpAddr) -> bool {
+    a.is_ipv4() == b.is_ipv4()
+}
+
+impl RangeConf {
+    /// Validates one range and fills in host-local's defaults: `rangeStart` = network + 1,
+    /// `rangeEnd` = last address (IPv4: minus the broadcast address), `gateway` = network + 1.
+    ///
+    /// Errors ([`IpamError::Config`]): a subnet with fewer than 4 addresses (/31, /32, /127,
+    /// /128), host bits set, `rangeStart`/`rangeEnd`/`gateway` outside the subnet (or of the
+    /// other family), `rangeStart` > `rangeEnd`.
+    pub fn validate(&self) -> Result<IpRange, IpamError> {
+        let subnet = self.subnet;
+        let v4 = subnet.is_ipv4();
+        let max_prefix = if v4 { 30 } else { 126 };
+        if subnet.prefix() > max_prefix {
+            return Err(cfg_err(format!(
+                "network {subnet} too small to allocate from"
+            )));
+        }
+        let (first, last) = net_bounds(&subnet);
+        if ip_to_u128(subnet.ip()) != first {
+            return Err(cfg_err(format!("network {subnet} has host bits set")));
+        }
+        let inside =
+            |ip: IpAddr| same_family(ip, subnet.ip()) && (first..=last).contains(&ip_to_u128(ip));
+        let start = match self.range_start {
+            Some(s) if !inside(s) => {
+                return Err(cfg_err(format!("rangeStart {s} not in network {subnet}")));
+            }
+            Some(s) => s,
+            None => u128_to_ip(first + 1, v4),
+        };
+        let end = match self.range_end {
+            Some(e) if !inside(e) => {
+                return Err(cfg_err(format!("rangeEnd {e} not in network {subnet}")));
+            }
+            Some(e) => e,
+            None => u128_to_ip(if v4 { last - 1 } else { last }, v4),
+        };
+        if ip_to_u128(start) > ip_to_u128(end) {
+            return Err(cfg_err(format!(
+                "rangeStart {start} is after rangeEnd {end} in {subnet}"
+            )));
+        }
+        let gateway = match self.gateway {
+            Some(g) if !inside(g) => {
+                return Err(cfg_err(format!("gateway {g} not in network {subnet}")));
+            }
+            Some(g) => g,
+            None => u128_to_ip(first + 1, v4),
+        };
+        Ok(IpRange {
+            subnet,
+            start,
+            end,
+            gateway: Some(gateway),
+        })
+    }
+}
+
+impl IpamConf {
+    /// Parses the raw `ipam` object of a network configuration.
+    ///
+    /// Errors: [`IpamError::Config`] when the value does not have the shape of an
+    /// [`IpamConf`] (a missing `type`, a bad subnet, a key of the wrong type).
+    pub fn parse(value: &serde_json::Value) -> Result<IpamConf, IpamError> {
+        serde_json::from_value(value.clone()).map_err(|e| cfg_err(e.to_string()))
+    }
+
+    /// The validated range sets, in host-local's order: the legacy single range
+    /// (`subnet`/`rangeStart`/`rangeEnd`/`gateway`) as set 0 when `subnet` is given, then
+    /// `runtime_ip_ranges` (`runtimeConfig.ipRanges`, prepended to the configured sets), then
+    /// `ranges`. Source: host-local `allocator/config.go` `LoadIPAMConfig`.
+    ///
+    /// Errors ([`IpamError::Config`]): no range set at all, an empty set, an invalid range
+    /// ([`RangeConf::validate`]), mixed address families inside one set, ranges that overlap
+    /// (within a set or across sets).
+    pub fn range_sets(
+        &self,
+        runtime_ip_ranges: &[Vec<RangeConf>],
+    ) -> Result<Vec<RangeSet>, IpamError> {
+        let mut confs: Vec<Vec<RangeConf>> = Vec::new();
+        if let Some(subnet) = self.subnet {
+            confs.push(vec![RangeConf {
+                subnet,
+                range_start: self.range_start,
+                range_end: self.range_end,
+                gateway: self.gateway,
+            }]);
+        }
+        confs.extend(runtime_ip_ranges.iter().cloned());
+        confs.extend(self.ranges.iter().cloned());
+        if confs.is_empty() {
+            return Err(cfg_err("no IP ranges specified"));
+        }
+        let mut sets = Vec::with_capacity(confs.len());
+        for (i, set) in confs.iter().enumerate() {
+            if set.is_empty() {
+                return Err(cfg_err(format!("range set {i} is empty")));
+            }
+            let ranges = set
+                .iter()
+                .map(RangeConf::validate)
+                .collect::<Result<Vec<_>, _>>()?;
+            let v4 = ranges[0].subnet.is_ipv4();
+            if ranges.iter().any(|r| r.subnet.is_ipv4() != v4) {
+                return Err(cfg_err(format!("range set {i} mixes address families")));
+            }
+            sets.push(RangeSet { ranges });
+        }
+        let all: Vec<(usize, &IpRange)> = sets
+            .iter()
+            .enumerate()
+            .flat_map(|(i, s)| s.ranges.iter().map(move |r| (i, r)))
+            .collect();
+        for (a, (ia, ra)) in all.iter().enumerate() {
+            for (ib, rb) in &all[a + 1..] {
+                if ra.overlaps(rb) {
+                    let where_ = if ia == ib {
+                        format!("in range set {ia}")
+                    } else {
+                        format!("in range sets {ia} and {ib}")
+                    };
+                    return Err(cfg_err(format!(
+                        "ranges {}-{} and {}-{} overlap {where_}",
+                        ra.start, ra.end, rb.start, rb.end
+                    )));
+                }
+            }
+        }
+        Ok(sets)
+    }
+}
+
+impl IpRange {
+    /// `true` for an IPv4 range.
+    pub fn is_ipv4(&self) -> bool {
+        self.subnet.is_ipv4()
+    }
+
+    /// `true` if `ip` lies in `start..=end` (gateway, network and broadcast included: this is
+    /// host-local's `Range.Contains`, used to route requested addresses to a set).
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        same_family(ip, self.start)
+            && (ip_to_u128(self.start)..=ip_to_u128(self.end)).contains(&ip_to_u128(ip))
+    }
+
+    /// `true` if the `start..=end` intervals of two ranges of the same family intersect.
+    pub fn overlaps(&self, other: &IpRange) -> bool {
+        same_family(self.start, other.start)
+            && ip_to_u128(self.start) <= ip_to_u128(other.end)
+            && ip_to_u128(other.start) <= ip_to_u128(self.end)
+    }
+
+    /// The addresses of `start..=end` that are never allocated, as sorted integers: the network
+    /// address, the IPv4 broadcast address and the gateway (each only if inside the range).
+    pub fn excluded(&self) -> Vec<u128> {
+        let (first, last) = net_bounds(&self.subnet);
+        let (s, e) = (ip_to_u128(self.start), ip_to_u128(self.end));
+        let mut x = vec![first];
+        if self.is_ipv4() {
+            x.push(last);
+        }
+        if let Some(g) = self.gateway {
+            x.push(ip_to_u128(g));
+        }
+        x.retain(|v| (s..=e).contains(v));
+        x.sort_unstable();
+        x.dedup();
+        x
+    }
+
+    /// Number of allocatable addresses: `end - start + 1` minus [`IpRange::excluded`].
+    pub fn len(&self) -> u128 {
+        let span = ip_to_u128(self.end) - ip_to_u128(self.start); // size - 1, cannot overflow
+        let ex = self.excluded().len() as u128;
+        // span + 1 - ex, computed without overflowing when span == u128::MAX (then ex >= 1).
+        (span - ex.saturating_sub(1)).saturating_add(u128::from(ex == 0))
+    }
+
+    /// `true` when the range has no allocatable address.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The 0-based position of `ip` among the range's allocatable addresses, or `None` when
+    /// `ip` is outside `start..=end` or excluded.
+    pub fn position(&self, ip: IpAddr) -> Option<u128> {
+        if !self.contains(ip) {
+            return None;
+        }
+        let v = ip_to_u128(ip);
+        let ex = self.excluded();
+        if ex.contains(&v) {
+            return None;
+        }
+        let below = ex.iter().filter(|&&e| e < v).count() as u128;
+        Some(v - ip_to_u128(self.start) - below)
+    }
+
+    /// The allocatable address at `pos` (< [`IpRange::len`]).
+    pub fn address(&self, pos: u128) -> Option<IpAddr> {
+        if pos >= self.len() {
+            return None;
+        }
+        let mut a = ip_to_u128(self.start) + pos;
+        for e in self.excluded() {
+            if e <= a {
+                a += 1;
+            }
+        }
+        Some(u128_to_ip(a, self.is_ipv4()))
+    }
+}
+
+impl RangeSet {
+    /// `true` for an IPv4 set.
+    pub fn is_ipv4(&self) -> bool {
+        self.ranges.first().is_some_and(IpRange::is_ipv4)
+    }
+
+    /// Number of allocatable addresses over all ranges; saturates at `u128::MAX`.
+    pub fn len(&self) -> u128 {
+        self.ranges
+            .iter()
+            .fold(0u128, |acc, r| acc.saturating_add(r.len()))
+    }
+
+    /// `true` when the set has no allocatable address.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The range whose `start..=end` contains `ip` (host-local `RangeSet.RangeFor`).
+    pub fn range_for(&self, ip: IpAddr) -> Option<&IpRange> {
+        self.ranges.iter().find(|r| r.contains(ip))
+    }
+
+    /// `true` if some range's `start..=end` contains `ip`.
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        self.range_for(ip).is_some()
+    }
+
+    /// The set-wide position of `ip` (ranges in configuration order), or `None` when `ip` is
+    /// not allocatable in this set.
+    pub fn position(&self, ip: IpAddr) -> Option<u128> {
+        let mut base = 0u128;
+        for r in &self.ranges {
+            if let Some(p) = r.position(ip) {
+                return base.checked_add(p);
+            }
+            base = base.saturating_add(r.len());
+        }
+        None
+    }
+
+    /// The allocatable address at set-wide position `pos` and its range.
+    pub fn address(&self, pos: u128) -> Option<(IpAddr, &IpRange)> {
+        let mut p = pos;
+        for r in &self.ranges {
+            let l = r.len();
+            if p < l {
+                return r.address(p).map(|a| (a, r));
+            }
+            p -= l;
+        }
+        None
+    }
+
+    /// The position host-local's round-robin iterator resumes after when
+    /// `last_reserved_ip.<i>` holds `ip`: the position of `ip` itself, or for an excluded
+    /// address inside a range (e.g. the gateway) the position just before the next allocatable
+    /// address (wrapping). `None` when `ip` is not in the set (iteration then starts at
+    /// position 0 = `rangeStart` of the first range).
+    pub fn resume_position(&self, ip: IpAddr) -> Option<u128> {
+        if let Some(p) = self.position(ip) {
+            return Some(p);
+        }
+        let len = self.len();
+        if len == 0 {
+            return None;
+        }
+        let mut base = 0u128;
+        for r in &self.ranges {
+            if r.contains(ip) {
+                let v = ip_to_u128(ip);
+                let ex = r.excluded();
+                let below = ex.iter().filter(|&&e| e < v).count() as u128;
+                // allocatable addresses of r strictly below ip
+                let next = base + (v - ip_to_u128(r.start) - below);
+                return Some((next + len - 1) % len);
+            }
+            base = base.saturating_add(r.len());
+        }
+        None
+    }
+
+    /// host-local's description of the set for error messages: `start-end,start-end`.
+    pub fn describe(&self) -> String {
+        self.ranges
+            .iter()
+            .map(|r| format!("{}-{}", r.start, r.end))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+}
+
+#[cfg(test)]
+mod validation_tests {
+    use super::*;
+    use serde_json::json;
+
+    fn conf(v: serde_json::Value) -> IpamConf {
+        IpamConf::parse(&v).unwrap()
+    }
+    fn sets(v: serde_json::Value) -> Result<Vec<RangeSet>, IpamError> {
+        conf(v).range_sets(&[])
+    }
+    fn err(v: serde_json::Value) -> String {
+        match sets(v) {
+            Err(IpamError::Config(m)) => m,
+            other => panic!("expected a config error, got {other:?}"),
+        }
+    }
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn defaults_v4_and_v6() {
+        let s = sets(json!({"type": "host-local", "ranges": [[{"subnet": "10.1.0.0/24"}], [{"subnet": "fd00::/120"}]]})).unwrap();
+        let r = &s[0].ranges[0];
+        assert_eq!(
+            (r.start, r.end, r.gateway),
+            (ip("10.1.0.1"), ip("10.1.0.254"), Some(ip("10.1.0.1")))
+        );
+        assert_eq!(s[0].len(), 253);
+        assert_eq!(s[0].address(0).unwrap().0, ip("10.1.0.2"));
+        let r6 = &s[1].ranges[0];
+        assert_eq!((r6.start, r6.end), (ip("fd00::1"), ip("fd00::ff")));
+        assert_eq!(s[1].len(), 254);
+    }
+
+    #[test]
+    fn legacy_then_runtime_then_ranges() {
+        let c = conf(
+            json!({"type": "host-local", "subnet": "10.9.0.0/24", "rangeStart": "10.9.0.10",
+            "ranges": [[{"subnet": "10.2.0.0/24"}]]}),
+        );
+        let rt = vec![vec![RangeConf {
+            subnet: "10.3.0.0/24".parse().unwrap(),
+            range_start: None,
+            range_end: None,
+            gateway: None,
+        }]];
+        let s = c.range_sets(&rt).unwrap();
+        let subnets: Vec<String> = s.iter().map(|x| x.ranges[0].subnet.to_string()).collect();
+        assert_eq!(subnets, ["10.9.0.0/24", "10.3.0.0/24", "10.2.0.0/24"]);
+        assert_eq!(s[0].ranges[0].start, ip("10.9.0.10"));
+    }
+
+    #[test]
+    fn too_small_subnets() {
+        for n in ["10.0.0.0/31", "10.0.0.0/32", "fd00::/127", "fd00::/128"] {
+            assert!(
+                err(json!({"type": "x", "ranges": [[{"subnet": n}]]})).contains("too small"),
+                "{n}"
+            );
+        }
+        assert!(sets(json!({"type": "x", "ranges": [[{"subnet": "10.0.0.0/30"}]]})).is_ok());
+        assert!(sets(json!({"type": "x", "ranges": [[{"subnet": "fd00::/126"}]]})).is_ok());
+    }
+
+    #[test]
+    fn host_bits() {
+        assert!(
+            err(json!({"type": "x", "ranges": [[{"subnet": "10.0.0.5/24"}]]}))
+                .contains("host bits")
+        );
+    }
+
+    #[test]
+    fn start_end_outside_or_reversed() {
+        assert!(err(json!({"type": "x", "ranges": [[{"subnet": "10.0.0.0/24", "rangeStart": "10.0.1.1"}]]})).contains("rangeStart"));
+        assert!(err(json!({"type": "x", "ranges": [[{"subnet": "10.0.0.0/24", "rangeEnd": "10.0.1.1"}]]})).contains("rangeEnd"));
+        assert!(
+            err(
+                json!({"type": "x", "ranges": [[{"subnet": "10.0.0.0/24", "rangeEnd": "fd00::1"}]]})
+            )
+            .contains("rangeEnd")
+        );
+        assert!(err(json!({"type": "x", "ranges": [[{"subnet": "10.0.0.0/24", "rangeStart": "10.0.0.9", "rangeEnd": "10.0.0.8"}]]})).contains("after"));
+    }
+
+    #[test]
+    fn gateway_outside() {
+        assert!(
+            err(
+                json!({"type": "x", "ranges": [[{"subnet": "10.0.0.0/24", "gateway": "10.0.1.1"}]]})
+            )
+            .contains("gateway")
+        );
+    }
+
+    #[test]
+    fn overlaps_within_and_across() {
+        assert!(err(json!({"type": "x", "ranges": [[{"subnet": "10.0.0.0/24"}, {"subnet": "10.0.0.0/25"}]]})).contains("in range set 0"));
+        assert!(err(json!({"type": "x", "ranges": [[{"subnet": "10.0.0.0/24"}], [{"subnet": "10.0.0.128/25"}]]})).contains("range sets 0 and 1"));
+        // Same subnet, disjoint ranges: fine.
+        assert!(
+            sets(
+                json!({"type": "x", "ranges": [[{"subnet": "10.0.0.0/24", "rangeEnd": "10.0.0.100"},
+            {"subnet": "10.0.0.0/24", "rangeStart": "10.0.0.101"}]]})
+            )
+            .is_ok()
+        );
+    }
+
+    #[test]
+    fn mixed_families_and_empty() {
+        assert!(err(json!({"type": "x", "ranges": [[{"subnet": "10.0.0.0/24"}, {"subnet": "fd00::/64"}]]})).contains("families"));
+        assert!(err(json!({"type": "x"})).contains("no IP ranges"));
+        assert!(err(json!({"type": "x", "ranges": [[]]})).contains("empty"));
+        assert!(matches!(
+            IpamConf::parse(&json!({"ranges": 3})),
+            Err(IpamError::Config(_))
+        ));
+    }
+
+    #[test]
+    fn never_network_broadcast_gateway() {
+        // The range explicitly covers the whole /29, gateway .3.
+        let s = sets(
+            json!({"type": "x", "ranges": [[{"subnet": "10.0.0.0/29", "rangeStart": "10.0.0.0",
+            "rangeEnd": "10.0.0.7", "gateway": "10.0.0.3"}]]}),
+        )
+        .unwrap();
+        let all: Vec<IpAddr> = (0..s[0].len())
+            .map(|p| s[0].address(p).unwrap().0)
+            .collect();
+        let want: Vec<IpAddr> = ["10.0.0.1", "10.0.0.2", "10.0.0.4", "10.0.0.5", "10.0.0.6"]
+            .iter()
+            .map(|x| ip(x))
+            .collect();
+        assert_eq!(all, want);
+        for (p, a) in all.iter().enumerate() {
+            assert_eq!(s[0].position(*a), Some(p as u128));
+        }
+        for x in ["10.0.0.0", "10.0.0.3", "10.0.0.7", "10.0.0.8"] {
+            assert_eq!(s[0].position(ip(x)), None, "{x}");
+        }
+        // Resuming after the gateway continues with .4; after the broadcast wraps to .1.
+        assert_eq!(s[0].resume_position(ip("10.0.0.3")), Some(1));
+        assert_eq!(s[0].resume_position(ip("10.0.0.7")), Some(4));
+        assert_eq!(s[0].resume_position(ip("10.0.0.0")), Some(4));
+        assert_eq!(s[0].resume_position(ip("10.9.0.0")), None);
+    }
+
+    #[test]
+    fn multi_range_positions_and_describe() {
+        let s = sets(json!({"type": "x", "ranges": [[{"subnet": "10.0.0.0/30"}, {"subnet": "10.0.1.0/30"}]]})).unwrap();
+        assert_eq!(s[0].len(), 2);
+        assert_eq!(s[0].address(1).unwrap().0, ip("10.0.1.2"));
+        assert_eq!(s[0].position(ip("10.0.1.2")), Some(1));
+        assert_eq!(s[0].describe(), "10.0.0.1-10.0.0.2,10.0.1.1-10.0.1.2");
+    }
+
+    #[test]
+    fn huge_v6() {
+        let s = sets(json!({"type": "x", "ranges": [[{"subnet": "::/0"}]]})).unwrap();
+        assert_eq!(s[0].len(), u128::MAX - 1);
+        let s = sets(json!({"type": "x", "ranges": [[{"subnet": "fd00::/64"}]]})).unwrap();
+        assert_eq!(s[0].len(), (1u128 << 64) - 2);
+        let last = s[0].address((1u128 << 64) - 3).unwrap().0;
+        assert_eq!(last, ip("fd00::ffff:ffff:ffff:ffff"));
+    }
 }

@@ -150,12 +150,12 @@ impl CniResult {
             strip_keys(&mut v["interfaces"], &V11_INTERFACE_KEYS);
             strip_keys(&mut v["routes"], &V11_ROUTE_KEYS);
         }
-        if version.has_ip_version_field() {
-            if let Value::Array(ips) = &mut v["ips"] {
-                for (ip, cfg) in ips.iter_mut().zip(&self.ips) {
-                    let fam = if cfg.address.is_ipv4() { "4" } else { "6" };
-                    ip["version"] = Value::String(fam.into());
-                }
+        if version.has_ip_version_field()
+            && let Value::Array(ips) = &mut v["ips"]
+        {
+            for (ip, cfg) in ips.iter_mut().zip(&self.ips) {
+                let fam = if cfg.address.is_ipv4() { "4" } else { "6" };
+                ip["version"] = Value::String(fam.into());
             }
         }
         v

@@ -78,11 +78,11 @@ impl BridgeConf {
         validate_ifname(&self.bridge).map_err(|d| {
             CniError::new(ErrorCode::InvalidConfig, "invalid bridge name").with_details(d)
         })?;
-        if let Some(mtu) = self.mtu {
-            if !(MIN_MTU..=MAX_MTU).contains(&mtu) {
-                return Err(CniError::new(ErrorCode::InvalidConfig, "invalid mtu")
-                    .with_details(format!("{mtu} is outside {MIN_MTU}..={MAX_MTU}")));
-            }
+        if let Some(mtu) = self.mtu
+            && !(MIN_MTU..=MAX_MTU).contains(&mtu)
+        {
+            return Err(CniError::new(ErrorCode::InvalidConfig, "invalid mtu")
+                .with_details(format!("{mtu} is outside {MIN_MTU}..={MAX_MTU}")));
         }
         Ok(())
     }

@@ -142,12 +142,11 @@ fn bridge_addresses(conf: &BridgeConf, ipam: &CniResult) -> Vec<IpNetwork> {
         return out;
     }
     for ip in &ipam.ips {
-        if let Some(gw) = ip.gateway {
-            if let Ok(n) = IpNetwork::new(gw, ip.address.prefix()) {
-                if !out.contains(&n) {
-                    out.push(n);
-                }
-            }
+        if let Some(gw) = ip.gateway
+            && let Ok(n) = IpNetwork::new(gw, ip.address.prefix())
+            && !out.contains(&n)
+        {
+            out.push(n);
         }
     }
     out
@@ -186,10 +185,8 @@ where
                     Err(e) => tracing_note("rollback: opening the host namespace failed", &e),
                 }
             }
-            if fresh {
-                if let Err(e) = ipam.del().await {
-                    tracing_note("rollback: releasing the IP reservation failed", &e);
-                }
+            if fresh && let Err(e) = ipam.del().await {
+                tracing_note("rollback: releasing the IP reservation failed", &e);
             }
             Err(err)
         }
@@ -210,11 +207,12 @@ async fn add_links<N: Namespaces + ?Sized>(
             "IPAM returned no addresses",
         ));
     }
-    if let Some(mtu) = conf.mtu {
-        if mtu < 1280 && ipam_res.ips.iter().any(|ip| ip.address.is_ipv6()) {
-            return Err(CniError::new(ErrorCode::InvalidConfig, "invalid mtu")
-                .with_details(format!("{mtu} is below 1280, the IPv6 minimum")));
-        }
+    if let Some(mtu) = conf.mtu
+        && mtu < 1280
+        && ipam_res.ips.iter().any(|ip| ip.address.is_ipv6())
+    {
+        return Err(CniError::new(ErrorCode::InvalidConfig, "invalid mtu")
+            .with_details(format!("{mtu} is below 1280, the IPv6 minimum")));
     }
     let host = ns.host().await?;
     let bridge = host
@@ -399,13 +397,13 @@ where
     match host.link(&host_name).await? {
         None => problems.push(format!("host veth {host_name:?} is missing")),
         Some(l) => {
-            if let Some(b) = &bridge {
-                if l.master != Some(b.index) {
-                    problems.push(format!(
-                        "host veth {host_name:?} is not a port of {:?}",
-                        conf.bridge
-                    ));
-                }
+            if let Some(b) = &bridge
+                && l.master != Some(b.index)
+            {
+                problems.push(format!(
+                    "host veth {host_name:?} is not a port of {:?}",
+                    conf.bridge
+                ));
             }
             if host.hairpin(&host_name).await? != conf.hairpin_mode {
                 problems.push(format!(
@@ -423,21 +421,21 @@ where
             req.ifname
         )),
         Some(l) => {
-            if let Some(mac) = &want.mac {
-                if l.mac.as_deref() != Some(mac.as_str()) {
-                    problems.push(format!(
-                        "interface {:?} has MAC {:?}, prevResult says {mac}",
-                        req.ifname, l.mac
-                    ));
-                }
+            if let Some(mac) = &want.mac
+                && l.mac.as_deref() != Some(mac.as_str())
+            {
+                problems.push(format!(
+                    "interface {:?} has MAC {:?}, prevResult says {mac}",
+                    req.ifname, l.mac
+                ));
             }
-            if let Some(mtu) = conf.mtu {
-                if l.mtu != mtu {
-                    problems.push(format!(
-                        "interface {:?} has MTU {}, config says {mtu}",
-                        req.ifname, l.mtu
-                    ));
-                }
+            if let Some(mtu) = conf.mtu
+                && l.mtu != mtu
+            {
+                problems.push(format!(
+                    "interface {:?} has MTU {}, config says {mtu}",
+                    req.ifname, l.mtu
+                ));
             }
             let have = c.addresses(req.ifname).await?;
             for ip in req.prev.ips.iter().filter(|ip| ip.interface == Some(cidx)) {

@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# The README's test command: installs what the tests need, then runs formatting, lints, the
+# whole test suite (unit, property, real-namespace integration and interop tests) and a short
+# fuzzing run of every fuzz target. Needs root (network namespaces, veth, bridges).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+FUZZ_SECONDS="${FUZZ_SECONDS:-20}"
+
+if [[ $EUID -ne 0 ]]; then
+    echo "scripts/test.sh: run as root (the integration tests create network namespaces)" >&2
+    exit 1
+fi
+
+# Debian packages: reference CNI plugins (interop and chaining tests), iproute2, nftables,
+# iptables (used by the reference portmap plugin).
+need=()
+for pkg in containernetworking-plugins iproute2 nftables iptables; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need+=("$pkg")
+done
+if ((${#need[@]})); then
+    echo "== installing ${need[*]}" >&2
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+if ! command -v cargo-fuzz >/dev/null 2>&1 && [[ ! -x "$HOME/.cargo/bin/cargo-fuzz" ]]; then
+    echo "== installing cargo-fuzz" >&2
+    cargo install cargo-fuzz --locked --quiet
+fi
+export PATH="$HOME/.cargo/bin:$PATH"
+
+echo "== cargo fmt --check" >&2
+cargo fmt --all -- --check
+echo "== cargo clippy" >&2
+cargo clippy --workspace --all-targets --quiet -- -D warnings
+echo "== cargo test" >&2
+cargo test --workspace --quiet -- --test-threads=4
+
+echo "== fuzzing (${FUZZ_SECONDS}s per target)" >&2
+fuzz_toolchain=()
+if rustup toolchain list 2>/dev/null | grep -q '^nightly'; then
+    fuzz_toolchain=(+nightly)
+else
+    export RUSTC_BOOTSTRAP=1
+fi
+(
+    cd fuzz
+    for target in $(cargo "${fuzz_toolchain[@]}" fuzz list); do
+        echo "-- fuzz $target" >&2
+        cargo "${fuzz_toolchain[@]}" fuzz run "$target" -- -max_total_time="$FUZZ_SECONDS" -rss_limit_mb=2048 2>&1 | tail -n 3
+    done
+)
+echo "== all tests passed" >&2

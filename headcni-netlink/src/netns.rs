@@ -1,0 +1,310 @@
+//! Network namespace helpers (`ip netns` semantics, identity checks, running code inside a
+//! namespace).
+//!
+//! Every function that enters a namespace does so on a **freshly spawned OS thread** which
+//! exits when the work is done, so no thread of the caller (and in particular no tokio worker
+//! or blocking-pool thread) ever changes namespace. Sources: `setns(2)`, `unshare(2)`,
+//! `namespaces(7)`, `ip-netns(8)`.
+
+use std::fs::{self, DirBuilder, OpenOptions};
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use headcni_core::link::LinkError;
+use nix::errno::Errno;
+use nix::mount::{MntFlags, MsFlags};
+use nix::sched::CloneFlags;
+
+/// Directory holding named network namespaces (bind mounts), as used by `ip netns`.
+pub const NETNS_RUN_DIR: &str = "/run/netns";
+
+/// The calling process's network namespace.
+const SELF_NETNS: &str = "/proc/self/ns/net";
+
+/// Errors of the namespace helpers.
+#[derive(Debug, thiserror::Error)]
+pub enum NetnsError {
+    /// The path does not exist, is not an nsfs file, is not a *network* namespace, or could
+    /// not be entered.
+    #[error("network namespace {path}: {reason}")]
+    Invalid {
+        /// The namespace path.
+        path: PathBuf,
+        /// Why it is unusable.
+        reason: String,
+    },
+    /// A namespace name is empty, too long, or contains `/` or NUL, or is `.`/`..`.
+    #[error("invalid network namespace name {0:?}")]
+    InvalidName(String),
+    /// `create_named` found `/run/netns/<name>` already present.
+    #[error("network namespace {0:?} already exists")]
+    AlreadyExists(String),
+    /// A file-system, mount or thread operation failed.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// The error.
+        #[source]
+        source: io::Error,
+    },
+    /// The closure run inside the namespace panicked.
+    #[error("thread inside network namespace {0} panicked")]
+    Panicked(PathBuf),
+}
+
+impl From<NetnsError> for LinkError {
+    fn from(e: NetnsError) -> LinkError {
+        match e {
+            NetnsError::Invalid { path, reason } => LinkError::Netns { path, reason },
+            NetnsError::Io { what, source } => LinkError::Io { what, source },
+            other => LinkError::Io {
+                what: "network namespace".to_owned(),
+                source: io::Error::other(other.to_string()),
+            },
+        }
+    }
+}
+
+fn io_err(what: impl Into<String>, source: impl Into<io::Error>) -> NetnsError {
+    NetnsError::Io {
+        what: what.into(),
+        source: source.into(),
+    }
+}
+
+fn invalid(path: &Path, reason: impl Into<String>) -> NetnsError {
+    NetnsError::Invalid {
+        path: path.to_path_buf(),
+        reason: reason.into(),
+    }
+}
+
+/// Opens `path` and checks that it is a network namespace: an nsfs file (`statfs` magic
+/// `NSFS_MAGIC`) whose `NS_GET_NSTYPE` is `CLONE_NEWNET`.
+///
+/// Errors: [`NetnsError::Invalid`] when missing or not a network namespace.
+pub(crate) fn open(path: &Path) -> Result<OwnedFd, NetnsError> {
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_CLOEXEC)
+        .open(path)
+        .map_err(|e| invalid(path, e.to_string()))?;
+    let fd: OwnedFd = file.into();
+    let st = nix::sys::statfs::fstatfs(&fd).map_err(|e| invalid(path, e.desc()))?;
+    if st.filesystem_type() != nix::sys::statfs::NSFS_MAGIC {
+        return Err(invalid(path, "not a namespace file (not on nsfs)"));
+    }
+    // SAFETY: NS_GET_NSTYPE takes no argument and only reads the fd, which is valid for
+    // the duration of the call.
+    let ty = unsafe { libc::ioctl(fd.as_raw_fd(), libc::NS_GET_NSTYPE) };
+    if ty < 0 {
+        return Err(invalid(path, io::Error::last_os_error().to_string()));
+    }
+    if ty != libc::CLONE_NEWNET {
+        return Err(invalid(path, "not a network namespace"));
+    }
+    Ok(fd)
+}
+
+/// Enters the network namespace `fd` on the **current** thread. Only call this on a thread
+/// spawned for the purpose.
+pub(crate) fn enter(fd: &OwnedFd, path: &Path) -> Result<(), NetnsError> {
+    nix::sched::setns(fd.as_fd(), CloneFlags::CLONE_NEWNET)
+        .map_err(|e| invalid(path, format!("setns: {}", e.desc())))
+}
+
+/// Whether `path` refers to the calling process's own network namespace (same device and
+/// inode as `/proc/self/ns/net`). The CNI spec forbids configuring the plugin's own netns.
+///
+/// Errors: [`NetnsError::Invalid`] if `path` cannot be `stat`ed; [`NetnsError::Io`] if
+/// `/proc/self/ns/net` cannot.
+pub fn is_current(path: impl AsRef<Path>) -> Result<bool, NetnsError> {
+    let path = path.as_ref();
+    let target = fs::metadata(path).map_err(|e| invalid(path, e.to_string()))?;
+    let own = fs::metadata(SELF_NETNS).map_err(|e| io_err(format!("stat {SELF_NETNS}"), e))?;
+    Ok(target.dev() == own.dev() && target.ino() == own.ino())
+}
+
+/// Whether `path` exists and is a network namespace (nsfs file of type `CLONE_NEWNET`,
+/// e.g. an `ip netns` bind mount or `/proc/<pid>/ns/net`).
+pub fn exists(path: impl AsRef<Path>) -> bool {
+    open(path.as_ref()).is_ok()
+}
+
+/// `/run/netns/<name>` after validating `name` (non-empty, ≤ 255 bytes, no `/` or NUL,
+/// not `.` or `..`).
+///
+/// Errors: [`NetnsError::InvalidName`].
+pub fn named_path(name: &str) -> Result<PathBuf, NetnsError> {
+    if name.is_empty()
+        || name.len() > 255
+        || name == "."
+        || name == ".."
+        || name.contains('/')
+        || name.contains('\0')
+    {
+        return Err(NetnsError::InvalidName(name.to_owned()));
+    }
+    Ok(Path::new(NETNS_RUN_DIR).join(name))
+}
+
+/// Serialises the `/run/netns` mount setup within this process.
+static RUN_DIR_SETUP: Mutex<()> = Mutex::new(());
+
+/// Makes `/run/netns` exist and be a shared mount point, like `ip netns add` does:
+/// `mount --make-rshared /run/netns`, and if it is not a mount point yet, bind-mount it onto
+/// itself first.
+fn prepare_run_dir() -> Result<(), NetnsError> {
+    let _guard = RUN_DIR_SETUP.lock().unwrap_or_else(|p| p.into_inner());
+    DirBuilder::new()
+        .recursive(true)
+        .mode(0o755)
+        .create(NETNS_RUN_DIR)
+        .map_err(|e| io_err(format!("create {NETNS_RUN_DIR}"), e))?;
+    let make_shared = || {
+        nix::mount::mount(
+            Some("none"),
+            NETNS_RUN_DIR,
+            None::<&str>,
+            MsFlags::MS_SHARED | MsFlags::MS_REC,
+            None::<&str>,
+        )
+    };
+    match make_shared() {
+        Ok(()) => Ok(()),
+        Err(Errno::EINVAL) => {
+            // Not a mount point yet: bind it onto itself, then make it shared.
+            nix::mount::mount(
+                Some(NETNS_RUN_DIR),
+                NETNS_RUN_DIR,
+                Some("none"),
+                MsFlags::MS_BIND | MsFlags::MS_REC,
+                None::<&str>,
+            )
+            .map_err(|e| io_err(format!("bind mount {NETNS_RUN_DIR}"), e))?;
+            make_shared().map_err(|e| io_err(format!("make {NETNS_RUN_DIR} shared"), e))
+        }
+        Err(e) => Err(io_err(format!("make {NETNS_RUN_DIR} shared"), e)),
+    }
+}
+
+/// Creates a new, empty network namespace pinned at `/run/netns/<name>` (`ip netns add`
+/// semantics, usable with `ip netns exec` afterwards) and returns that path.
+///
+/// A fresh thread calls `unshare(CLONE_NEWNET)` and bind-mounts `/proc/thread-self/ns/net`
+/// onto the file, then exits. The new namespace has only a `lo` link, down.
+///
+/// Errors: [`NetnsError::InvalidName`], [`NetnsError::AlreadyExists`], [`NetnsError::Io`]
+/// (needs `CAP_SYS_ADMIN`).
+pub fn create_named(name: &str) -> Result<PathBuf, NetnsError> {
+    let path = named_path(name)?;
+    prepare_run_dir()?;
+    match OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o000)
+        .custom_flags(libc::O_CLOEXEC)
+        .open(&path)
+    {
+        Ok(_) => {}
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+            return Err(NetnsError::AlreadyExists(name.to_owned()));
+        }
+        Err(e) => return Err(io_err(format!("create {}", path.display()), e)),
+    }
+    let target = path.clone();
+    let result = std::thread::Builder::new()
+        .name("netns-create".to_owned())
+        .spawn(move || -> Result<(), NetnsError> {
+            nix::sched::unshare(CloneFlags::CLONE_NEWNET)
+                .map_err(|e| io_err("unshare(CLONE_NEWNET)", e))?;
+            nix::mount::mount(
+                Some("/proc/thread-self/ns/net"),
+                &target,
+                Some("none"),
+                MsFlags::MS_BIND,
+                None::<&str>,
+            )
+            .map_err(|e| io_err(format!("bind mount netns onto {}", target.display()), e))
+        })
+        .map_err(|e| io_err("spawn netns thread", e))
+        .and_then(|t| t.join().unwrap_or(Err(NetnsError::Panicked(path.clone()))));
+    if let Err(e) = result {
+        let _ = fs::remove_file(&path);
+        return Err(e);
+    }
+    Ok(path)
+}
+
+/// Deletes the named network namespace `/run/netns/<name>` (`ip netns del` semantics):
+/// `umount2(MNT_DETACH)` and unlink. The namespace itself disappears once nothing else
+/// references it. `Ok(())` if it does not exist.
+///
+/// Errors: [`NetnsError::InvalidName`], [`NetnsError::Io`].
+pub fn delete_named(name: &str) -> Result<(), NetnsError> {
+    let path = named_path(name)?;
+    match nix::mount::umount2(&path, MntFlags::MNT_DETACH) {
+        Ok(()) | Err(Errno::EINVAL) | Err(Errno::ENOENT) => {}
+        Err(e) => return Err(io_err(format!("umount {}", path.display()), e)),
+    }
+    match fs::remove_file(&path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(io_err(format!("remove {}", path.display()), e)),
+    }
+}
+
+/// Runs `f` on a freshly spawned OS thread that has entered the network namespace at
+/// `path`, waits for it (blocking the caller) and returns its result. The thread exits
+/// afterwards, so nothing else ever runs in that namespace by accident. Use it for sysctls
+/// (`/proc/sys/net/...` resolves against the opening thread's netns), pings from a lab, etc.
+///
+/// Errors: [`NetnsError::Invalid`] (missing / not a netns / setns failed),
+/// [`NetnsError::Io`] (thread spawn), [`NetnsError::Panicked`] if `f` panicked.
+pub fn run_in_netns<T, F>(path: impl AsRef<Path>, f: F) -> Result<T, NetnsError>
+where
+    T: Send,
+    F: FnOnce() -> T + Send,
+{
+    let path = path.as_ref();
+    let fd = open(path)?;
+    std::thread::scope(|scope| {
+        let handle = std::thread::Builder::new()
+            .name("netns-run".to_owned())
+            .spawn_scoped(scope, || -> Result<T, NetnsError> {
+                enter(&fd, path)?;
+                Ok(f())
+            })
+            .map_err(|e| io_err("spawn netns thread", e))?;
+        handle
+            .join()
+            .unwrap_or_else(|_| Err(NetnsError::Panicked(path.to_path_buf())))
+    })
+}
+
+/// Async variant used by the handles: runs `f` on a fresh OS thread inside the namespace
+/// `fd` and awaits the result without blocking the runtime.
+pub(crate) async fn run_in_fd<T, F>(
+    fd: std::sync::Arc<OwnedFd>,
+    path: PathBuf,
+    f: F,
+) -> Result<T, NetnsError>
+where
+    T: Send + 'static,
+    F: FnOnce() -> T + Send + 'static,
+{
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let thread_path = path.clone();
+    std::thread::Builder::new()
+        .name("netns-run".to_owned())
+        .spawn(move || {
+            let r = enter(&fd, &thread_path).map(|()| f());
+            let _ = tx.send(r);
+        })
+        .map_err(|e| io_err("spawn netns thread", e))?;
+    rx.await.unwrap_or(Err(NetnsError::Panicked(path)))
+}

@@ -1,0 +1,143 @@
+//! Namespace helpers and namespace-bound handles (run as root).
+
+mod common;
+
+use std::path::Path;
+
+use common::TestNs;
+use headcni_core::link::{LinkError, LinkManager};
+use headcni_netlink::{NetlinkHandle, NetnsError, netns};
+
+fn read_sysctl(ns: &TestNs, path: &'static str) -> String {
+    netns::run_in_netns(&ns.path, move || std::fs::read_to_string(path))
+        .expect("enter netns")
+        .expect("read sysctl")
+        .trim()
+        .to_owned()
+}
+
+#[test]
+fn create_exists_delete_named() {
+    let ns = TestNs::new("named");
+    assert!(ns.path.starts_with(netns::NETNS_RUN_DIR));
+    assert!(netns::exists(&ns.path));
+    // Usable by iproute2 afterwards.
+    assert!(ns.exec_ok(&["ip", "link", "show", "lo"]));
+    assert!(matches!(
+        netns::create_named(&ns.name),
+        Err(NetnsError::AlreadyExists(_))
+    ));
+    netns::delete_named(&ns.name).expect("delete");
+    assert!(!netns::exists(&ns.path));
+    assert!(!ns.path.exists());
+    // Deleting again is fine.
+    netns::delete_named(&ns.name).expect("delete twice");
+}
+
+#[test]
+fn invalid_names_and_paths() {
+    for bad in ["", ".", "..", "a/b", "x\0y"] {
+        assert!(matches!(
+            netns::create_named(bad),
+            Err(NetnsError::InvalidName(_))
+        ));
+    }
+    assert!(!netns::exists("/nonexistent/hcnl"));
+    // A regular file and a mount namespace are not network namespaces.
+    assert!(!netns::exists("/proc/self/status"));
+    assert!(!netns::exists("/proc/self/ns/mnt"));
+    assert!(netns::exists("/proc/self/ns/net"));
+    assert!(matches!(
+        netns::run_in_netns("/proc/self/ns/mnt", || ()),
+        Err(NetnsError::Invalid { .. })
+    ));
+}
+
+#[test]
+fn is_current_distinguishes_namespaces() {
+    let ns = TestNs::new("cur");
+    assert!(netns::is_current("/proc/self/ns/net").expect("self"));
+    assert!(netns::is_current(format!("/proc/{}/ns/net", std::process::id())).expect("pid"));
+    assert!(!netns::is_current(&ns.path).expect("test ns"));
+    // Inside the test namespace the thread's own netns is the test one, not the process's.
+    let inside = netns::run_in_netns(&ns.path, || {
+        netns::is_current("/proc/thread-self/ns/net").expect("thread-self")
+    })
+    .expect("run");
+    assert!(!inside);
+    assert!(netns::is_current("/nonexistent/hcnl").is_err());
+}
+
+#[test]
+fn run_in_netns_leaves_caller_thread_alone() {
+    let ns = TestNs::new("run");
+    let before = std::fs::read_link("/proc/thread-self/ns/net").expect("readlink");
+    let inside = netns::run_in_netns(&ns.path, || {
+        std::fs::read_link("/proc/thread-self/ns/net").expect("readlink")
+    })
+    .expect("run");
+    let after = std::fs::read_link("/proc/thread-self/ns/net").expect("readlink");
+    assert_eq!(before, after);
+    assert_ne!(before, inside);
+    // /proc/self/net follows the process (thread-group leader); /proc/thread-self/net
+    // follows the thread that entered the namespace.
+    let lo = netns::run_in_netns(&ns.path, || {
+        std::fs::read_to_string("/proc/thread-self/net/dev").expect("read net/dev")
+    })
+    .expect("run");
+    assert!(lo.contains("lo:"));
+    assert_eq!(lo.lines().count(), 3, "fresh netns has only lo: {lo}");
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn for_netns_on_deleted_or_bogus_path_is_netns_error() {
+    let ns = TestNs::new("gone");
+    let path = ns.path.clone();
+    drop(ns);
+    match NetlinkHandle::for_netns(&path).await {
+        Err(LinkError::Netns { path: p, .. }) => assert_eq!(p, path),
+        other => panic!("expected Netns error, got {other:?}"),
+    }
+    assert!(matches!(
+        NetlinkHandle::for_netns(Path::new("/proc/self/status")).await,
+        Err(LinkError::Netns { .. })
+    ));
+    assert!(matches!(
+        NetlinkHandle::for_netns(Path::new("/proc/self/ns/uts")).await,
+        Err(LinkError::Netns { .. })
+    ));
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn handle_is_bound_to_its_namespace() {
+    let ns = TestNs::new("bound");
+    let h = NetlinkHandle::for_netns(&ns.path).await.expect("handle");
+    assert_eq!(h.netns_path(), Some(ns.path.as_path()));
+    let lo = h.link("lo").await.expect("link").expect("lo exists");
+    assert_eq!(lo.index, 1);
+    assert!(!lo.up, "lo of a fresh netns is down");
+    assert!(h.link("eth0").await.expect("link").is_none());
+    // The calling thread is still in the process's namespace.
+    assert!(netns::is_current("/proc/thread-self/ns/net").expect("thread-self"));
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn enable_forwarding_in_test_netns_only() {
+    let host_v4 = std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward").expect("read");
+    let ns = TestNs::new("fwd");
+    assert_eq!(read_sysctl(&ns, "/proc/sys/net/ipv4/ip_forward"), "0");
+    let h = NetlinkHandle::for_netns(&ns.path).await.expect("handle");
+    h.enable_forwarding(true, true).await.expect("enable");
+    assert_eq!(read_sysctl(&ns, "/proc/sys/net/ipv4/ip_forward"), "1");
+    assert_eq!(
+        read_sysctl(&ns, "/proc/sys/net/ipv6/conf/all/forwarding"),
+        "1"
+    );
+    // Idempotent.
+    h.enable_forwarding(true, true).await.expect("enable again");
+    // The host's value is untouched.
+    assert_eq!(
+        std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward").expect("read"),
+        host_v4
+    );
+}

@@ -11,3 +11,6 @@ pub mod strategy;
 
 pub use pool::{DensePool, Pool, SparsePool};
 pub use strategy::{DensePack, Random, Sequential, strategy};
+pub mod store;
+
+pub use store::{Owner, Store};

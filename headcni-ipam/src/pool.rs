@@ -15,6 +15,14 @@ use headcni_core::ipam::PoolView;
 /// Largest set (in positions) kept as a bitmap; above it [`SparsePool`] is used.
 pub const DENSE_MAX: u128 = 1 << 20;
 
+/// The padding bits of the last word of a `len`-position bitmap.
+fn pad_mask(len: u64) -> u64 {
+    match len % 64 {
+        0 => 0,
+        rem => !0u64 << rem,
+    }
+}
+
 /// Bitmap + Fenwick tree over the 64-bit words. Padding bits past `len` are permanently set so
 /// every word has 64 positions.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -31,11 +39,8 @@ impl DensePool {
     pub fn new(len: u64) -> DensePool {
         let nwords = len.div_ceil(64) as usize;
         let mut words = vec![0u64; nwords];
-        let rem = len % 64;
-        if rem != 0 {
-            if let Some(last) = words.last_mut() {
-                *last = !0u64 << rem;
-            }
+        if let Some(last) = words.last_mut() {
+            *last = pad_mask(len);
         }
         let mut p = DensePool {
             len,
@@ -50,11 +55,8 @@ impl DensePool {
     /// The bitmap as little-endian 64-bit words with the padding bits cleared (the on-disk form).
     pub fn to_words(&self) -> Vec<u64> {
         let mut w = self.words.clone();
-        let rem = self.len % 64;
-        if rem != 0 {
-            if let Some(last) = w.last_mut() {
-                *last &= !(!0u64 << rem);
-            }
+        if let Some(last) = w.last_mut() {
+            *last &= !pad_mask(self.len);
         }
         w
     }
@@ -70,17 +72,12 @@ impl DensePool {
             words,
             fen: Vec::new(),
         };
-        let rem = len % 64;
-        if rem != 0 {
-            if let Some(last) = p.words.last_mut() {
-                *last &= !(!0u64 << rem);
-            }
+        if let Some(last) = p.words.last_mut() {
+            *last &= !pad_mask(len);
         }
         p.allocated = p.words.iter().map(|w| u64::from(w.count_ones())).sum();
-        if rem != 0 {
-            if let Some(last) = p.words.last_mut() {
-                *last |= !0u64 << rem;
-            }
+        if let Some(last) = p.words.last_mut() {
+            *last |= pad_mask(len);
         }
         p.rebuild_fenwick();
         Some(p)

@@ -1,0 +1,1372 @@
+//! The on-disk address store: host-local's layout (`backend/disk`) plus an O(1) index.
+//!
+//! # Layout of `<dataDir>/<network>/`
+//!
+//! Shared with host-local, byte for byte:
+//! - `<ip>`: one file per reserved address, named by the canonical address (IPv6 lower-case
+//!   compressed), content `<containerID>\r\n<ifname>` without a trailing newline (legacy
+//!   content: just `<containerID>`), mode 0600. Its `O_CREAT|O_EXCL` creation *is* the
+//!   reservation, so HeadCNI and host-local can never hand out one address twice.
+//! - `last_reserved_ip.<i>`: the last address reserved in range set `i` (also requested ones).
+//! - `lock`: empty; `flock(LOCK_EX)` on it guards every mutation (host-local takes it too).
+//!
+//! HeadCNI's own index, in `.headcni/` (host-local walks it recursively on DEL, so every index
+//! file starts with a NUL byte: a container ID comes from an environment variable and can never
+//! contain NUL, so no index file can ever match host-local's release-by-content):
+//! - `.headcni/att/<name>`: per attachment, the addresses it holds (`name` encodes
+//!   `(containerID, ifname)`; legacy cid-only reservations use an empty ifname). This makes the
+//!   duplicate check of ADD and the lookup of DEL O(1) instead of a directory walk.
+//! - `.headcni/index`: per range set a summary of the allocated positions (a bitmap for sets
+//!   up to 2^20 addresses, a run list above), a fingerprint of the set's configuration, the
+//!   *stamps* (inode, mtime, ctime in ns) of the network directory and of `.headcni/att` taken
+//!   after HeadCNI's last mutation, and a FNV-1a checksum.
+//!
+//! # Consistency
+//!
+//! Under the lock, an operation loads the index and compares the stamps with the directories.
+//! Any change HeadCNI did not record (host-local reserving or releasing, a HeadCNI process
+//! killed between creating a file and committing the index, a deleted or edited att file, a
+//! corrupted index, another range configuration) shows up as a stamp, checksum or fingerprint
+//! mismatch and triggers a *rebuild*: one scan of the directory (the reservation files are the
+//! truth) that rewrites the summary and only the att files that differ. Kernel ≥ 6.13
+//! multigrain timestamps (ext4, xfs, btrfs, tmpfs) guarantee that a change after our `stat`
+//! gets a different mtime. Independently, every reservation is still an `O_EXCL` create, so a
+//! stale index can at worst propose a taken address (the create fails, the address is marked and
+//! the next one is tried, and the next operation rebuilds) or hide a free one until the next
+//! rebuild: it can never cause a double allocation. Att entries are verified against the
+//! reservation files they list before they are trusted.
+//!
+//! Cost: with a current index, ADD and DEL read and write a constant number of small files
+//! (the summary is `len / 8` bytes for a dense set: 8 KiB for a /16), independent of the
+//! number of reservations. Only a rebuild and GC are O(reservations).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs::{self, File, OpenOptions};
+use std::io::{ErrorKind, Write};
+use std::net::IpAddr;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use headcni_core::ipam::{
+    AllocationStrategy, Attachment, IpRange, IpamError, IpamStore, PoolUsage, PoolView, RangeSet,
+    Reservation, Strategy,
+};
+use ipnetwork::IpNetwork;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use crate::pool::{DensePool, Pool, SparsePool};
+
+/// Name of HeadCNI's index directory inside the network directory.
+pub const INDEX_DIR: &str = ".headcni";
+const ATT_DIR: &str = "att";
+const INDEX_FILE: &str = "index";
+const LOCK_FILE: &str = "lock";
+const LAST_IP_PREFIX: &str = "last_reserved_ip.";
+const INDEX_MAGIC: &[u8] = b"\0HEADCNI-IPAM-INDEX-1\n";
+const ATT_MAGIC: &str = "\0headcni-att 1";
+
+fn io_err(path: &Path, source: std::io::Error) -> IpamError {
+    IpamError::Store {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+fn fnv1a(data: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in data {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
+}
+
+/// Who holds a reservation file, from its content (host-local `backend/disk`).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Owner {
+    /// `<containerID>\r\n<ifname>`.
+    Full {
+        /// Container ID (trimmed).
+        cid: String,
+        /// Interface name.
+        ifname: String,
+    },
+    /// Legacy content: just `<containerID>`.
+    Legacy(String),
+}
+
+impl Owner {
+    /// Parses a reservation file's content like host-local compares it (`TrimSpace` of the
+    /// whole content). `None` when it is not UTF-8, empty, or not one of the two shapes.
+    pub fn parse(content: &[u8]) -> Option<Owner> {
+        let s = std::str::from_utf8(content).ok()?.trim();
+        if s.is_empty() {
+            return None;
+        }
+        let bad = |x: &str| x.is_empty() || x.chars().any(|c| c.is_whitespace() || c.is_control());
+        match s.split_once("\r\n") {
+            Some((c, i)) if !bad(c) && !bad(i) => Some(Owner::Full {
+                cid: c.to_owned(),
+                ifname: i.to_owned(),
+            }),
+            Some(_) => None,
+            None if !bad(s) => Some(Owner::Legacy(s.to_owned())),
+            None => None,
+        }
+    }
+
+    /// The file content host-local writes for `att`: `TrimSpace(cid) + "\r\n" + ifname`.
+    pub fn content(att: &Attachment) -> String {
+        format!("{}\r\n{}", att.container_id.trim(), att.ifname)
+    }
+
+    fn key(&self) -> (String, String) {
+        match self {
+            Owner::Full { cid, ifname } => (cid.clone(), ifname.clone()),
+            Owner::Legacy(cid) => (cid.clone(), String::new()),
+        }
+    }
+}
+
+/// Escapes a string for a file name and a line of an att file: `[A-Za-z0-9.-]` kept, every
+/// other byte as `_xx`.
+fn enc(s: &str) -> String {
+    let mut o = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b == b'.' || b == b'-' {
+            o.push(char::from(b));
+        } else {
+            o.push_str(&format!("_{b:02x}"));
+        }
+    }
+    o
+}
+
+fn dec(s: &str) -> Option<String> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'_' {
+            let hex = s.get(i + 1..i + 3)?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+fn att_name(key: &(String, String)) -> String {
+    let n = format!("a-{}+{}", enc(&key.0), enc(&key.1));
+    if n.len() <= 200 {
+        n
+    } else {
+        let mut buf = key.0.as_bytes().to_vec();
+        buf.push(0);
+        buf.extend_from_slice(key.1.as_bytes());
+        format!(
+            "h-{:016x}-{:016x}",
+            fnv1a(&buf),
+            fnv1a(key.1.as_bytes()) ^ buf.len() as u64
+        )
+    }
+}
+
+fn att_content(key: &(String, String), ips: &[IpAddr]) -> String {
+    let mut s = format!("{ATT_MAGIC}\n{}\n{}\n", enc(&key.0), enc(&key.1));
+    for ip in ips {
+        s.push_str(&ip.to_string());
+        s.push('\n');
+    }
+    s
+}
+
+fn parse_att(content: &[u8]) -> Option<((String, String), Vec<IpAddr>)> {
+    let s = std::str::from_utf8(content).ok()?;
+    let mut lines = s.split('\n');
+    if lines.next()? != ATT_MAGIC {
+        return None;
+    }
+    let cid = dec(lines.next()?)?;
+    let ifname = dec(lines.next()?)?;
+    let mut ips = Vec::new();
+    let mut ended = false;
+    for l in lines {
+        if l.is_empty() {
+            ended = true;
+            continue;
+        }
+        if ended {
+            return None;
+        }
+        ips.push(l.parse().ok()?);
+    }
+    if !ended || cid.is_empty() {
+        return None;
+    }
+    Some(((cid, ifname), ips))
+}
+
+/// Identity and change times of a directory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+struct Stamp {
+    ino: u64,
+    mtime: i64,
+    mtime_ns: i64,
+    ctime: i64,
+    ctime_ns: i64,
+}
+
+impl Stamp {
+    fn of(path: &Path) -> Result<Stamp, IpamError> {
+        let m = fs::metadata(path).map_err(|e| io_err(path, e))?;
+        Ok(Stamp {
+            ino: m.ino(),
+            mtime: m.mtime(),
+            mtime_ns: m.mtime_nsec(),
+            ctime: m.ctime(),
+            ctime_ns: m.ctime_nsec(),
+        })
+    }
+    fn put(&self, o: &mut Vec<u8>) {
+        o.extend_from_slice(&self.ino.to_le_bytes());
+        for v in [self.mtime, self.mtime_ns, self.ctime, self.ctime_ns] {
+            o.extend_from_slice(&v.to_le_bytes());
+        }
+    }
+    fn get(r: &mut Reader<'_>) -> Option<Stamp> {
+        Some(Stamp {
+            ino: r.u64()?,
+            mtime: r.i64()?,
+            mtime_ns: r.i64()?,
+            ctime: r.i64()?,
+            ctime_ns: r.i64()?,
+        })
+    }
+}
+
+struct Reader<'a>(&'a [u8]);
+
+impl Reader<'_> {
+    fn take(&mut self, n: usize) -> Option<&[u8]> {
+        if self.0.len() < n {
+            return None;
+        }
+        let (a, b) = self.0.split_at(n);
+        self.0 = b;
+        Some(a)
+    }
+    fn u8(&mut self) -> Option<u8> {
+        self.take(1).map(|b| b[0])
+    }
+    fn u64(&mut self) -> Option<u64> {
+        self.take(8)
+            .and_then(|b| b.try_into().ok())
+            .map(u64::from_le_bytes)
+    }
+    fn i64(&mut self) -> Option<i64> {
+        self.take(8)
+            .and_then(|b| b.try_into().ok())
+            .map(i64::from_le_bytes)
+    }
+    fn u128(&mut self) -> Option<u128> {
+        self.take(16)
+            .and_then(|b| b.try_into().ok())
+            .map(u128::from_le_bytes)
+    }
+}
+
+fn set_fingerprint(set: &RangeSet) -> u64 {
+    let s: String = set
+        .ranges
+        .iter()
+        .map(|r: &IpRange| format!("{}|{}|{}|{:?};", r.subnet, r.start, r.end, r.gateway))
+        .collect();
+    fnv1a(s.as_bytes())
+}
+
+/// The in-memory state of one operation: a pool per range set.
+struct State {
+    pools: Vec<Pool>,
+    /// Something unexpected was seen (an `O_EXCL` create failed on an address the index had as
+    /// free): commit an invalid stamp so that the next operation rebuilds.
+    suspect: bool,
+}
+
+/// Result of a directory scan: every reservation file and its owner (`None`: unparseable).
+type Scan = BTreeMap<IpAddr, Option<Owner>>;
+/// Attachment key `(cid, ifname)` (`ifname` empty for legacy files) → addresses, sorted.
+type AttMap = BTreeMap<(String, String), Vec<IpAddr>>;
+
+static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// HeadCNI's host-local-compatible store for one network (see the module documentation).
+pub struct Store {
+    dir: PathBuf,
+    idx_dir: PathBuf,
+    att_dir: PathBuf,
+    sets: Vec<RangeSet>,
+    strategy: Box<dyn AllocationStrategy>,
+    rng: Mutex<StdRng>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("dir", &self.dir)
+            .field("sets", &self.sets)
+            .finish_non_exhaustive()
+    }
+}
+
+enum Lookup {
+    Found(Option<Owner>, Vec<IpAddr>),
+    NeedRebuild,
+}
+
+impl Store {
+    /// Opens (creating with mode 0700 if needed) the store `<data_dir>/<network>` for the
+    /// validated `sets` (from [`headcni_core::ipam::IpamConf::range_sets`]), allocating with
+    /// `strategy`. Random draws come from the OS entropy source ([`Store::with_seed`] for tests).
+    ///
+    /// Errors: [`IpamError::Config`] for a network name that is not a single path component
+    /// (empty, `.`, `..`, containing `/` or NUL) or no range set; [`IpamError::Store`] when the
+    /// directories cannot be created.
+    pub fn open(
+        data_dir: &Path,
+        network: &str,
+        sets: Vec<RangeSet>,
+        strategy: Strategy,
+    ) -> Result<Store, IpamError> {
+        if network.is_empty() || network == "." || network == ".." || network.contains(['/', '\0'])
+        {
+            return Err(IpamError::Config(format!(
+                "network name {network:?} cannot be a store directory"
+            )));
+        }
+        if sets.is_empty() {
+            return Err(IpamError::Config("no IP ranges specified".into()));
+        }
+        let dir = data_dir.join(network);
+        let idx_dir = dir.join(INDEX_DIR);
+        let att_dir = idx_dir.join(ATT_DIR);
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&att_dir)
+            .map_err(|e| io_err(&att_dir, e))?;
+        Ok(Store {
+            dir,
+            idx_dir,
+            att_dir,
+            sets,
+            strategy: crate::strategy::strategy(strategy),
+            rng: Mutex::new(StdRng::from_os_rng()),
+        })
+    }
+
+    /// Replaces the random source by a seeded one (reproducible tests and benchmarks).
+    pub fn with_seed(self, seed: u64) -> Store {
+        Store {
+            rng: Mutex::new(StdRng::seed_from_u64(seed)),
+            ..self
+        }
+    }
+
+    /// The network directory `<dataDir>/<network>`.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The validated range sets.
+    pub fn range_sets(&self) -> &[RangeSet] {
+        &self.sets
+    }
+
+    /// Rescans the directory and rewrites the index now (normally done automatically when the
+    /// index is stale). O(reservations).
+    pub fn rebuild(&self) -> Result<(), IpamError> {
+        let _lock = self.lock()?;
+        self.rebuild_locked().map(|_| ())
+    }
+
+    fn random(&self) -> u128 {
+        let mut g = self.rng.lock().unwrap_or_else(|e| e.into_inner());
+        g.random::<u128>()
+    }
+
+    fn lock(&self) -> Result<File, IpamError> {
+        let p = self.dir.join(LOCK_FILE);
+        let f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(&p)
+            .map_err(|e| io_err(&p, e))?;
+        f.lock().map_err(|e| io_err(&p, e))?;
+        Ok(f)
+    }
+
+    fn tmp_path(&self, dir: &Path) -> PathBuf {
+        let n = TMP_COUNTER.fetch_add(1, Ordering::Relaxed);
+        dir.join(format!(".tmp.{}.{n}", std::process::id()))
+    }
+
+    /// Writes `data` to `path` atomically (temporary file in the same directory + rename).
+    fn write_atomic(&self, dir: &Path, path: &Path, data: &[u8]) -> Result<(), IpamError> {
+        let tmp = self.tmp_path(dir);
+        let res = (|| {
+            let mut f = OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&tmp)?;
+            f.write_all(data)?;
+            drop(f);
+            fs::rename(&tmp, path)
+        })();
+        if let Err(e) = res {
+            let _ = fs::remove_file(&tmp);
+            return Err(io_err(path, e));
+        }
+        Ok(())
+    }
+
+    fn set_of(&self, ip: IpAddr) -> Option<(usize, u128)> {
+        self.sets
+            .iter()
+            .enumerate()
+            .find_map(|(i, s)| s.position(ip).map(|p| (i, p)))
+    }
+
+    fn reservation(&self, ip: IpAddr) -> Option<Reservation> {
+        let (i, _) = self.set_of(ip)?;
+        let r = self.sets[i].range_for(ip)?;
+        Some(Reservation {
+            range_set: i,
+            address: IpNetwork::new(ip, r.subnet.prefix()).ok()?,
+            gateway: r.gateway,
+        })
+    }
+
+    // ----- index --------------------------------------------------------------------------
+
+    fn encode_index(&self, st: &State, stamps: Option<(Stamp, Stamp)>) -> Vec<u8> {
+        let mut o = INDEX_MAGIC.to_vec();
+        let (a, b) = stamps.unwrap_or_default();
+        a.put(&mut o);
+        b.put(&mut o);
+        o.extend_from_slice(&(self.sets.len() as u64).to_le_bytes());
+        for (set, pool) in self.sets.iter().zip(&st.pools) {
+            o.extend_from_slice(&set_fingerprint(set).to_le_bytes());
+            o.extend_from_slice(&pool.len().to_le_bytes());
+            match pool {
+                Pool::Dense(d) => {
+                    let w = d.to_words();
+                    o.push(0);
+                    o.extend_from_slice(&(w.len() as u64).to_le_bytes());
+                    for x in w {
+                        o.extend_from_slice(&x.to_le_bytes());
+                    }
+                }
+                Pool::Sparse(s) => {
+                    let runs = s.runs();
+                    o.push(1);
+                    o.extend_from_slice(&(runs.len() as u64).to_le_bytes());
+                    for (a, b) in runs {
+                        o.extend_from_slice(&a.to_le_bytes());
+                        o.extend_from_slice(&b.to_le_bytes());
+                    }
+                }
+            }
+        }
+        let sum = fnv1a(&o);
+        o.extend_from_slice(&sum.to_le_bytes());
+        o
+    }
+
+    /// The index if it is intact, matches the configuration and the directories are unchanged.
+    fn load_index(&self) -> Result<Option<State>, IpamError> {
+        let p = self.idx_dir.join(INDEX_FILE);
+        let data = match fs::read(&p) {
+            Ok(d) => d,
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io_err(&p, e)),
+        };
+        let Some(body_len) = data.len().checked_sub(8) else {
+            return Ok(None);
+        };
+        let (body, sum) = data.split_at(body_len);
+        let ok_sum = sum.try_into().ok().map(u64::from_le_bytes) == Some(fnv1a(body));
+        if !ok_sum || !body.starts_with(INDEX_MAGIC) {
+            return Ok(None);
+        }
+        let mut r = Reader(&body[INDEX_MAGIC.len()..]);
+        let (Some(sd), Some(sa)) = (Stamp::get(&mut r), Stamp::get(&mut r)) else {
+            return Ok(None);
+        };
+        if sd.ino == 0 || sd != Stamp::of(&self.dir)? || sa != Stamp::of(&self.att_dir)? {
+            return Ok(None);
+        }
+        if r.u64() != Some(self.sets.len() as u64) {
+            return Ok(None);
+        }
+        let mut pools = Vec::with_capacity(self.sets.len());
+        for set in &self.sets {
+            let (Some(fp), Some(len), Some(kind), Some(n)) = (r.u64(), r.u128(), r.u8(), r.u64())
+            else {
+                return Ok(None);
+            };
+            if fp != set_fingerprint(set) || len != set.len() {
+                return Ok(None);
+            }
+            let pool = match kind {
+                0 => {
+                    let mut w = Vec::new();
+                    for _ in 0..n {
+                        let Some(x) = r.u64() else { return Ok(None) };
+                        w.push(x);
+                    }
+                    match u64::try_from(len)
+                        .ok()
+                        .and_then(|l| DensePool::from_words(l, w))
+                    {
+                        Some(d) => Pool::Dense(d),
+                        None => return Ok(None),
+                    }
+                }
+                1 => {
+                    let mut runs = Vec::new();
+                    for _ in 0..n {
+                        let (Some(a), Some(b)) = (r.u128(), r.u128()) else {
+                            return Ok(None);
+                        };
+                        runs.push((a, b));
+                    }
+                    match SparsePool::from_runs(len, &runs) {
+                        Some(s) => Pool::Sparse(s),
+                        None => return Ok(None),
+                    }
+                }
+                _ => return Ok(None),
+            };
+            pools.push(pool);
+        }
+        if !r.0.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(State {
+            pools,
+            suspect: false,
+        }))
+    }
+
+    /// Writes the index with the directories' current stamps (or an invalid stamp when the
+    /// state is suspect, forcing the next operation to rebuild).
+    fn commit(&self, st: &State) -> Result<(), IpamError> {
+        let stamps = if st.suspect {
+            None
+        } else {
+            Some((Stamp::of(&self.dir)?, Stamp::of(&self.att_dir)?))
+        };
+        let data = self.encode_index(st, stamps);
+        self.write_atomic(&self.idx_dir, &self.idx_dir.join(INDEX_FILE), &data)
+    }
+
+    // ----- scanning and rebuilding --------------------------------------------------------
+
+    fn scan(&self) -> Result<Scan, IpamError> {
+        let mut out = Scan::new();
+        let rd = fs::read_dir(&self.dir).map_err(|e| io_err(&self.dir, e))?;
+        for ent in rd {
+            let ent = ent.map_err(|e| io_err(&self.dir, e))?;
+            let name = ent.file_name();
+            let Some(name) = name.to_str() else { continue };
+            let Ok(ip) = name.parse::<IpAddr>() else {
+                continue;
+            };
+            if ip.to_string() != name || !ent.file_type().is_ok_and(|t| t.is_file()) {
+                continue;
+            }
+            let owner = fs::read(ent.path()).ok().and_then(|c| Owner::parse(&c));
+            out.insert(ip, owner);
+        }
+        Ok(out)
+    }
+
+    fn att_map(scan: &Scan) -> AttMap {
+        let mut m = AttMap::new();
+        for (ip, owner) in scan {
+            if let Some(o) = owner {
+                m.entry(o.key()).or_default().push(*ip);
+            }
+        }
+        m
+    }
+
+    fn rebuild_locked(&self) -> Result<(State, AttMap), IpamError> {
+        let scan = self.scan()?;
+        self.rebuild_from(&scan)
+    }
+
+    /// Rebuilds the pools from `scan`, brings the att files in line (rewriting only those that
+    /// differ) and commits the index.
+    fn rebuild_from(&self, scan: &Scan) -> Result<(State, AttMap), IpamError> {
+        tracing::debug!(dir = %self.dir.display(), reservations = scan.len(), "rebuilding ipam index");
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&self.att_dir)
+            .map_err(|e| io_err(&self.att_dir, e))?;
+        let mut pools: Vec<Pool> = self.sets.iter().map(|s| Pool::new(s.len())).collect();
+        for ip in scan.keys() {
+            if let Some((i, p)) = self.set_of(*ip) {
+                pools[i].insert(p);
+            }
+        }
+        let map = Self::att_map(scan);
+        let mut seen: BTreeSet<(String, String)> = BTreeSet::new();
+        let rd = fs::read_dir(&self.att_dir).map_err(|e| io_err(&self.att_dir, e))?;
+        for ent in rd {
+            let ent = ent.map_err(|e| io_err(&self.att_dir, e))?;
+            let path = ent.path();
+            let keep = fs::read(&path)
+                .ok()
+                .and_then(|c| parse_att(&c))
+                .filter(|(key, ips)| {
+                    ent.file_name().to_str() == Some(att_name(key).as_str())
+                        && map.get(key) == Some(ips)
+                });
+            match keep {
+                Some((key, _)) => {
+                    seen.insert(key);
+                }
+                None => {
+                    if let Err(e) = fs::remove_file(&path)
+                        && e.kind() != ErrorKind::NotFound
+                    {
+                        return Err(io_err(&path, e));
+                    }
+                }
+            }
+        }
+        for (key, ips) in &map {
+            if !seen.contains(key) {
+                self.write_att(key, ips)?;
+            }
+        }
+        // Stray temporary files of crashed writers in .headcni/.
+        if let Ok(rd) = fs::read_dir(&self.idx_dir) {
+            for ent in rd.flatten() {
+                if ent
+                    .file_name()
+                    .to_str()
+                    .is_some_and(|n| n.starts_with(".tmp."))
+                {
+                    let _ = fs::remove_file(ent.path());
+                }
+            }
+        }
+        let st = State {
+            pools,
+            suspect: false,
+        };
+        self.commit(&st)?;
+        Ok((st, map))
+    }
+
+    /// The current state: the index, or a rebuild when it is stale.
+    fn state(&self) -> Result<State, IpamError> {
+        match self.load_index()? {
+            Some(st) => Ok(st),
+            None => Ok(self.rebuild_locked()?.0),
+        }
+    }
+
+    // ----- att files ----------------------------------------------------------------------
+
+    fn write_att(&self, key: &(String, String), ips: &[IpAddr]) -> Result<(), IpamError> {
+        let path = self.att_dir.join(att_name(key));
+        if ips.is_empty() {
+            return match fs::remove_file(&path) {
+                Err(e) if e.kind() != ErrorKind::NotFound => Err(io_err(&path, e)),
+                _ => Ok(()),
+            };
+        }
+        self.write_atomic(&self.att_dir, &path, att_content(key, ips).as_bytes())
+    }
+
+    /// The addresses of `key` from its att file, each verified against its reservation file.
+    fn lookup_key(&self, key: &(String, String), owner: &Owner) -> Result<Option<Vec<IpAddr>>, ()> {
+        let path = self.att_dir.join(att_name(key));
+        let data = match fs::read(&path) {
+            Ok(d) => d,
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
+            Err(_) => return Err(()),
+        };
+        let Some((k, ips)) = parse_att(&data) else {
+            return Err(());
+        };
+        if &k != key || ips.is_empty() {
+            return Err(());
+        }
+        for ip in &ips {
+            let c = fs::read(self.dir.join(ip.to_string())).map_err(|_| ())?;
+            if Owner::parse(&c).as_ref() != Some(owner) {
+                return Err(());
+            }
+        }
+        Ok(Some(ips))
+    }
+
+    /// The reservations of `att`: those written as `cid\r\nifname`, else the legacy cid-only
+    /// ones (host-local `FindByID` / `ReleaseByID` order).
+    fn lookup(&self, att: &Attachment) -> Lookup {
+        let cid = att.container_id.trim().to_owned();
+        let full = Owner::Full {
+            cid: cid.clone(),
+            ifname: att.ifname.clone(),
+        };
+        let legacy = Owner::Legacy(cid);
+        for owner in [full, legacy] {
+            match self.lookup_key(&owner.key(), &owner) {
+                Ok(Some(ips)) => return Lookup::Found(Some(owner), ips),
+                Ok(None) => {}
+                Err(()) => return Lookup::NeedRebuild,
+            }
+        }
+        Lookup::Found(None, Vec::new())
+    }
+
+    /// [`Store::lookup`], rebuilding once when the att file is missing its files or corrupt.
+    fn held(
+        &self,
+        att: &Attachment,
+        st: &mut State,
+    ) -> Result<(Option<Owner>, Vec<IpAddr>), IpamError> {
+        match self.lookup(att) {
+            Lookup::Found(o, ips) => Ok((o, ips)),
+            Lookup::NeedRebuild => {
+                let (new_st, map) = self.rebuild_locked()?;
+                *st = new_st;
+                let cid = att.container_id.trim().to_owned();
+                if let Some(ips) = map.get(&(cid.clone(), att.ifname.clone())) {
+                    return Ok((
+                        Some(Owner::Full {
+                            cid,
+                            ifname: att.ifname.clone(),
+                        }),
+                        ips.clone(),
+                    ));
+                }
+                if let Some(ips) = map.get(&(cid.clone(), String::new())) {
+                    return Ok((Some(Owner::Legacy(cid)), ips.clone()));
+                }
+                Ok((None, Vec::new()))
+            }
+        }
+    }
+
+    // ----- reservation files --------------------------------------------------------------
+
+    /// The `O_CREAT|O_EXCL` reservation. `Ok(false)` when the file exists.
+    fn reserve_file(&self, ip: IpAddr, content: &str) -> Result<bool, IpamError> {
+        let path = self.dir.join(ip.to_string());
+        let mut f = match OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+        {
+            Ok(f) => f,
+            Err(e) if e.kind() == ErrorKind::AlreadyExists => return Ok(false),
+            Err(e) => return Err(io_err(&path, e)),
+        };
+        if let Err(e) = f.write_all(content.as_bytes()) {
+            drop(f);
+            let _ = fs::remove_file(&path);
+            return Err(io_err(&path, e));
+        }
+        Ok(true)
+    }
+
+    fn unlink(&self, ip: IpAddr) -> Result<(), IpamError> {
+        let path = self.dir.join(ip.to_string());
+        match fs::remove_file(&path) {
+            Err(e) if e.kind() != ErrorKind::NotFound => Err(io_err(&path, e)),
+            _ => Ok(()),
+        }
+    }
+
+    fn write_last_reserved(&self, set: usize, ip: IpAddr) -> Result<(), IpamError> {
+        let path = self.dir.join(format!("{LAST_IP_PREFIX}{set}"));
+        let res = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&path)
+            .and_then(|mut f| f.write_all(ip.to_string().as_bytes()));
+        res.map_err(|e| io_err(&path, e))
+    }
+
+    fn last_reserved(&self, set: usize) -> Option<u128> {
+        let s = fs::read_to_string(self.dir.join(format!("{LAST_IP_PREFIX}{set}"))).ok()?;
+        let ip: IpAddr = s.trim().parse().ok()?;
+        self.sets[set].resume_position(ip)
+    }
+
+    fn reserve_in_set(
+        &self,
+        st: &mut State,
+        set: usize,
+        requested: Option<IpAddr>,
+        content: &str,
+    ) -> Result<IpAddr, IpamError> {
+        if let Some(ip) = requested {
+            let Some(pos) = self.sets[set].position(ip) else {
+                return Err(IpamError::AddressUnavailable {
+                    address: ip,
+                    reason: format!(
+                        "it is the gateway, network or broadcast address of range set {set}"
+                    ),
+                });
+            };
+            if !self.reserve_file(ip, content)? {
+                if st.pools[set].insert(pos) {
+                    st.suspect = true;
+                }
+                return Err(IpamError::AddressUnavailable {
+                    address: ip,
+                    reason: "it is already reserved".into(),
+                });
+            }
+            st.pools[set].insert(pos);
+            return Ok(ip);
+        }
+        let last = self.last_reserved(set);
+        loop {
+            let random = self.random();
+            let Some(pos) = self.strategy.pick(&st.pools[set], last, random) else {
+                return Err(IpamError::PoolExhausted {
+                    range_set: set,
+                    ranges: self.sets[set].describe(),
+                });
+            };
+            let Some((ip, _)) = self.sets[set].address(pos) else {
+                // Cannot happen for a position below len(); mark it so the loop terminates.
+                st.pools[set].insert(pos);
+                continue;
+            };
+            st.pools[set].insert(pos);
+            if self.reserve_file(ip, content)? {
+                return Ok(ip);
+            }
+            tracing::debug!(%ip, "address reserved by another writer; index was stale");
+            st.suspect = true;
+        }
+    }
+
+    fn allocate_locked(
+        &self,
+        att: &Attachment,
+        requested: &[IpAddr],
+    ) -> Result<Vec<Reservation>, IpamError> {
+        let mut st = self.state()?;
+        let (owner, held) = self.held(att, &mut st)?;
+        let mut per_set: Vec<Option<IpAddr>> = vec![None; self.sets.len()];
+        for ip in &held {
+            if let Some((i, _)) = self.set_of(*ip) {
+                per_set[i].get_or_insert(*ip);
+            }
+        }
+        if !held.is_empty() && per_set.iter().all(Option::is_some) {
+            return Ok(per_set
+                .into_iter()
+                .flatten()
+                .filter_map(|ip| self.reservation(ip))
+                .collect());
+        }
+        // Route requested addresses to their sets (host-local: the first one found per set).
+        let mut req: Vec<Option<IpAddr>> = vec![None; self.sets.len()];
+        let mut uniq: Vec<IpAddr> = Vec::new();
+        for ip in requested {
+            if !uniq.contains(ip) {
+                uniq.push(*ip);
+            }
+        }
+        for ip in uniq {
+            let Some(i) = self.sets.iter().position(|s| s.contains(ip)) else {
+                return Err(IpamError::AddressUnavailable {
+                    address: ip,
+                    reason: "it is not in any range set".into(),
+                });
+            };
+            if let Some(other) = req[i] {
+                return Err(IpamError::AddressUnavailable {
+                    address: ip,
+                    reason: format!(
+                        "{other} is also requested from range set {i}; one address per set"
+                    ),
+                });
+            }
+            req[i] = Some(ip);
+        }
+        let content = Owner::content(att);
+        let mut new: Vec<(usize, IpAddr)> = Vec::new();
+        let mut failure = None;
+        for set in 0..self.sets.len() {
+            if per_set[set].is_some() {
+                continue;
+            }
+            match self.reserve_in_set(&mut st, set, req[set], &content) {
+                Ok(ip) => {
+                    new.push((set, ip));
+                    if let Err(e) = self.write_last_reserved(set, ip) {
+                        failure = Some(e);
+                        break;
+                    }
+                }
+                Err(e) => {
+                    failure = Some(e);
+                    break;
+                }
+            }
+        }
+        if let Some(e) = failure {
+            for (set, ip) in &new {
+                self.unlink(*ip)?;
+                if let Some(p) = self.sets[*set].position(*ip) {
+                    st.pools[*set].remove(p);
+                }
+            }
+            self.commit(&st)?;
+            return Err(e);
+        }
+        let key = (att.container_id.trim().to_owned(), att.ifname.clone());
+        let mut ips: Vec<IpAddr> = if matches!(owner, Some(Owner::Full { .. })) {
+            held
+        } else {
+            Vec::new()
+        };
+        ips.extend(new.iter().map(|(_, ip)| *ip));
+        ips.sort();
+        self.write_att(&key, &ips)?;
+        self.commit(&st)?;
+        for (set, ip) in new {
+            per_set[set] = Some(ip);
+        }
+        Ok(per_set
+            .into_iter()
+            .flatten()
+            .filter_map(|ip| self.reservation(ip))
+            .collect())
+    }
+}
+
+impl IpamStore for Store {
+    /// Reserves one address per range set for `att` (see the trait). Under the lock: load the
+    /// index, O(1) duplicate check through the att file, pick with the strategy, `O_EXCL`
+    /// create (an existing file is marked taken and the next candidate tried), write
+    /// `last_reserved_ip.<i>`, the att file and the index. Errors: [`IpamError::PoolExhausted`],
+    /// [`IpamError::AddressUnavailable`] (requested address outside every set, excluded, taken,
+    /// or two requested in one set), [`IpamError::Store`]; on error the addresses reserved by
+    /// this call are released again.
+    fn allocate(
+        &self,
+        att: &Attachment,
+        requested: &[IpAddr],
+    ) -> Result<Vec<Reservation>, IpamError> {
+        let _lock = self.lock()?;
+        self.allocate_locked(att, requested)
+    }
+
+    /// The reservations of `att` inside the configured range sets (ifname-specific ones, else
+    /// legacy cid-only ones).
+    fn find(&self, att: &Attachment) -> Result<Vec<Reservation>, IpamError> {
+        let _lock = self.lock()?;
+        let mut st = self.state()?;
+        let (_, ips) = self.held(att, &mut st)?;
+        let mut out: Vec<Reservation> = ips
+            .into_iter()
+            .filter_map(|ip| self.reservation(ip))
+            .collect();
+        out.sort_by_key(|r| r.range_set);
+        Ok(out)
+    }
+
+    /// Releases the files written for `(cid, ifname)`, or when there are none the legacy
+    /// cid-only files of `cid` (host-local `ReleaseByID`), whatever range set they are in.
+    fn release(&self, att: &Attachment) -> Result<Vec<IpAddr>, IpamError> {
+        let _lock = self.lock()?;
+        let mut st = self.state()?;
+        let (owner, ips) = self.held(att, &mut st)?;
+        let Some(owner) = owner else {
+            return Ok(Vec::new());
+        };
+        for ip in &ips {
+            self.unlink(*ip)?;
+            if let Some((i, p)) = self.set_of(*ip) {
+                st.pools[i].remove(p);
+            }
+        }
+        self.write_att(&owner.key(), &[])?;
+        self.commit(&st)?;
+        Ok(ips)
+    }
+
+    /// Scans the directory and releases every reservation whose attachment is not in `valid`
+    /// (a legacy cid-only file is kept when some valid attachment has its cid; a file whose
+    /// content is not an attachment is left alone), then rebuilds the index. O(reservations).
+    fn gc(&self, valid: &[Attachment]) -> Result<Vec<IpAddr>, IpamError> {
+        let _lock = self.lock()?;
+        let mut scan = self.scan()?;
+        let keep_full: BTreeSet<(String, String)> = valid
+            .iter()
+            .map(|a| (a.container_id.trim().to_owned(), a.ifname.clone()))
+            .collect();
+        let keep_cid: BTreeSet<&str> = valid.iter().map(|a| a.container_id.trim()).collect();
+        let mut released = Vec::new();
+        for (ip, owner) in &scan {
+            let drop = match owner {
+                Some(Owner::Full { cid, ifname }) => {
+                    !keep_full.contains(&(cid.clone(), ifname.clone()))
+                }
+                Some(Owner::Legacy(cid)) => !keep_cid.contains(cid.as_str()),
+                None => false,
+            };
+            if drop {
+                self.unlink(*ip)?;
+                released.push(*ip);
+            }
+        }
+        for ip in &released {
+            scan.remove(ip);
+        }
+        self.rebuild_from(&scan)?;
+        Ok(released)
+    }
+
+    /// Size and allocated count per range set, from the index.
+    fn usage(&self) -> Result<Vec<PoolUsage>, IpamError> {
+        let _lock = self.lock()?;
+        let st = self.state()?;
+        Ok(st
+            .pools
+            .iter()
+            .enumerate()
+            .map(|(i, p)| PoolUsage {
+                range_set: i,
+                size: p.len(),
+                allocated: p.allocated(),
+            })
+            .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use headcni_core::ipam::IpamConf;
+
+    fn sets(ranges: serde_json::Value) -> Vec<RangeSet> {
+        IpamConf::parse(&serde_json::json!({"type": "headcni-ipam", "ranges": ranges}))
+            .unwrap()
+            .range_sets(&[])
+            .unwrap()
+    }
+    fn att(c: &str, i: &str) -> Attachment {
+        Attachment {
+            container_id: c.into(),
+            ifname: i.into(),
+        }
+    }
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+    fn open(d: &Path, s: Strategy) -> Store {
+        Store::open(
+            d,
+            "net",
+            sets(serde_json::json!([[{"subnet": "10.0.0.0/29"}], [{"subnet": "fd00::/125"}]])),
+            s,
+        )
+        .unwrap()
+        .with_seed(1)
+    }
+
+    #[test]
+    fn owner_parsing() {
+        assert_eq!(
+            Owner::parse(b"abc\r\neth0"),
+            Some(Owner::Full {
+                cid: "abc".into(),
+                ifname: "eth0".into()
+            })
+        );
+        assert_eq!(Owner::parse(b" abc \n"), Some(Owner::Legacy("abc".into())));
+        for bad in [
+            &b""[..],
+            b"  ",
+            b"a b",
+            b"a\r\nb\r\nc",
+            b"\xff",
+            b"\0headcni",
+        ] {
+            assert_eq!(Owner::parse(bad), None, "{bad:?}");
+        }
+        assert_eq!(Owner::content(&att(" c1 ", "eth0")), "c1\r\neth0");
+        // host-local compares TrimSpace(content): a leading CRLF leaves a legacy id.
+        assert_eq!(
+            Owner::parse(b"\r\neth0"),
+            Some(Owner::Legacy("eth0".into()))
+        );
+    }
+
+    #[test]
+    fn att_encoding_roundtrip() {
+        let key = ("a_b:c".to_string(), "eth+0".to_string());
+        let ips = vec![ip("10.0.0.2"), ip("fd00::3")];
+        let c = att_content(&key, &ips);
+        assert!(c.starts_with('\0'));
+        assert_eq!(parse_att(c.as_bytes()), Some((key.clone(), ips)));
+        assert!(!att_name(&key).contains(['/', '_']) || att_name(&key).starts_with("a-"));
+        assert_ne!(
+            att_name(&("a".into(), "b_c".into())),
+            att_name(&("a_b".into(), "c".into()))
+        );
+        assert!(att_name(&("x".repeat(300), "eth0".into())).starts_with("h-"));
+        assert!(parse_att(b"\0headcni-att 1\nabc\neth0\n10.0.0.2").is_none()); // truncated
+    }
+
+    #[test]
+    fn layout_is_host_local_compatible() {
+        let d = tempfile::tempdir().unwrap();
+        let s = open(d.path(), Strategy::Sequential);
+        let r = s.allocate(&att("c1", "eth0"), &[]).unwrap();
+        assert_eq!(r.len(), 2);
+        assert_eq!(r[0].address.to_string(), "10.0.0.2/29");
+        assert_eq!(r[0].gateway, Some(ip("10.0.0.1")));
+        assert_eq!(r[1].address.to_string(), "fd00::2/125");
+        let dir = d.path().join("net");
+        assert_eq!(fs::read(dir.join("10.0.0.2")).unwrap(), b"c1\r\neth0");
+        assert_eq!(fs::read(dir.join("fd00::2")).unwrap(), b"c1\r\neth0");
+        assert_eq!(
+            fs::read_to_string(dir.join("last_reserved_ip.0")).unwrap(),
+            "10.0.0.2"
+        );
+        assert_eq!(
+            fs::read_to_string(dir.join("last_reserved_ip.1")).unwrap(),
+            "fd00::2"
+        );
+        let mode = |p: &Path| fs::metadata(p).unwrap().mode() & 0o777;
+        assert_eq!(mode(&dir.join("10.0.0.2")), 0o600);
+        assert_eq!(mode(&dir.join("lock")), 0o600);
+        assert_eq!(mode(&dir), 0o700);
+        assert_eq!(mode(&dir.join(INDEX_DIR)), 0o700);
+        // Every index file starts with NUL, so host-local's release-by-content never matches it.
+        let mut stack = vec![dir.join(INDEX_DIR)];
+        while let Some(p) = stack.pop() {
+            for e in fs::read_dir(&p).unwrap().flatten() {
+                if e.file_type().unwrap().is_dir() {
+                    stack.push(e.path());
+                } else {
+                    assert_eq!(
+                        fs::read(e.path()).unwrap().first(),
+                        Some(&0u8),
+                        "{:?}",
+                        e.path()
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn idempotent_release_and_sequential_order() {
+        let d = tempfile::tempdir().unwrap();
+        let s = open(d.path(), Strategy::Sequential);
+        let a = s.allocate(&att("c1", "eth0"), &[]).unwrap();
+        assert_eq!(s.allocate(&att("c1", "eth0"), &[]).unwrap(), a);
+        assert_eq!(s.find(&att("c1", "eth0")).unwrap(), a);
+        let b = s.allocate(&att("c1", "eth1"), &[]).unwrap();
+        assert_eq!(b[0].address.ip(), ip("10.0.0.3"));
+        assert_eq!(
+            s.release(&att("c1", "eth0")).unwrap(),
+            vec![ip("10.0.0.2"), ip("fd00::2")]
+        );
+        assert_eq!(s.release(&att("c1", "eth0")).unwrap(), Vec::<IpAddr>::new());
+        assert!(s.find(&att("c1", "eth0")).unwrap().is_empty());
+        // Released .2 is not reused before wrapping: next is .4.
+        let c = s.allocate(&att("c2", "eth0"), &[]).unwrap();
+        assert_eq!(c[0].address.ip(), ip("10.0.0.4"));
+    }
+
+    #[test]
+    fn requested_addresses() {
+        let d = tempfile::tempdir().unwrap();
+        let s = open(d.path(), Strategy::Sequential);
+        let r = s.allocate(&att("c1", "eth0"), &[ip("10.0.0.5")]).unwrap();
+        assert_eq!(r[0].address.ip(), ip("10.0.0.5"));
+        assert_eq!(
+            fs::read_to_string(s.dir().join("last_reserved_ip.0")).unwrap(),
+            "10.0.0.5"
+        );
+        // Taken, gateway, outside, two in one set: AddressUnavailable and nothing left reserved.
+        for req in [
+            vec![ip("10.0.0.5")],
+            vec![ip("10.0.0.1")],
+            vec![ip("10.9.0.1")],
+            vec![ip("10.0.0.3"), ip("10.0.0.4")],
+        ] {
+            let e = s.allocate(&att("c2", "eth0"), &req).unwrap_err();
+            assert!(
+                matches!(e, IpamError::AddressUnavailable { .. }),
+                "{req:?}: {e}"
+            );
+            assert!(s.find(&att("c2", "eth0")).unwrap().is_empty());
+        }
+        // Requested v6 taken after v4 succeeded: the v4 one is rolled back.
+        s.allocate(&att("c3", "eth0"), &[ip("fd00::6")]).unwrap();
+        let e = s
+            .allocate(&att("c4", "eth0"), &[ip("10.0.0.2"), ip("fd00::6")])
+            .unwrap_err();
+        assert!(matches!(e, IpamError::AddressUnavailable { .. }));
+        assert!(!s.dir().join("10.0.0.2").exists());
+        let u = s.usage().unwrap();
+        assert_eq!((u[0].allocated, u[1].allocated), (2, 2));
+    }
+
+    #[test]
+    fn exhaustion_and_rollback() {
+        let d = tempfile::tempdir().unwrap();
+        let s = Store::open(
+            d.path(),
+            "n",
+            sets(serde_json::json!([[{"subnet": "10.0.0.0/30"}], [{"subnet": "10.1.0.0/29"}]])),
+            Strategy::DensePack,
+        )
+        .unwrap();
+        s.allocate(&att("a", "eth0"), &[]).unwrap();
+        let e = s.allocate(&att("b", "eth0"), &[]).unwrap_err();
+        assert!(
+            matches!(e, IpamError::PoolExhausted { range_set: 0, .. }),
+            "{e}"
+        );
+        let e = s
+            .allocate(&att("b", "eth0"), &[ip("10.1.0.5")])
+            .unwrap_err();
+        assert!(matches!(e, IpamError::PoolExhausted { .. }));
+        assert!(!s.dir().join("10.1.0.5").exists(), "rolled back");
+        assert_eq!(s.usage().unwrap()[1].allocated, 1);
+    }
+
+    #[test]
+    fn legacy_files_and_gc() {
+        let d = tempfile::tempdir().unwrap();
+        let s = open(d.path(), Strategy::DensePack);
+        let dir = s.dir().to_path_buf();
+        fs::write(dir.join("10.0.0.3"), "old").unwrap(); // legacy, foreign writer
+        fs::write(dir.join("10.0.0.4"), "").unwrap(); // unparseable
+        s.allocate(&att("x", "eth0"), &[]).unwrap();
+        assert_eq!(
+            s.find(&att("old", "eth9")).unwrap()[0].address.ip(),
+            ip("10.0.0.3")
+        );
+        assert_eq!(
+            s.release(&att("old", "eth9")).unwrap(),
+            vec![ip("10.0.0.3")]
+        );
+        fs::write(dir.join("10.0.0.5"), "y").unwrap();
+        s.allocate(&att("z", "eth0"), &[]).unwrap();
+        let mut g = s.gc(&[att("x", "eth0"), att("y", "eth3")]).unwrap();
+        g.sort();
+        assert_eq!(g, vec![ip("10.0.0.3"), ip("fd00::3")]); // z's addresses
+        assert!(
+            dir.join("10.0.0.4").exists()
+                && dir.join("10.0.0.5").exists()
+                && dir.join("10.0.0.2").exists()
+        );
+        assert!(s.find(&att("z", "eth0")).unwrap().is_empty());
+        assert_eq!(s.usage().unwrap()[0].allocated, 3);
+    }
+
+    #[test]
+    fn foreign_changes_and_damaged_index_are_repaired() {
+        let d = tempfile::tempdir().unwrap();
+        let s = open(d.path(), Strategy::DensePack);
+        let dir = s.dir().to_path_buf();
+        s.allocate(&att("a", "eth0"), &[]).unwrap(); // .2
+        // A foreign writer reserves .3 and releases a's .2 behind our back.
+        fs::write(dir.join("10.0.0.3"), "f\r\neth0").unwrap();
+        fs::remove_file(dir.join("10.0.0.2")).unwrap();
+        assert!(
+            s.find(&att("a", "eth0"))
+                .unwrap()
+                .iter()
+                .all(|r| r.range_set == 1)
+        );
+        assert_eq!(
+            s.find(&att("f", "eth0")).unwrap()[0].address.ip(),
+            ip("10.0.0.3")
+        );
+        let b = s.allocate(&att("b", "eth0"), &[]).unwrap();
+        assert_eq!(b[0].address.ip(), ip("10.0.0.2"));
+        // Deleting the whole index, or corrupting it, is repaired.
+        fs::remove_dir_all(dir.join(INDEX_DIR)).unwrap();
+        assert_eq!(s.find(&att("b", "eth0")).unwrap(), b);
+        fs::write(dir.join(INDEX_DIR).join(INDEX_FILE), b"garbage").unwrap();
+        assert_eq!(s.usage().unwrap()[0].allocated, 2);
+        let name = att_name(&("b".into(), "eth0".into()));
+        fs::write(
+            dir.join(INDEX_DIR).join(ATT_DIR).join(name),
+            b"\0headcni-att 1\nb\neth0\n10.0.0.6\n",
+        )
+        .unwrap();
+        assert_eq!(s.find(&att("b", "eth0")).unwrap(), b);
+        // A stale index (fresh stamps, old content) that thinks a taken address is free only
+        // costs a retry: the O_EXCL create fails, the address is marked, the next one is used,
+        // and the index is flagged so that the next operation rebuilds.
+        s.release(&att("b", "eth0")).unwrap();
+        let stale = s.state().unwrap();
+        fs::write(dir.join("10.0.0.2"), "g\r\neth0").unwrap();
+        s.commit(&stale).unwrap();
+        assert!(s.load_index().unwrap().is_some());
+        let c = s.allocate(&att("c", "eth0"), &[]).unwrap();
+        assert_eq!(c[0].address.ip(), ip("10.0.0.4"));
+        assert!(
+            s.load_index().unwrap().is_none(),
+            "suspect state forces a rebuild"
+        );
+        assert_eq!(
+            s.find(&att("g", "eth0")).unwrap()[0].address.ip(),
+            ip("10.0.0.2")
+        );
+    }
+
+    #[test]
+    fn bad_network_names() {
+        let d = tempfile::tempdir().unwrap();
+        for n in ["", ".", "..", "a/b"] {
+            assert!(matches!(
+                Store::open(
+                    d.path(),
+                    n,
+                    sets(serde_json::json!([[{"subnet": "10.0.0.0/29"}]])),
+                    Strategy::Sequential
+                ),
+                Err(IpamError::Config(_))
+            ));
+        }
+    }
+}

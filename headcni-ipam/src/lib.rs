@@ -14,3 +14,6 @@ pub use strategy::{DensePack, Random, Sequential, strategy};
 pub mod store;
 
 pub use store::{Owner, Store};
+pub mod plugin;
+
+pub use plugin::IpamPlugin;

@@ -194,7 +194,9 @@ impl NetlinkHandle {
             None => Arc::new(netns::open(std::path::Path::new("/proc/self/ns/net"))?),
         };
 
-        let mut peer = up_message();
+        // The peer cannot be created up: veth_open() of the peer runs before the pair is
+        // linked and fails with ENOTCONN. It is brought up through the container handle.
+        let mut peer = LinkMessage::default();
         peer.attributes
             .push(LinkAttribute::IfName(spec.container_name.clone()));
         if let Some(m) = spec.mtu {
@@ -279,17 +281,19 @@ impl NetlinkHandle {
             }
             self.require_link(&spec.host_name, op).await
         };
-        let container_side = container.require_link(&spec.container_name, op);
-        let (host, cont) = futures::future::join(host_side, container_side).await;
-        let host = host?;
-        let mut cont = cont?;
-        if !cont.up {
+        let container_side = async {
+            let mut up = up_message();
+            up.attributes
+                .push(LinkAttribute::IfName(spec.container_name.clone()));
             container
-                .change_link(cont.index, None, true)
+                .ack(RouteNetlinkMessage::NewLink(up), 0)
                 .await
                 .map_err(|e| e.into_link_error(format!("{op}: set container end up")))?;
-            cont.up = true;
-        }
+            container.require_link(&spec.container_name, op).await
+        };
+        let (host, cont) = futures::future::join(host_side, container_side).await;
+        let host = host?;
+        let cont = cont?;
         Ok(VethPair {
             host,
             container: cont,

@@ -35,22 +35,42 @@ fn veth(host: &str, pod: &TestNs) -> VethSpec {
     }
 }
 
+/// Steps of the CNI ADD netlink sequence, for the timing breakdown.
+const STEPS: [&str; 6] = [
+    "open pod handle",
+    "create_veth_in",
+    "add v4 address",
+    "add v6 address",
+    "add v4 default route",
+    "add v6 default route",
+];
+
 /// The CNI ADD netlink sequence for one pod: veth into the pod, IPv4 + IPv6 address,
-/// default routes. Uses one container handle for everything.
-async fn attach(node: &NetlinkHandle, pod: &TestNs, host: &str, n: u8) -> Duration {
-    let start = Instant::now();
+/// default routes. Uses one container handle for everything. Returns the time of each of
+/// [`STEPS`].
+async fn attach(node: &NetlinkHandle, pod: &TestNs, host: &str, n: u8) -> [Duration; 6] {
+    let mut t = [Duration::ZERO; 6];
+    let mut lap = Instant::now();
+    let mut step = |i: usize| {
+        t[i] = lap.elapsed();
+        lap = Instant::now();
+    };
     let p = NetlinkHandle::for_netns(&pod.path)
         .await
         .expect("pod handle");
+    step(0);
     node.create_veth_in(&veth(host, pod), &p)
         .await
         .expect("veth");
+    step(1);
     p.add_address("eth0", net(&format!("198.51.100.{n}/24")))
         .await
         .expect("v4");
+    step(2);
     p.add_address("eth0", net(&format!("2001:db8:51::{n}/64")))
         .await
         .expect("v6");
+    step(3);
     p.add_route(&RouteSpec::new(
         net("0.0.0.0/0"),
         Some("198.51.100.1".parse().expect("ip")),
@@ -58,6 +78,7 @@ async fn attach(node: &NetlinkHandle, pod: &TestNs, host: &str, n: u8) -> Durati
     ))
     .await
     .expect("default v4");
+    step(4);
     p.add_route(&RouteSpec::new(
         net("::/0"),
         Some("2001:db8:51::1".parse().expect("ip")),
@@ -65,7 +86,8 @@ async fn attach(node: &NetlinkHandle, pod: &TestNs, host: &str, n: u8) -> Durati
     ))
     .await
     .expect("default v6");
-    start.elapsed()
+    step(5);
+    t
 }
 
 /// `ping -c1 -W1` from `from`, retried twice so a loaded machine does not flake.
@@ -113,9 +135,14 @@ async fn add_sequence_timing() {
         .collect();
 
     let mut in_place = Vec::new();
+    let mut per_step: Vec<Vec<Duration>> = vec![Vec::new(); STEPS.len()];
     for (i, pod) in pods.iter().enumerate().take(PODS / 2) {
         let n = u8::try_from(10 + i).expect("small");
-        in_place.push(attach(&node, pod, &format!("vethtm{i}"), n).await);
+        let steps = attach(&node, pod, &format!("vethtm{i}"), n).await;
+        in_place.push(steps.iter().sum());
+        for (k, d) in steps.iter().enumerate() {
+            per_step[k].push(*d);
+        }
     }
     // The trait path: create_veth opens its own container handle, then a second handle
     // configures addresses and routes (what a naive caller would do).
@@ -161,5 +188,8 @@ async fn add_sequence_timing() {
         "create_veth + 2 addresses + 1 route (two container handles)",
         &mut via_trait,
     );
+    for (label, v) in STEPS.iter().zip(per_step.iter_mut()) {
+        report(&format!("  step {label}"), v);
+    }
     assert_eq!(node.bridge_ports("hcbr0").await.expect("ports").len(), PODS);
 }

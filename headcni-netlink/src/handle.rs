@@ -77,8 +77,12 @@ impl NetlinkHandle {
     /// Must be awaited inside a tokio runtime with IO enabled; the connection task is
     /// spawned on it.
     ///
-    /// Errors: [`LinkError::Io`] if the socket cannot be opened or no suitable runtime is
+    /// Errors: [`LinkError::Io`] if the socket cannot be opened or no tokio runtime is
     /// running.
+    ///
+    /// # Panics
+    /// Like every tokio socket, if the runtime was built without its IO driver
+    /// (`enable_io`/`enable_all`); tokio offers no way to detect that beforehand.
     pub async fn current() -> Result<NetlinkHandle, LinkError> {
         let sock = Socket::new(NETLINK_ROUTE).map_err(|e| io("open NETLINK_ROUTE socket", e))?;
         NetlinkHandle::from_socket(sock, None)
@@ -94,6 +98,9 @@ impl NetlinkHandle {
     ///
     /// Errors: [`LinkError::Netns`] if `path` is missing, not a network namespace or cannot
     /// be entered (the CLI maps this to "netns gone" for DEL); [`LinkError::Io`] otherwise.
+    ///
+    /// # Panics
+    /// As [`NetlinkHandle::current`], if the runtime has no IO driver.
     pub async fn for_netns(path: &Path) -> Result<NetlinkHandle, LinkError> {
         let fd = Arc::new(netns::open(path)?);
         let sock = netns::run_in_fd(fd.clone(), path.to_path_buf(), || {
@@ -127,17 +134,7 @@ impl NetlinkHandle {
                 std::io::Error::other(e.to_string()),
             )
         })?;
-        // `TokioSocket::from_raw_fd` panics when the runtime has no IO driver; probe with a
-        // fallible registration first.
-        // SAFETY: `Socket` owns a valid fd that is neither closed nor replaced while the
-        // probe registration lives.
-        let probe = unsafe { tokio::io::unix::AsyncFd::register(sock) }.map_err(|e| {
-            io(
-                "register netlink socket with the tokio runtime (IO driver enabled?)",
-                std::io::Error::other(e.to_string()),
-            )
-        })?;
-        let raw = probe.into_inner().into_raw_fd();
+        let raw = sock.into_raw_fd();
         // SAFETY: `raw` is a valid, owned netlink socket fd just released by `Socket`.
         let tokio_sock = unsafe { TokioSocket::from_raw_fd(raw) };
         let (conn, nl, _unsolicited) = rtnetlink::from_socket(tokio_sock);

@@ -572,7 +572,7 @@ impl RangeSet {
                 let below = ex.iter().filter(|&&e| e < v).count() as u128;
                 // allocatable addresses of r strictly below ip
                 let next = base + (v - ip_to_u128(r.start) - below);
-                return Some((next + len - 1) % len);
+                return Some(if next == 0 { len - 1 } else { (next - 1) % len });
             }
             base = base.saturating_add(r.len());
         }
@@ -753,6 +753,15 @@ mod validation_tests {
     fn huge_v6() {
         let s = sets(json!({"type": "x", "ranges": [[{"subnet": "::/0"}]]})).unwrap();
         assert_eq!(s[0].len(), u128::MAX - 1);
+        // Resuming after an excluded address of a ~2^128 range must not overflow.
+        assert_eq!(s[0].resume_position(ip("::")), None); // before rangeStart
+        assert_eq!(s[0].resume_position(ip("::1")), Some(u128::MAX - 2)); // gateway → wrap
+        let top = sets(json!({"type": "x", "ranges": [[{"subnet": "::/0", "gateway": "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff"}]]})).unwrap();
+        let len = top[0].len();
+        assert_eq!(
+            top[0].resume_position(ip("ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff")),
+            Some(len - 1)
+        );
         let s = sets(json!({"type": "x", "ranges": [[{"subnet": "fd00::/64"}]]})).unwrap();
         assert_eq!(s[0].len(), (1u128 << 64) - 2);
         let last = s[0].address((1u128 << 64) - 3).unwrap().0;

@@ -1355,6 +1355,37 @@ mod tests {
     }
 
     #[test]
+    fn huge_ipv6_set_uses_sparse_index() {
+        let d = tempfile::tempdir().unwrap();
+        for strat in [Strategy::Sequential, Strategy::Random, Strategy::DensePack] {
+            let sets = sets(serde_json::json!([[{"subnet": "fd00:1::/64"}]]));
+            let s = Store::open(d.path(), &format!("{strat:?}"), sets, strat)
+                .unwrap()
+                .with_seed(3);
+            let mut seen = BTreeSet::new();
+            for i in 0..20 {
+                let r = s.allocate(&att(&format!("c{i}"), "eth0"), &[]).unwrap();
+                assert!(seen.insert(r[0].address.ip()));
+                assert_eq!(r[0].address.prefix(), 64);
+            }
+            s.release(&att("c3", "eth0")).unwrap();
+            let st = s.load_index().unwrap().expect("index is current");
+            assert!(matches!(st.pools[0], Pool::Sparse(_)));
+            assert_eq!(st.pools[0].allocated(), 19);
+            assert_eq!(s.usage().unwrap()[0].size, (1u128 << 64) - 2);
+            if strat == Strategy::Sequential {
+                assert!(seen.contains(&ip("fd00:1::2")) && seen.contains(&ip("fd00:1::15")));
+            }
+            if strat == Strategy::DensePack {
+                assert_eq!(
+                    s.allocate(&att("n", "eth0"), &[]).unwrap()[0].address.ip(),
+                    ip("fd00:1::5")
+                );
+            }
+        }
+    }
+
+    #[test]
     fn bad_network_names() {
         let d = tempfile::tempdir().unwrap();
         for n in ["", ".", "..", "a/b"] {

@@ -157,10 +157,14 @@ impl NetlinkHandle {
     /// thread spawn and a socket when the caller configures the container side anyway.
     /// `spec.container_netns` is then only used in messages.
     ///
-    /// One `RTM_NEWLINK` (veth(4)) creates both ends, up, with MTU, container MAC, master
-    /// (`IFLA_MASTER`) and the peer directly in the container namespace under its final
-    /// name; a second one sets hairpin (`IFLA_BRPORT_MODE` in the bridge-port slave data)
-    /// when requested. Both ends are then read back concurrently.
+    /// One `RTM_NEWLINK` (veth(4)) creates both ends with MTU, container MAC, the host end
+    /// up and enslaved (`IFLA_MASTER`), and the peer directly in the container namespace
+    /// (`IFLA_NET_NS_FD` in the peer's `ifinfomsg`) under its final name. Then, in
+    /// parallel: on the host socket hairpin is set when requested (`IFLA_BRPORT_MODE` in
+    /// the bridge-port slave data, as `ip link set ... type bridge_slave hairpin on`) and
+    /// the host end read back; on the container socket the container end is set up and
+    /// read back. The peer cannot be created up: the kernel opens it before the pair is
+    /// linked (`veth_open` → `ENOTCONN`).
     ///
     /// Errors: [`LinkError::Exists`] naming the clashing end, [`LinkError::NotFound`] for a
     /// missing master, [`LinkError::Netlink`] otherwise. On any error after creation the pair
@@ -255,8 +259,8 @@ impl NetlinkHandle {
         }
     }
 
-    /// After creation: hairpin, read back both ends, bring the container end up if the
-    /// kernel did not.
+    /// After creation: hairpin and host read-back on this socket, container end up and
+    /// read-back on the container socket, concurrently.
     async fn finish_veth(
         &self,
         spec: &VethSpec,

@@ -90,9 +90,10 @@ async fn attach(node: &NetlinkHandle, pod: &TestNs, host: &str, n: u8) -> [Durat
     t
 }
 
-/// `ping -c1 -W1` from `from`, retried twice so a loaded machine does not flake.
+/// `ip netns exec <from> ping -c1 -W1 <addr>` (or an in-process raw ICMP echo when
+/// iputils is not installed), retried twice so a loaded machine does not flake.
 fn ping(from: &TestNs, addr: &str) -> bool {
-    (0..3).any(|_| from.exec_ok(&["ping", "-c1", "-W1", addr]))
+    (0..3).any(|_| common::ping_once(from, addr))
 }
 
 #[tokio::test(flavor = "current_thread")]
@@ -117,7 +118,20 @@ async fn two_pods_on_a_bridge_can_ping() {
     assert!(ping(&pod_a, "2001:db8:51::3"), "a -> b (IPv6)");
     assert!(ping(&pod_b, "2001:db8:51::1"), "b -> gateway (IPv6)");
     // The check is real: an address nobody has does not answer.
-    assert!(!pod_a.exec_ok(&["ping", "-c1", "-W1", "198.51.100.99"]));
+    assert!(!common::ping_once(&pod_a, "198.51.100.99"));
+    // The in-process raw-socket echo (used when iputils is missing) agrees.
+    assert!(
+        common::raw_ping(&pod_b, "198.51.100.2"),
+        "raw b -> a (IPv4)"
+    );
+    assert!(
+        common::raw_ping(&pod_b, "2001:db8:51::2"),
+        "raw b -> a (IPv6)"
+    );
+    assert!(
+        !common::raw_ping(&pod_b, "2001:db8:51::99"),
+        "raw to nobody"
+    );
 
     // Teardown of one pod leaves the other attached.
     assert!(node.delete_link("vethe2ea").await.expect("delete"));

@@ -165,15 +165,16 @@ pub(crate) fn enter(fd: &OwnedFd, path: &Path) -> Result<(), NetnsError> {
 }
 
 /// Whether `path` refers to the calling process's own network namespace (same device and
-/// inode as `/proc/self/ns/net`). The CNI spec forbids configuring the plugin's own netns.
+/// inode as `/proc/self/ns/net`, i.e. the thread-group leader's). The CNI spec forbids
+/// configuring the plugin's own netns.
 ///
-/// Errors: [`NetnsError::Invalid`] if `path` cannot be `stat`ed; [`NetnsError::Io`] if
-/// `/proc/self/ns/net` cannot.
+/// Errors: [`NetnsError::Invalid`] if `path` is missing or not a network namespace;
+/// [`NetnsError::Io`] if `/proc/self/ns/net` cannot be `stat`ed.
 pub fn is_current(path: impl AsRef<Path>) -> Result<bool, NetnsError> {
     let path = path.as_ref();
-    let target = fs::metadata(path).map_err(|e| invalid(path, e.to_string()))?;
+    let target = nix::sys::stat::fstat(open(path)?).map_err(|e| invalid(path, e.desc()))?;
     let own = fs::metadata(SELF_NETNS).map_err(|e| io_err(format!("stat {SELF_NETNS}"), e))?;
-    Ok(target.dev() == own.dev() && target.ino() == own.ino())
+    Ok(target.st_dev == own.dev() && target.st_ino == own.ino())
 }
 
 /// Whether `path` exists and is a network namespace (nsfs file of type `CLONE_NEWNET`,

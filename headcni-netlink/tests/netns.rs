@@ -65,7 +65,14 @@ fn is_current_distinguishes_namespaces() {
     })
     .expect("run");
     assert!(!inside);
-    assert!(netns::is_current("/nonexistent/hcnl").is_err());
+    assert!(matches!(
+        netns::is_current("/nonexistent/hcnl"),
+        Err(NetnsError::Invalid { .. })
+    ));
+    assert!(matches!(
+        netns::is_current("/proc/self/status"),
+        Err(NetnsError::Invalid { .. })
+    ));
 }
 
 #[test]

@@ -1,0 +1,307 @@
+//! CNI plugin mode: `headcni` (main plugin) and `headcni-ipam` (IPAM plugin, same binary
+//! invoked under that name). stdout carries exactly one result or error JSON; logs go to
+//! stderr.
+
+mod delegate;
+mod ipam_client;
+mod namespaces;
+
+use std::io::{Read, Write};
+use std::path::Path;
+
+use headcni_core::cni::{
+    CniEnv, CniError, CniResult, CniVersion, Command, ErrorCode, NetConf, ParsedConf, peek_version,
+    version_reply,
+};
+use headcni_core::ipam::Attachment;
+use headcni_core::plugin::{self, AddRequest, BridgeConf, CheckRequest, DelRequest, IpamClient};
+use headcni_ipam::plugin::IpamPlugin;
+use serde_json::{Map, Value};
+
+use ipam_client::{DelegatedIpam, InProcessIpam};
+use namespaces::NetlinkNamespaces;
+
+/// The in-process IPAM plugin's type name (also the name of the `headcni-ipam` symlink).
+pub const IPAM_TYPE: &str = "headcni-ipam";
+
+/// Which plugin this process is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// The main plugin (`type: headcni`).
+    Main,
+    /// The IPAM plugin (`type: headcni-ipam`).
+    Ipam,
+}
+
+/// Runs one CNI invocation with the process environment and stdin; returns the exit code.
+pub fn run(role: Role) -> i32 {
+    let mut stdin = Vec::new();
+    let read = std::io::stdin().read_to_end(&mut stdin);
+    let env: Vec<(String, String)> = std::env::vars_os()
+        .map(|(k, v)| {
+            (
+                k.to_string_lossy().into_owned(),
+                v.to_string_lossy().into_owned(),
+            )
+        })
+        .collect();
+    let version_hint = peek_version(&stdin);
+    let outcome = match read {
+        Err(e) => {
+            Err(CniError::new(ErrorCode::Io, "failed to read stdin").with_details(e.to_string()))
+        }
+        // A panic is a bug; the runtime still gets the protocol's error JSON, never silence.
+        Ok(_) => std::panic::catch_unwind(|| dispatch(role, env, &stdin)).unwrap_or_else(|p| {
+            let what = p
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| p.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            Err(CniError::new(ErrorCode::Internal, "internal error").with_details(what))
+        }),
+    };
+    let mut out = std::io::stdout().lock();
+    match outcome {
+        Ok(Some(v)) => {
+            let _ = writeln!(out, "{v}");
+            0
+        }
+        Ok(None) => 0,
+        Err(e) => {
+            let ver = version_hint
+                .as_deref()
+                .unwrap_or(CniVersion::LATEST.as_str());
+            let _ = writeln!(out, "{}", e.to_json(ver));
+            e.exit_code()
+        }
+    }
+}
+
+fn dispatch(
+    role: Role,
+    vars: Vec<(String, String)>,
+    stdin: &[u8],
+) -> Result<Option<Value>, CniError> {
+    let env = CniEnv::from_vars(vars)?;
+    if env.command == Command::Version {
+        return Ok(Some(version_reply(peek_version(stdin).as_deref())));
+    }
+    match role {
+        Role::Main => main_plugin(&env, stdin),
+        Role::Ipam => ipam_plugin(&env, stdin),
+    }
+}
+
+fn gate(env: &CniEnv, version: CniVersion) -> Result<(), CniError> {
+    let ok = match env.command {
+        Command::Check => version.supports_check(),
+        Command::Status | Command::Gc => version.supports_status_gc(),
+        _ => true,
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(
+            CniError::new(ErrorCode::IncompatibleVersion, "incompatible CNI versions")
+                .with_details(format!(
+                    "config version {version} does not allow {}",
+                    env.command.as_str()
+                )),
+        )
+    }
+}
+
+fn attachment(env: &CniEnv) -> Attachment {
+    Attachment {
+        container_id: env.container_id().to_owned(),
+        ifname: env.ifname().to_owned(),
+    }
+}
+
+fn prev_result<P>(conf: &NetConf<P>) -> Result<Option<CniResult>, CniError> {
+    conf.prev_result
+        .as_ref()
+        .map(CniResult::from_json)
+        .transpose()
+}
+
+/// The ADD/CHECK precondition on `CNI_NETNS`: it exists and is not the plugin's own netns.
+fn check_netns(path: &Path) -> Result<(), CniError> {
+    match headcni_netlink::netns::is_current(path) {
+        Ok(false) => Ok(()),
+        Ok(true) => Err(CniError::new(
+            ErrorCode::InvalidEnvironment,
+            "CNI_NETNS is the plugin's own network namespace",
+        )
+        .with_details(path.display().to_string())),
+        Err(e) => Err(CniError::new(
+            ErrorCode::UnknownContainer,
+            "CNI_NETNS is not a network namespace",
+        )
+        .with_details(format!("{}: {e}", path.display()))),
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, CniError> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| {
+            CniError::new(ErrorCode::Internal, "failed to start the async runtime")
+                .with_details(e.to_string())
+        })
+}
+
+fn main_plugin(env: &CniEnv, stdin: &[u8]) -> Result<Option<Value>, CniError> {
+    let ParsedConf { version, conf, .. } = NetConf::<BridgeConf>::parse(stdin)?;
+    gate(env, version)?;
+    conf.plugin.validate()?;
+    if conf.plugin.ip_masq {
+        eprintln!(
+            "headcni: ipMasq is ignored: masquerade is done by the node daemon's nftables table"
+        );
+    }
+    let ipam = ipam_client(env, &conf, stdin)?;
+    let rt = runtime()?;
+    let ns = NetlinkNamespaces;
+    match env.command {
+        Command::Add => {
+            let netns = env.netns.as_deref().ok_or_else(|| {
+                CniError::new(ErrorCode::InvalidEnvironment, "CNI_NETNS is not set")
+            })?;
+            check_netns(netns)?;
+            let mac = conf
+                .runtime_config
+                .mac
+                .as_deref()
+                .or(env.args.mac.as_deref());
+            if let Some(m) = mac
+                && !headcni_core::cni::is_mac(m) {
+                    return Err(
+                        CniError::new(ErrorCode::InvalidConfig, "invalid MAC address")
+                            .with_details(m.to_owned()),
+                    );
+                }
+            let req = AddRequest {
+                container_id: env.container_id(),
+                ifname: env.ifname(),
+                netns,
+                mac,
+                dns: conf.dns.as_ref(),
+            };
+            let result = rt.block_on(plugin::add(&ns, ipam.as_ref(), &conf.plugin, &req))?;
+            Ok(Some(result.to_json(version)))
+        }
+        Command::Del => {
+            let req = DelRequest {
+                container_id: env.container_id(),
+                ifname: env.ifname(),
+                netns: env.netns.as_deref(),
+            };
+            rt.block_on(plugin::del(&ns, ipam.as_ref(), &req))?;
+            Ok(None)
+        }
+        Command::Check => {
+            let netns = env.netns.as_deref().ok_or_else(|| {
+                CniError::new(ErrorCode::InvalidEnvironment, "CNI_NETNS is not set")
+            })?;
+            check_netns(netns)?;
+            let prev = prev_result(&conf)?.ok_or_else(|| {
+                CniError::new(ErrorCode::InvalidConfig, "CHECK needs prevResult")
+                    .with_details("the request has no prevResult")
+            })?;
+            let req = CheckRequest {
+                container_id: env.container_id(),
+                ifname: env.ifname(),
+                netns,
+                prev: &prev,
+            };
+            rt.block_on(plugin::check(&ns, ipam.as_ref(), &conf.plugin, &req))?;
+            Ok(None)
+        }
+        Command::Gc => {
+            let valid = conf.gc_valid_attachments().unwrap_or(&[]);
+            rt.block_on(ipam.gc(valid))?;
+            Ok(None)
+        }
+        Command::Status => {
+            rt.block_on(ipam.status())?;
+            Ok(None)
+        }
+        Command::Version => Ok(Some(version_reply(Some(version.as_str())))),
+    }
+}
+
+fn ipam_client(
+    env: &CniEnv,
+    conf: &NetConf<BridgeConf>,
+    stdin: &[u8],
+) -> Result<Box<dyn IpamClient>, CniError> {
+    let ipam_type = conf
+        .ipam
+        .as_ref()
+        .and_then(|i| i.get("type"))
+        .and_then(Value::as_str)
+        .ok_or_else(|| {
+            CniError::new(ErrorCode::InvalidConfig, "ipam.type is required")
+                .with_details("headcni needs an IPAM plugin")
+        })?;
+    if ipam_type == IPAM_TYPE {
+        let plugin = IpamPlugin::from_conf(conf)?;
+        let requested = if env.command == Command::Add {
+            IpamPlugin::requested_ips(conf, &env.args)?
+        } else {
+            Vec::new()
+        };
+        Ok(Box::new(InProcessIpam {
+            plugin,
+            attachment: attachment(env),
+            requested,
+        }))
+    } else {
+        if env.path.is_empty() {
+            return Err(
+                CniError::new(ErrorCode::InvalidEnvironment, "CNI_PATH is not set")
+                    .with_details(format!("needed to find the IPAM plugin {ipam_type:?}")),
+            );
+        }
+        let binary = delegate::find_plugin(ipam_type, &env.path)?;
+        Ok(Box::new(DelegatedIpam {
+            binary,
+            config: stdin.to_vec(),
+        }))
+    }
+}
+
+fn ipam_plugin(env: &CniEnv, stdin: &[u8]) -> Result<Option<Value>, CniError> {
+    let ParsedConf { version, conf, .. } = NetConf::<Map<String, Value>>::parse(stdin)?;
+    gate(env, version)?;
+    let plugin = IpamPlugin::from_conf(&conf)?;
+    match env.command {
+        Command::Add => {
+            let requested = IpamPlugin::requested_ips(&conf, &env.args)?;
+            Ok(Some(
+                plugin.add(&attachment(env), &requested)?.to_json(version),
+            ))
+        }
+        Command::Del => plugin.del(&attachment(env)).map(|_| None),
+        Command::Check => {
+            let prev = prev_result(&conf)?;
+            plugin.check(&attachment(env), prev.as_ref()).map(|_| None)
+        }
+        Command::Gc => {
+            let valid: Vec<Attachment> = conf
+                .gc_valid_attachments()
+                .unwrap_or(&[])
+                .iter()
+                .map(|a| Attachment {
+                    container_id: a.container_id.clone(),
+                    ifname: a.ifname.clone(),
+                })
+                .collect();
+            plugin.gc(&valid).map(|_| None)
+        }
+        Command::Status => plugin.status().map(|_| None),
+        Command::Version => Ok(Some(version_reply(Some(version.as_str())))),
+    }
+}

@@ -1,0 +1,22 @@
+//! [`Namespaces`] on rtnetlink (`headcni-netlink`).
+
+use std::path::Path;
+
+use async_trait::async_trait;
+use headcni_core::link::LinkError;
+use headcni_core::plugin::Namespaces;
+use headcni_netlink::NetlinkHandle;
+
+/// Opens rtnetlink handles: the plugin's own namespace and container namespaces.
+pub struct NetlinkNamespaces;
+
+#[async_trait]
+impl Namespaces for NetlinkNamespaces {
+    type Handle = NetlinkHandle;
+    async fn host(&self) -> Result<NetlinkHandle, LinkError> {
+        NetlinkHandle::current().await
+    }
+    async fn open(&self, netns: &Path) -> Result<NetlinkHandle, LinkError> {
+        NetlinkHandle::for_netns(netns).await
+    }
+}

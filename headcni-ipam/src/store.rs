@@ -779,25 +779,39 @@ impl Store {
     // ----- reservation files --------------------------------------------------------------
 
     /// The `O_CREAT|O_EXCL` reservation. `Ok(false)` when the file exists.
+    /// Reserves `ip` by making `<dir>/<ip>` appear *with its content*: the content is written
+    /// to a temp file in the index directory, which is then hard-linked to the final name.
+    /// `link(2)` fails with EEXIST when the name exists, so this keeps `O_EXCL` semantics
+    /// against every writer (host-local included), and a crash can never leave an empty
+    /// reservation file that no DEL or GC would match (at worst a stray temp file, removed by
+    /// the next rebuild). `Ok(false)` when the address is taken.
     fn reserve_file(&self, ip: IpAddr, content: &str) -> Result<bool, IpamError> {
         let path = self.dir.join(ip.to_string());
-        let mut f = match OpenOptions::new()
-            .read(true)
+        let tmp = self.tmp_path(&self.idx_dir);
+        let written = OpenOptions::new()
             .write(true)
             .create_new(true)
             .mode(0o600)
-            .open(&path)
-        {
-            Ok(f) => f,
-            Err(e) if e.kind() == ErrorKind::AlreadyExists => return Ok(false),
-            Err(e) => return Err(io_err(&path, e)),
-        };
-        if let Err(e) = f.write_all(content.as_bytes()) {
-            drop(f);
-            let _ = fs::remove_file(&path);
-            return Err(io_err(&path, e));
+            .open(&tmp)
+            .and_then(|mut f| f.write_all(content.as_bytes()));
+        if let Err(e) = written {
+            let _ = fs::remove_file(&tmp);
+            return Err(io_err(&tmp, e));
         }
-        Ok(true)
+        let linked = fs::hard_link(&tmp, &path);
+        let _ = fs::remove_file(&tmp);
+        match linked {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == ErrorKind::AlreadyExists => Ok(false),
+            Err(e) => Err(io_err(&path, e)),
+        }
+    }
+
+    /// `true` for a zero-length reservation file: what a writer killed between `O_EXCL`
+    /// create and content write leaves (host-local does that too). Only meaningful under the
+    /// lock, where no live writer can be between those two steps.
+    fn is_empty_reservation(&self, ip: IpAddr) -> bool {
+        fs::metadata(self.dir.join(ip.to_string())).is_ok_and(|m| m.is_file() && m.len() == 0)
     }
 
     fn unlink(&self, ip: IpAddr) -> Result<(), IpamError> {
@@ -1043,7 +1057,9 @@ impl IpamStore for Store {
                     !keep_full.contains(&(cid.clone(), ifname.clone()))
                 }
                 Some(Owner::Legacy(cid)) => !keep_cid.contains(cid.as_str()),
-                None => false,
+                // GC runs under the lock, exclusively: an empty file is a crashed writer's
+                // leftover and belongs to no attachment. Other unparseable content is left.
+                None => self.is_empty_reservation(*ip),
             };
             if drop {
                 self.unlink(*ip)?;
@@ -1277,7 +1293,7 @@ mod tests {
         let s = open(d.path(), Strategy::DensePack);
         let dir = s.dir().to_path_buf();
         fs::write(dir.join("10.0.0.3"), "old").unwrap(); // legacy, foreign writer
-        fs::write(dir.join("10.0.0.4"), "").unwrap(); // unparseable
+        fs::write(dir.join("10.0.0.4"), "").unwrap(); // a crashed writer's empty file
         s.allocate(&att("x", "eth0"), &[]).unwrap();
         assert_eq!(
             s.find(&att("old", "eth9")).unwrap()[0].address.ip(),
@@ -1291,14 +1307,12 @@ mod tests {
         s.allocate(&att("z", "eth0"), &[]).unwrap();
         let mut g = s.gc(&[att("x", "eth0"), att("y", "eth3")]).unwrap();
         g.sort();
-        assert_eq!(g, vec![ip("10.0.0.3"), ip("fd00::3")]); // z's addresses
-        assert!(
-            dir.join("10.0.0.4").exists()
-                && dir.join("10.0.0.5").exists()
-                && dir.join("10.0.0.2").exists()
-        );
+        // z's addresses, and the empty file nobody can ever release otherwise
+        assert_eq!(g, vec![ip("10.0.0.3"), ip("10.0.0.4"), ip("fd00::3")]);
+        assert!(!dir.join("10.0.0.4").exists());
+        assert!(dir.join("10.0.0.5").exists() && dir.join("10.0.0.2").exists());
         assert!(s.find(&att("z", "eth0")).unwrap().is_empty());
-        assert_eq!(s.usage().unwrap()[0].allocated, 3);
+        assert_eq!(s.usage().unwrap()[0].allocated, 2);
     }
 
     #[test]

@@ -43,7 +43,9 @@ fn main() {
         .and_then(|n| n.to_str())
         .unwrap_or("headcni")
         .to_owned();
-    let cni_command = std::env::var_os("CNI_COMMAND").is_some_and(|v| !v.is_empty());
+    // libcni always sets all six CNI_* variables (empty when unused): a present CNI_COMMAND,
+    // even empty, means a runtime is calling, and an empty one must get error code 4.
+    let cni_command = std::env::var_os("CNI_COMMAND").is_some();
     if invoked_as == cni::IPAM_TYPE {
         if !cni_command {
             eprintln!(

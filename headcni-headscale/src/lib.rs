@@ -1,1 +1,35 @@
-//! placeholder
+//! # headcni-headscale
+//!
+//! HeadCNI's control-plane backend for a Tailscale tailnet coordinated by Headscale:
+//!
+//! - [`headscale`]: the Headscale REST client ([`headscale::HeadscaleClient`]), both route
+//!   models (≤ 0.25 route rows, ≥ 0.26 `approve_routes`), typed errors.
+//! - [`localapi`]: the Tailscale LocalAPI client ([`localapi::LocalApiClient`]) over the
+//!   tailscaled unix socket.
+//! - [`backend`]: [`backend::TailnetBackend`], the
+//!   [`headcni_core::control::ControlPlaneBackend`] for host mode with API approval or
+//!   autoApprovers.
+//! - [`daemon`]: the pure pieces of daemon mode (bootstrap pre-auth key, the `start` request).
+//! - [`retry`]: capped exponential backoff with jitter.
+//! - [`secret`]: [`secret::Secret`], never printed.
+//! - `testing` (cargo feature `testing`, off by default): **test doubles** — a fake Headscale
+//!   and a fake tailscaled that follow the real APIs, for tests and the lab.
+#![warn(missing_docs)]
+
+pub mod backend;
+pub mod daemon;
+pub mod headscale;
+pub mod localapi;
+pub mod retry;
+pub mod secret;
+mod serde_util;
+pub mod time;
+pub mod tls;
+
+#[cfg(feature = "testing")]
+pub mod testing;
+
+pub use backend::{ApprovalMode, BackendOptions, TailnetBackend};
+pub use headscale::{HeadscaleClient, HeadscaleConfig, HeadscaleError};
+pub use localapi::{LocalApiClient, LocalApiError};
+pub use secret::Secret;

@@ -1,0 +1,221 @@
+//! Daemon mode's pure pieces (control-plane-apis.md §5 (b)): the bootstrap pre-auth key and
+//! the LocalAPI `start` + login of a dedicated tailscaled. Process supervision lives in the
+//! daemon (headcni-cli); after login, approval is the same as host mode
+//! ([`crate::backend::TailnetBackend`]).
+
+use std::path::Path;
+use std::time::Duration;
+
+use headcni_core::control::ControlPlaneError;
+use ipnetwork::IpNetwork;
+use tokio::time::Instant;
+
+use crate::headscale::{HeadscaleClient, HeadscaleError, PreAuthKey, PreAuthKeyOptions};
+use crate::localapi::{LocalApiClient, NetfilterMode, OptBool, Prefs, StartOptions, Status};
+use crate::retry::{Backoff, Retryable};
+use crate::secret::Secret;
+
+/// Default Headscale user owning HeadCNI's daemon-mode nodes.
+pub const DEFAULT_USER: &str = "headcni";
+
+/// Lifetime of the bootstrap pre-auth key: long enough to start tailscaled and log in.
+pub const BOOTSTRAP_KEY_TTL: Duration = Duration::from_secs(600);
+
+/// What the dedicated tailscaled should look like. Every field becomes an explicit pref.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DaemonPrefs {
+    /// Headscale URL (`ControlURL`, `--login-server`).
+    pub control_url: String,
+    /// Tailnet host name (the Kubernetes node name).
+    pub hostname: String,
+    /// This node's pod CIDR(s) (`AdvertiseRoutes`).
+    pub routes: Vec<IpNetwork>,
+    /// `AdvertiseTags` (e.g. `tag:headcni`); empty for user-owned nodes.
+    pub advertise_tags: Vec<String>,
+    /// `NetfilterMode`; default [`NetfilterMode::On`] (tailscaled's Linux default).
+    pub netfilter_mode: NetfilterMode,
+}
+
+/// The complete prefs for `start`: `UpdatePrefs` replaces **all** stored prefs except the
+/// persisted identity (tailscale ipn/backend.go `Options`), so nothing is left to zero values.
+/// `RouteAll`, `NoSNAT`, `NoStatefulFiltering` true (pod source addresses survive, new
+/// cross-node connections are not dropped); `CorpDNS` false (the node's DNS is left alone).
+pub fn start_prefs(p: &DaemonPrefs) -> Prefs {
+    Prefs {
+        control_url: p.control_url.clone(),
+        route_all: true,
+        corp_dns: false,
+        want_running: true,
+        shields_up: false,
+        advertise_tags: p.advertise_tags.clone(),
+        hostname: p.hostname.clone(),
+        advertise_routes: p.routes.clone(),
+        no_snat: true,
+        no_stateful_filtering: OptBool::True,
+        netfilter_mode: p.netfilter_mode,
+        other: Default::default(),
+    }
+}
+
+/// The `ipn.Options` for tailscale ipn/localapi `POST /localapi/v0/start`.
+pub fn start_options(p: &DaemonPrefs, auth_key: Option<Secret>) -> StartOptions {
+    StartOptions {
+        auth_key,
+        update_prefs: start_prefs(p),
+    }
+}
+
+/// Creates the short-lived, single-use, non-ephemeral pre-auth key used when the dedicated
+/// tailscaled has no state yet: ensures the user `user` exists (Headscale `GET/POST
+/// /api/v1/user`), then Headscale `POST /api/v1/preauthkey` with `expiration = now + ttl`
+/// (user by id on ≥ 0.26, by name on ≤ 0.25).
+pub async fn bootstrap_key(
+    client: &HeadscaleClient,
+    user: &str,
+    ttl: Duration,
+    acl_tags: Vec<String>,
+) -> Result<PreAuthKey, HeadscaleError> {
+    let u = client.ensure_user(user).await?;
+    client
+        .create_preauth_key(
+            &u,
+            &PreAuthKeyOptions {
+                reusable: false,
+                ephemeral: false,
+                ttl,
+                acl_tags,
+            },
+        )
+        .await
+}
+
+/// Whether a tailscaled answers on `socket` (daemon mode refuses to start beside a host
+/// tailscaled: two instances fight over route table 52, ip rules 52xx and the `ts-*` chains).
+pub async fn tailscaled_answers(socket: &Path) -> bool {
+    LocalApiClient::new(socket)
+        .with_timeout(Duration::from_secs(2))
+        .status_without_peers()
+        .await
+        .is_ok()
+}
+
+/// Starts and logs in the dedicated tailscaled: `start` with every pref explicit (and a fresh
+/// bootstrap key from `headscale` when `has_state` is false), `login-interactive` when
+/// `HaveNodeKey` is false, then waits (bounded by `wait`) for `BackendState == Running`.
+///
+/// Errors: [`ControlPlaneError::Refused`] when a key is needed but no API client is given or
+/// Headscale refuses; [`ControlPlaneError::Unreachable`] after retries;
+/// [`ControlPlaneError::NotReady`] when not `Running` in time.
+pub async fn login(
+    localapi: &LocalApiClient,
+    headscale: Option<&HeadscaleClient>,
+    prefs: &DaemonPrefs,
+    has_state: bool,
+    wait: Duration,
+    backoff: &Backoff,
+) -> Result<Status, ControlPlaneError> {
+    let key = if has_state {
+        None
+    } else {
+        let client = headscale.ok_or_else(|| ControlPlaneError::Refused {
+            endpoint: "headscale API".into(),
+            reason: "the node has no tailscaled state and no API key is configured to create a pre-auth key".into(),
+        })?;
+        let k = backoff
+            .retry("headscale bootstrap key", || {
+                bootstrap_key(client, DEFAULT_USER, BOOTSTRAP_KEY_TTL, Vec::new())
+            })
+            .await
+            .map_err(|e| cp_err("headscale API", e.is_retryable(), e.to_string()))?;
+        Some(k.key)
+    };
+    let opts = start_options(prefs, key);
+    backoff
+        .retry("localapi start", || localapi.start(&opts))
+        .await
+        .map_err(|e| cp_err("tailscaled LocalAPI", e.is_retryable(), e.to_string()))?;
+    let st = backoff
+        .retry("localapi status", || localapi.status_without_peers())
+        .await
+        .map_err(|e| cp_err("tailscaled LocalAPI", e.is_retryable(), e.to_string()))?;
+    if !st.have_node_key {
+        backoff
+            .retry("localapi login-interactive", || {
+                localapi.login_interactive()
+            })
+            .await
+            .map_err(|e| cp_err("tailscaled LocalAPI", e.is_retryable(), e.to_string()))?;
+    }
+    let deadline = Instant::now() + wait;
+    loop {
+        let st = backoff
+            .retry("localapi status", || localapi.status_without_peers())
+            .await
+            .map_err(|e| cp_err("tailscaled LocalAPI", e.is_retryable(), e.to_string()))?;
+        if st.is_running() {
+            return Ok(st);
+        }
+        if Instant::now() >= deadline {
+            return Err(ControlPlaneError::NotReady {
+                reason: format!(
+                    "tailscaled is {:?} after {wait:?} (health: {})",
+                    st.backend_state,
+                    st.health.join("; ")
+                ),
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn cp_err(endpoint: &str, retryable: bool, reason: String) -> ControlPlaneError {
+    if retryable {
+        ControlPlaneError::Unreachable {
+            endpoint: endpoint.into(),
+            reason,
+        }
+    } else {
+        ControlPlaneError::Refused {
+            endpoint: endpoint.into(),
+            reason,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn start_request_sets_every_pref() {
+        let p = DaemonPrefs {
+            control_url: "https://hs.example".into(),
+            hostname: "node-1".into(),
+            routes: vec!["10.244.1.0/24".parse().unwrap()],
+            advertise_tags: vec![],
+            netfilter_mode: NetfilterMode::On,
+        };
+        let o = start_options(&p, Some(Secret::new("k")));
+        let j = serde_json::to_value(&o).unwrap();
+        let up = &j["UpdatePrefs"];
+        for k in [
+            "ControlURL",
+            "RouteAll",
+            "CorpDNS",
+            "WantRunning",
+            "ShieldsUp",
+            "AdvertiseTags",
+            "Hostname",
+            "AdvertiseRoutes",
+            "NoSNAT",
+            "NoStatefulFiltering",
+            "NetfilterMode",
+        ] {
+            assert!(up.get(k).is_some(), "missing {k}");
+        }
+        assert_eq!(up["NetfilterMode"], 2);
+        assert_eq!(up["NoStatefulFiltering"], true);
+        assert_eq!(up["CorpDNS"], false);
+        assert_eq!(j["AuthKey"], "k");
+    }
+}

@@ -337,6 +337,12 @@ impl LinkManager for NetlinkHandle {
                 if let Some(m) = spec.mtu {
                     create.attributes.push(LinkAttribute::Mtu(m));
                 }
+                // An explicit MAC marks the address as set (NET_ADDR_SET): otherwise the
+                // kernel gives the bridge the lowest MAC of its ports, which changes as pods
+                // come and go and leaves every pod with a stale ARP entry for its gateway.
+                create
+                    .attributes
+                    .push(LinkAttribute::Address(random_local_mac().to_vec()));
                 create
                     .attributes
                     .push(LinkAttribute::LinkInfo(vec![NlLinkInfo::Kind(
@@ -458,5 +464,34 @@ impl LinkManager for NetlinkHandle {
     async fn enable_forwarding(&self, ipv4: bool, ipv6: bool) -> Result<(), LinkError> {
         self.in_netns(move || sysctl::enable_forwarding(ipv4, ipv6))
             .await?
+    }
+}
+
+/// A random locally administered unicast MAC address (IEEE 802: bit 1 of the first octet set,
+/// bit 0 clear), from getrandom(2); falls back to time and pid if that fails.
+fn random_local_mac() -> [u8; 6] {
+    let mut mac = [0u8; 6];
+    // SAFETY: getrandom writes at most `mac.len()` bytes into the buffer.
+    let n = unsafe { libc::getrandom(mac.as_mut_ptr().cast(), mac.len(), 0) };
+    if n != mac.len() as isize {
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default()
+            ^ u128::from(std::process::id());
+        mac.copy_from_slice(&t.to_le_bytes()[..6]);
+    }
+    mac[0] = (mac[0] & 0xfe) | 0x02;
+    mac
+}
+
+#[cfg(test)]
+mod mac_tests {
+    #[test]
+    fn random_mac_is_local_unicast_and_varies() {
+        let a = super::random_local_mac();
+        let b = super::random_local_mac();
+        assert_eq!(a[0] & 0x03, 0x02, "locally administered, unicast: {a:02x?}");
+        assert_ne!(a, b);
     }
 }

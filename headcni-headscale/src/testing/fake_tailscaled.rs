@@ -1,0 +1,607 @@
+//! [`FakeTailscaled`]: a test double of tailscaled's LocalAPI on a unix socket.
+//!
+//! Enforces the real rules (tailscale/tailscale v1.102.3 `ipn/localapi/localapi.go`,
+//! `ipn/prefs.go`, `ipn/ipnlocal/local.go`): `Host` must be empty or `local-tailscaled.sock`
+//! and requests with `Referer`/`Origin` are refused (403, text); `PATCH prefs` applies only
+//! fields whose `<Field>Set` is true, replaces lists, and answers 400 `{"Error":…}` for an
+//! unmasked `AdvertiseRoutes` prefix; `start` replaces all prefs except the identity; status
+//! reports `Self.ID`/`PublicKey`/`PrimaryRoutes` and peers from the attached
+//! [`super::FakeHeadscale`].
+
+use std::collections::{BTreeMap, VecDeque};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use http::{Method, StatusCode, header};
+use ipnetwork::IpNetwork;
+use serde_json::{Value, json};
+
+use super::fake_headscale::{HeadscaleControl, random_node_key};
+use super::server::{BoxFut, Handler, Req, Resp, json as json_resp, no_content, text, unix_loop};
+use crate::localapi::{NetfilterMode, OptBool, Prefs};
+
+/// One LocalAPI request as the fake saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalApiRequest {
+    /// Method.
+    pub method: String,
+    /// Path and query.
+    pub path: String,
+    /// The `Host` header (empty when absent).
+    pub host: String,
+    /// A `Referer` or `Origin` header was present.
+    pub had_referer_or_origin: bool,
+    /// The answer's status.
+    pub status: u16,
+    /// The request body as JSON, when it was JSON.
+    pub body: Option<Value>,
+}
+
+#[derive(Debug)]
+struct TsState {
+    prefs: Prefs,
+    backend_state: String,
+    node_key: String,
+    node_id: Option<u64>,
+    hostname: String,
+    headscale: Option<HeadscaleControl>,
+    pending_auth_key: Option<String>,
+    health: Vec<String>,
+    requests: Vec<LocalApiRequest>,
+    concurrent_writes: VecDeque<Vec<IpNetwork>>,
+    overwrite_after_patch: VecDeque<Vec<IpNetwork>>,
+    write_denied: bool,
+    delay: Option<Duration>,
+}
+
+/// The prefs of a fresh tailscaled on Linux (`ipn.NewPrefs`): `WantRunning` false until
+/// `start`, `CorpDNS` true, `NetfilterMode` on, `NoStatefulFiltering` unset, and a few of the
+/// fields HeadCNI does not model (kept untouched by PATCHes that do not set them).
+pub fn default_prefs() -> Prefs {
+    let mut other = BTreeMap::new();
+    for (k, v) in [
+        ("ExitNodeID", json!("")),
+        ("ExitNodeIP", json!("")),
+        ("ExitNodeAllowLANAccess", json!(false)),
+        ("RunSSH", json!(false)),
+        ("RunWebClient", json!(false)),
+        ("LoggedOut", json!(false)),
+        ("OperatorUser", json!("")),
+        ("ProfileName", json!("")),
+        ("AutoUpdate", json!({"Check": true, "Apply": null})),
+        ("PostureChecking", json!(false)),
+        ("AppConnector", json!({"Advertise": false})),
+    ] {
+        other.insert(k.to_string(), v);
+    }
+    Prefs {
+        control_url: "https://controlplane.tailscale.com".to_string(),
+        route_all: false,
+        corp_dns: true,
+        want_running: false,
+        shields_up: false,
+        advertise_tags: Vec::new(),
+        hostname: String::new(),
+        advertise_routes: Vec::new(),
+        no_snat: false,
+        no_stateful_filtering: OptBool::Unset,
+        netfilter_mode: NetfilterMode::On,
+        other,
+    }
+}
+
+enum PatchError {
+    /// JSON decode failure: 400 text (as `http.Error`).
+    Decode(String),
+    /// EditPrefs validation: 400 `{"Error":…}`.
+    Edit(String),
+}
+
+fn check_prefs(p: &Prefs) -> Result<(), String> {
+    for r in &p.advertise_routes {
+        if r.ip() != r.network() {
+            return Err(format!(
+                "{r} has non-address bits set; expected {}/{}",
+                r.network(),
+                r.prefix()
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// `ipn.MaskedPrefs.ApplyEdits`: for every known field whose `<Field>Set` is true, take the
+/// field's value (its zero value when absent); lists are replaced.
+fn apply_masked(prefs: &Prefs, body: &Value) -> Result<Prefs, PatchError> {
+    let obj = body.as_object().ok_or_else(|| {
+        PatchError::Decode("json: cannot unmarshal into Go value of type ipn.MaskedPrefs".into())
+    })?;
+    let cur = serde_json::to_value(prefs).map_err(|e| PatchError::Decode(e.to_string()))?;
+    let Value::Object(mut map) = cur else {
+        return Err(PatchError::Decode("prefs are not an object".into()));
+    };
+    let known: Vec<String> = map.keys().cloned().collect();
+    for field in known {
+        let set = obj
+            .get(&format!("{field}Set"))
+            .and_then(Value::as_bool)
+            .unwrap_or(false);
+        if set {
+            map.insert(
+                field.clone(),
+                obj.get(&field).cloned().unwrap_or(Value::Null),
+            );
+        }
+    }
+    let new: Prefs = serde_json::from_value(Value::Object(map))
+        .map_err(|e| PatchError::Decode(format!("json: {e}")))?;
+    check_prefs(&new).map_err(PatchError::Edit)?;
+    Ok(new)
+}
+
+impl TsState {
+    fn announce(&self) {
+        if let (Some(hs), Some(id)) = (&self.headscale, self.node_id) {
+            let routes = if self.prefs.want_running {
+                self.prefs.advertise_routes.clone()
+            } else {
+                Vec::new()
+            };
+            hs.announce_routes(id, &routes);
+        }
+    }
+
+    fn status_json(&self, with_peers: bool) -> Value {
+        let logged_in = self.node_id.is_some() && self.headscale.is_some();
+        let me = match (&self.headscale, self.node_id) {
+            (Some(hs), Some(id)) => hs.node(id),
+            _ => None,
+        };
+        let self_json = match &me {
+            Some(n) => peer_json(n, self.prefs.want_running),
+            None => json!({
+                "ID": "", "PublicKey": if self.node_id.is_some() { self.node_key.clone() } else { String::new() },
+                "HostName": self.hostname, "DNSName": "", "OS": "linux", "UserID": 0,
+                "TailscaleIPs": null, "Online": false, "NodeID": 0
+            }),
+        };
+        let peers = match (&self.headscale, self.node_id, with_peers) {
+            (Some(hs), Some(id), true) => {
+                let mut m = serde_json::Map::new();
+                for p in hs.peers_of(id) {
+                    m.insert(p.node_key.clone(), peer_json(&p, p.online));
+                }
+                Value::Object(m)
+            }
+            (_, _, true) => json!({}),
+            _ => Value::Null,
+        };
+        let mut health = self.health.clone();
+        if logged_in && !self.prefs.route_all {
+            let any_routes = match (&self.headscale, self.node_id) {
+                (Some(hs), Some(id)) => hs.peers_of(id).iter().any(|p| !p.primary.is_empty()),
+                _ => false,
+            };
+            if any_routes {
+                health.push(
+                    "Some peers are advertising routes but --accept-routes is false".to_string(),
+                );
+            }
+        }
+        let ips: Value = me
+            .as_ref()
+            .map(|n| n.ips.iter().map(|i| i.to_string()).collect())
+            .unwrap_or(Value::Null);
+        let mut v = json!({
+            "Version": "1.102.3-fake", "TUN": true, "BackendState": self.backend_state,
+            "AuthURL": "", "TailscaleIPs": ips, "Self": self_json, "Health": health,
+            "MagicDNSSuffix": "", "CurrentTailnet": null, "CertDomains": null, "Peer": peers,
+            "User": null, "ClientVersion": null
+        });
+        if self.node_id.is_some()
+            && let Some(o) = v.as_object_mut()
+        {
+            o.insert("HaveNodeKey".into(), json!(true));
+        }
+        v
+    }
+}
+
+fn peer_json(n: &super::NodeView, online: bool) -> Value {
+    let mut v = json!({
+        "ID": n.id.to_string(), "PublicKey": n.node_key, "HostName": n.name,
+        "DNSName": format!("{}.tailnet.example.", n.name), "OS": "linux", "UserID": 1,
+        "TailscaleIPs": n.ips.iter().map(|i| i.to_string()).collect::<Vec<_>>(),
+        "Online": online && n.online, "NodeID": n.id
+    });
+    let mut allowed: Vec<String> = n
+        .ips
+        .iter()
+        .map(|i| match i {
+            std::net::IpAddr::V4(a) => format!("{a}/32"),
+            std::net::IpAddr::V6(a) => format!("{a}/128"),
+        })
+        .collect();
+    allowed.extend(n.primary.iter().map(|p| p.to_string()));
+    if let Some(o) = v.as_object_mut() {
+        o.insert("AllowedIPs".into(), json!(allowed));
+        if !n.primary.is_empty() {
+            // omitempty
+            o.insert(
+                "PrimaryRoutes".into(),
+                json!(n.primary.iter().map(|p| p.to_string()).collect::<Vec<_>>()),
+            );
+        }
+    }
+    v
+}
+
+/// A fake tailscaled LocalAPI on a unix socket (test double). Stops and removes the socket
+/// when dropped.
+pub struct FakeTailscaled {
+    state: Arc<Mutex<TsState>>,
+    socket: PathBuf,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl std::fmt::Debug for FakeTailscaled {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FakeTailscaled")
+            .field("socket", &self.socket)
+            .finish()
+    }
+}
+
+impl Drop for FakeTailscaled {
+    fn drop(&mut self) {
+        self.task.abort();
+        let _ = std::fs::remove_file(&self.socket);
+    }
+}
+
+impl FakeTailscaled {
+    /// A fresh tailscaled (`NeedsLogin`, no node key, [`default_prefs`]) listening on `socket`
+    /// (a stale socket file is replaced), coordinated by `headscale` when given.
+    pub async fn start(
+        socket: impl AsRef<Path>,
+        headscale: Option<HeadscaleControl>,
+    ) -> std::io::Result<Self> {
+        let state = TsState {
+            prefs: default_prefs(),
+            backend_state: "NeedsLogin".to_string(),
+            node_key: random_node_key(),
+            node_id: None,
+            hostname: "fake-node".to_string(),
+            headscale,
+            pending_auth_key: None,
+            health: Vec::new(),
+            requests: Vec::new(),
+            concurrent_writes: VecDeque::new(),
+            overwrite_after_patch: VecDeque::new(),
+            write_denied: false,
+            delay: None,
+        };
+        Self::serve(socket.as_ref(), state)
+    }
+
+    /// A tailscaled already logged in to `headscale` as `hostname` (user `user`), `Running`,
+    /// with `prefs` (its `ControlURL` is set to the fake's URL) and announcing
+    /// `prefs.AdvertiseRoutes`.
+    pub async fn start_logged_in(
+        socket: impl AsRef<Path>,
+        headscale: HeadscaleControl,
+        hostname: &str,
+        user: &str,
+        mut prefs: Prefs,
+    ) -> std::io::Result<Self> {
+        let node_key = random_node_key();
+        let node = headscale.register_node(hostname, user, &node_key);
+        prefs.control_url = headscale.url().to_string();
+        prefs.want_running = true;
+        let state = TsState {
+            prefs,
+            backend_state: "Running".to_string(),
+            node_key,
+            node_id: Some(node.id),
+            hostname: hostname.to_string(),
+            headscale: Some(headscale),
+            pending_auth_key: None,
+            health: Vec::new(),
+            requests: Vec::new(),
+            concurrent_writes: VecDeque::new(),
+            overwrite_after_patch: VecDeque::new(),
+            write_denied: false,
+            delay: None,
+        };
+        state.announce();
+        Self::serve(socket.as_ref(), state)
+    }
+
+    fn serve(socket: &Path, state: TsState) -> std::io::Result<Self> {
+        let _ = std::fs::remove_file(socket);
+        let listener = tokio::net::UnixListener::bind(socket)?;
+        let state = Arc::new(Mutex::new(state));
+        let st = state.clone();
+        let handler: Handler = Arc::new(move |req: Req| -> BoxFut {
+            let st = st.clone();
+            Box::pin(handle(st, req))
+        });
+        let task = tokio::spawn(unix_loop(listener, handler));
+        Ok(FakeTailscaled {
+            state,
+            socket: socket.to_path_buf(),
+            task,
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, TsState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The socket path.
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    /// Current prefs.
+    pub fn prefs(&self) -> Prefs {
+        self.lock().prefs.clone()
+    }
+
+    /// Replaces the prefs out of band (as `tailscale set` by an admin would) and announces.
+    pub fn set_prefs(&self, prefs: Prefs) {
+        let mut s = self.lock();
+        s.prefs = prefs;
+        s.announce();
+    }
+
+    /// The Headscale node id once logged in.
+    pub fn node_id(&self) -> Option<u64> {
+        self.lock().node_id
+    }
+
+    /// This node's `nodekey:…`.
+    pub fn node_key(&self) -> String {
+        self.lock().node_key.clone()
+    }
+
+    /// `BackendState`.
+    pub fn backend_state(&self) -> String {
+        self.lock().backend_state.clone()
+    }
+
+    /// Forces `BackendState` (e.g. `Stopped`).
+    pub fn set_backend_state(&self, state: &str) {
+        self.lock().backend_state = state.to_string();
+    }
+
+    /// Simulates another writer: right after the next `GET prefs` is answered, `routes` are
+    /// appended to `AdvertiseRoutes` (and announced).
+    pub fn inject_concurrent_route_write(&self, routes: Vec<IpNetwork>) {
+        self.lock().concurrent_writes.push_back(routes);
+    }
+
+    /// Simulates a writer racing a PATCH: right after the next successful `PATCH prefs`,
+    /// `AdvertiseRoutes` is replaced with `routes` (dropping whatever the PATCH added).
+    pub fn inject_overwrite_after_patch(&self, routes: Vec<IpNetwork>) {
+        self.lock().overwrite_after_patch.push_back(routes);
+    }
+
+    /// Refuse writes with 403 `prefs write access denied` (a non-root caller).
+    pub fn set_write_denied(&self, denied: bool) {
+        self.lock().write_denied = denied;
+    }
+
+    /// Delay every answer (drives client timeouts); `None` to stop.
+    pub fn set_delay(&self, delay: Option<Duration>) {
+        self.lock().delay = delay;
+    }
+
+    /// Requests seen so far.
+    pub fn requests(&self) -> Vec<LocalApiRequest> {
+        self.lock().requests.clone()
+    }
+}
+
+async fn handle(state: Arc<Mutex<TsState>>, req: Req) -> Resp {
+    let delay = state.lock().map(|s| s.delay).unwrap_or(None);
+    if let Some(d) = delay {
+        tokio::time::sleep(d).await;
+    }
+    let mut s = state.lock().unwrap_or_else(|p| p.into_inner());
+    let host = req
+        .headers
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .map(String::from)
+        .or_else(|| req.uri.authority().map(|a| a.to_string()))
+        .unwrap_or_default();
+    let had_ro =
+        req.headers.contains_key(header::REFERER) || req.headers.contains_key(header::ORIGIN);
+    let body: Option<Value> = if req.body.is_empty() {
+        None
+    } else {
+        serde_json::from_slice(&req.body).ok()
+    };
+    let path_q = req
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_default();
+    let resp = route(&mut s, &req, &host, had_ro, body.as_ref());
+    s.requests.push(LocalApiRequest {
+        method: req.method.to_string(),
+        path: path_q,
+        host,
+        had_referer_or_origin: had_ro,
+        status: resp.status().as_u16(),
+        body,
+    });
+    resp
+}
+
+fn route(s: &mut TsState, req: &Req, host: &str, had_ro: bool, body: Option<&Value>) -> Resp {
+    // ipn/localapi: validHost, then the Referer/Origin check.
+    if !(host.is_empty() || host == crate::localapi::LOCALAPI_HOST) {
+        return text(StatusCode::FORBIDDEN, "invalid localapi Host header");
+    }
+    if had_ro {
+        return text(StatusCode::FORBIDDEN, "invalid localapi request");
+    }
+    let path = req.uri.path();
+    let Some(name) = path.strip_prefix("/localapi/v0/") else {
+        return text(StatusCode::NOT_FOUND, "404 page not found");
+    };
+    let is_write = req.method != Method::GET;
+    if is_write && s.write_denied {
+        return text(StatusCode::FORBIDDEN, "prefs write access denied");
+    }
+    match (req.method.as_str(), name) {
+        ("GET", "status") => {
+            let peers = !req
+                .uri
+                .query()
+                .unwrap_or_default()
+                .split('&')
+                .any(|kv| kv == "peers=false");
+            json_resp(StatusCode::OK, &s.status_json(peers))
+        }
+        ("GET", "prefs") => {
+            let v = serde_json::to_value(&s.prefs).unwrap_or(Value::Null);
+            if let Some(extra) = s.concurrent_writes.pop_front() {
+                for r in extra {
+                    if !s.prefs.advertise_routes.contains(&r) {
+                        s.prefs.advertise_routes.push(r);
+                    }
+                }
+                s.announce();
+            }
+            json_resp(StatusCode::OK, &v)
+        }
+        ("PATCH", "prefs") => {
+            let Some(b) = body else {
+                return text(StatusCode::BAD_REQUEST, "EOF");
+            };
+            match apply_masked(&s.prefs, b) {
+                Ok(new) => {
+                    s.prefs = new;
+                    if let Some(over) = s.overwrite_after_patch.pop_front() {
+                        let answer = serde_json::to_value(&s.prefs).unwrap_or(Value::Null);
+                        s.prefs.advertise_routes = over;
+                        s.announce();
+                        return json_resp(StatusCode::OK, &answer);
+                    }
+                    s.announce();
+                    json_resp(
+                        StatusCode::OK,
+                        &serde_json::to_value(&s.prefs).unwrap_or(Value::Null),
+                    )
+                }
+                Err(PatchError::Decode(m)) => text(StatusCode::BAD_REQUEST, &m),
+                Err(PatchError::Edit(m)) => {
+                    json_resp(StatusCode::BAD_REQUEST, &json!({"Error": m}))
+                }
+            }
+        }
+        ("POST", "check-prefs") => {
+            let r = body
+                .ok_or_else(|| "EOF".to_string())
+                .and_then(|b| serde_json::from_value::<Prefs>(b.clone()).map_err(|e| e.to_string()))
+                .and_then(|p| check_prefs(&p));
+            match r {
+                Ok(()) => json_resp(StatusCode::OK, &json!({})),
+                Err(e) => json_resp(StatusCode::OK, &json!({"Error": e})),
+            }
+        }
+        ("POST", "start") => {
+            let Some(b) = body else {
+                return text(StatusCode::BAD_REQUEST, "EOF");
+            };
+            // ipn.Options: UpdatePrefs replaces every pref (missing fields = zero values).
+            let up = b.get("UpdatePrefs").cloned().unwrap_or(Value::Null);
+            let prefs: Prefs = if up.is_null() {
+                s.prefs.clone()
+            } else {
+                match serde_json::from_value(up) {
+                    Ok(p) => p,
+                    Err(e) => return text(StatusCode::BAD_REQUEST, &e.to_string()),
+                }
+            };
+            if let Err(e) = check_prefs(&prefs) {
+                return text(StatusCode::INTERNAL_SERVER_ERROR, &e);
+            }
+            if let Some(h) = b
+                .get("UpdatePrefs")
+                .and_then(|u| u.get("Hostname"))
+                .and_then(Value::as_str)
+                && !h.is_empty()
+            {
+                s.hostname = h.to_string();
+            }
+            s.prefs = prefs;
+            let key = b.get("AuthKey").and_then(Value::as_str).unwrap_or_default();
+            if !key.is_empty() {
+                s.pending_auth_key = Some(key.to_string());
+            }
+            if s.node_id.is_some() {
+                s.backend_state = if s.prefs.want_running {
+                    "Running"
+                } else {
+                    "Stopped"
+                }
+                .to_string();
+                s.announce();
+            } else {
+                s.backend_state = "NeedsLogin".to_string();
+            }
+            no_content()
+        }
+        ("POST", "login-interactive") => {
+            if s.node_id.is_none() {
+                match (s.pending_auth_key.take(), s.headscale.clone()) {
+                    (Some(key), Some(hs)) => {
+                        let hostname = if s.prefs.hostname.is_empty() {
+                            s.hostname.clone()
+                        } else {
+                            s.prefs.hostname.clone()
+                        };
+                        match hs.register_with_auth_key(&key, &hostname, &s.node_key) {
+                            Ok(node) => {
+                                s.node_id = Some(node.id);
+                                s.health.clear();
+                                s.backend_state = if s.prefs.want_running {
+                                    "Running"
+                                } else {
+                                    "Stopped"
+                                }
+                                .to_string();
+                                s.announce();
+                            }
+                            Err(e) => {
+                                s.backend_state = "NeedsLogin".to_string();
+                                s.health = vec![format!("login failed: {e}")];
+                            }
+                        }
+                    }
+                    _ => s.backend_state = "NeedsLogin".to_string(),
+                }
+            }
+            no_content()
+        }
+        ("POST", "logout") => {
+            if let (Some(hs), Some(id)) = (s.headscale.clone(), s.node_id) {
+                hs.announce_routes(id, &[]);
+                hs.set_online(id, false);
+            }
+            s.node_id = None;
+            s.node_key = random_node_key();
+            s.backend_state = "NeedsLogin".to_string();
+            no_content()
+        }
+        (_, "status" | "prefs" | "start" | "login-interactive" | "logout" | "check-prefs") => {
+            text(StatusCode::METHOD_NOT_ALLOWED, "unsupported method")
+        }
+        _ => text(StatusCode::NOT_FOUND, "404 page not found"),
+    }
+}

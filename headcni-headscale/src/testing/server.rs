@@ -1,0 +1,111 @@
+//! Minimal hyper 1 server plumbing shared by the fakes.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{HeaderMap, Method, Response, StatusCode, Uri, header};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::task::JoinSet;
+
+/// A request as the fakes see it: head plus the whole body.
+pub(crate) struct Req {
+    pub method: Method,
+    pub uri: Uri,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+pub(crate) type Resp = Response<Full<Bytes>>;
+pub(crate) type BoxFut = Pin<Box<dyn Future<Output = Resp> + Send>>;
+pub(crate) type Handler = Arc<dyn Fn(Req) -> BoxFut + Send + Sync>;
+
+pub(crate) fn respond(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Resp {
+    let mut r = Response::new(Full::new(body.into()));
+    *r.status_mut() = status;
+    if let Ok(v) = content_type.parse() {
+        r.headers_mut().insert(header::CONTENT_TYPE, v);
+    }
+    r
+}
+
+pub(crate) fn json(status: StatusCode, v: &serde_json::Value) -> Resp {
+    respond(status, "application/json", v.to_string())
+}
+
+pub(crate) fn text(status: StatusCode, t: &str) -> Resp {
+    respond(status, "text/plain; charset=utf-8", format!("{t}\n"))
+}
+
+pub(crate) fn no_content() -> Resp {
+    respond(StatusCode::NO_CONTENT, "text/plain", Bytes::new())
+}
+
+/// Serves HTTP/1.1 on `io` with `handler`.
+pub(crate) async fn serve_conn<I>(io: I, handler: Handler)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let svc = service_fn(move |req: hyper::Request<Incoming>| {
+        let handler = handler.clone();
+        async move {
+            let (parts, body) = req.into_parts();
+            let body = match body.collect().await {
+                Ok(b) => b.to_bytes(),
+                Err(_) => Bytes::new(),
+            };
+            let r = Req {
+                method: parts.method,
+                uri: parts.uri,
+                headers: parts.headers,
+                body,
+            };
+            // Like a real server, finish the request even if the client gave up (a timed-out
+            // approve_routes may still have been applied): run it in its own task.
+            let resp = match tokio::spawn(handler(r)).await {
+                Ok(resp) => resp,
+                Err(_) => text(StatusCode::INTERNAL_SERVER_ERROR, "handler failed"),
+            };
+            Ok::<_, Infallible>(resp)
+        }
+    });
+    let _ = hyper::server::conn::http1::Builder::new()
+        .serve_connection(TokioIo::new(io), svc)
+        .await;
+}
+
+macro_rules! accept_loop {
+    ($listener:expr, $handler:expr) => {{
+        let mut conns = JoinSet::new();
+        loop {
+            tokio::select! {
+                res = $listener.accept() => match res {
+                    Ok((io, _)) => {
+                        conns.spawn(serve_conn(io, $handler.clone()));
+                    }
+                    Err(e) => {
+                        tracing::debug!(error = %e, "fake server accept failed");
+                        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                    }
+                },
+                Some(_) = conns.join_next(), if !conns.is_empty() => {}
+            }
+        }
+    }};
+}
+
+/// Accept loop on TCP; connections live in a `JoinSet`, so aborting the loop task ends them.
+pub(crate) async fn tcp_loop(listener: tokio::net::TcpListener, handler: Handler) {
+    accept_loop!(listener, handler)
+}
+
+/// Accept loop on a unix socket; same life cycle as [`tcp_loop`].
+pub(crate) async fn unix_loop(listener: tokio::net::UnixListener, handler: Handler) {
+    accept_loop!(listener, handler)
+}

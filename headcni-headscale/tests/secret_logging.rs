@@ -1,0 +1,88 @@
+//! The API key and pre-auth keys never appear in Debug output or logs. Alone in its own test
+//! binary: tracing's per-callsite interest cache is process-wide, so a thread-scoped
+//! subscriber only sees everything when no other test runs beside it.
+
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+
+use headcni_headscale::headscale::{HeadscaleClient, HeadscaleConfig, PreAuthKeyOptions};
+use headcni_headscale::secret::Secret;
+use headcni_headscale::testing::{FakeHeadscale, FakeHeadscaleOptions, Fault};
+
+/// A `MakeWriter` collecting everything tracing prints.
+#[derive(Clone, Default)]
+struct Capture(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Capture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Capture {
+    type Writer = Capture;
+    fn make_writer(&'a self) -> Capture {
+        self.clone()
+    }
+}
+
+#[tokio::test]
+async fn api_key_never_in_debug_or_logs() {
+    let hs = FakeHeadscale::start(FakeHeadscaleOptions::default())
+        .await
+        .unwrap();
+    let capture = Capture::default();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_writer(capture.clone())
+        .with_ansi(false)
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let key = hs.api_key().to_string();
+    let cfg = HeadscaleConfig::new(hs.url(), Some(Secret::new(key.clone())));
+    let c = HeadscaleClient::new(cfg.clone()).unwrap();
+    tracing::debug!(?cfg, client = ?c, "constructed");
+    c.detect().await.unwrap();
+    let u = c.ensure_user("headcni").await.unwrap();
+    let k = c
+        .create_preauth_key(&u, &PreAuthKeyOptions::default())
+        .await
+        .unwrap();
+    tracing::info!(key = ?k, "created key");
+    hs.inject(Fault::ServerError, 1);
+    let e = c.list_nodes(None).await.unwrap_err();
+    tracing::warn!(error = %e, debug = ?e, "expected failure");
+    let bad = HeadscaleClient::new(HeadscaleConfig::new(
+        hs.url(),
+        Some(Secret::new(format!("{key}-tampered"))),
+    ))
+    .unwrap();
+    let e = bad.list_nodes(None).await.unwrap_err();
+    tracing::warn!(error = %e, debug = ?e, "expected 401");
+
+    let logs = String::from_utf8(capture.0.lock().unwrap().clone()).unwrap();
+    assert!(
+        logs.contains("headscale request"),
+        "logging was captured: {logs}"
+    );
+    assert!(logs.contains("<redacted>"));
+    assert!(!logs.contains(&key), "API key leaked into logs");
+    assert!(
+        !logs.contains(k.key.expose()),
+        "pre-auth key leaked into logs"
+    );
+    for s in [
+        format!("{cfg:?}"),
+        format!("{c:?}"),
+        format!("{e:?}"),
+        format!("{e}"),
+        format!("{k:?}"),
+    ] {
+        assert!(!s.contains(&key), "leak in {s}");
+    }
+}

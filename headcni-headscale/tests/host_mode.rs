@@ -41,6 +41,7 @@ async fn env(version: FakeApiVersion, auto: Vec<IpNetwork>, prefs: Prefs) -> Env
     let hs = FakeHeadscale::start(FakeHeadscaleOptions {
         version,
         auto_approvers: auto,
+        ..Default::default()
     })
     .await
     .unwrap();

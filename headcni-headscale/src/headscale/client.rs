@@ -262,14 +262,18 @@ impl HeadscaleClient {
         Ok(info)
     }
 
-    /// Headscale ≥ 0.27 `GET /version` (unauthenticated); `Ok(None)` on 404 (≤ 0.26).
+    /// Headscale ≥ 0.27 `GET /version` (unauthenticated); `Ok(None)` on 404 (≤ 0.26) and
+    /// on a 200 that is not the version JSON (a web UI in front of Headscale answering every
+    /// path), so that detection falls back to the route probe.
     pub async fn version(&self) -> Result<Option<VersionInfo>, HeadscaleError> {
-        match self
+        let r: Result<VersionInfo, _> = self
             .call(Method::GET, "version", &[], None::<&()>, false)
-            .await
-        {
-            Ok(v) => Ok(Some(v)),
-            Err(HeadscaleError::NotFound { .. }) => Ok(None),
+            .await;
+        match r {
+            Ok(v) if !v.version.is_empty() => Ok(Some(v)),
+            Ok(_) | Err(HeadscaleError::NotFound { .. }) | Err(HeadscaleError::Decode { .. }) => {
+                Ok(None)
+            }
             Err(e) => Err(e),
         }
     }

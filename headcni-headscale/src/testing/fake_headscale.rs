@@ -134,6 +134,10 @@ pub struct FakeHeadscaleOptions {
     pub version: FakeApiVersion,
     /// `autoApprovers.routes` prefixes (any approver alias matches in the fake).
     pub auto_approvers: Vec<IpNetwork>,
+    /// Listen address; default `127.0.0.1:0` (ephemeral port). The lab sets a fixed one.
+    pub listen: SocketAddr,
+    /// The valid API key; `None` generates one in the version's format.
+    pub api_key: Option<String>,
 }
 
 impl Default for FakeHeadscaleOptions {
@@ -141,6 +145,8 @@ impl Default for FakeHeadscaleOptions {
         FakeHeadscaleOptions {
             version: FakeApiVersion::V0_29,
             auto_approvers: Vec::new(),
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            api_key: None,
         }
     }
 }
@@ -1271,14 +1277,18 @@ impl Drop for FakeHeadscale {
 }
 
 impl FakeHeadscale {
-    /// Binds `127.0.0.1:0` and serves in a background task of the current tokio runtime.
-    /// A valid API key is generated (see [`FakeHeadscale::api_key`]).
+    /// Binds [`FakeHeadscaleOptions::listen`] (default `127.0.0.1:0`) and serves in a
+    /// background task of the current tokio runtime. Unless given, a valid API key is
+    /// generated (see [`FakeHeadscale::api_key`]).
     pub async fn start(opts: FakeHeadscaleOptions) -> std::io::Result<Self> {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let listener = tokio::net::TcpListener::bind(opts.listen).await?;
         let addr = listener.local_addr()?;
-        let api_key = match opts.version {
-            FakeApiVersion::V0_29 => format!("hskey-api-{}-{}", rand_hex(6), rand_hex(24)),
-            _ => format!("{}.{}", rand_hex(5), rand_hex(24)),
+        let api_key = match (&opts.api_key, opts.version) {
+            (Some(k), _) => k.clone(),
+            (None, FakeApiVersion::V0_29) => {
+                format!("hskey-api-{}-{}", rand_hex(6), rand_hex(24))
+            }
+            (None, _) => format!("{}.{}", rand_hex(5), rand_hex(24)),
         };
         let mut state = State::new(&opts);
         state.api_keys.push(api_key.clone());

@@ -65,6 +65,31 @@ impl Default for BackendOptions {
 
 /// The Headscale/Tailscale [`ControlPlaneBackend`] (host mode; daemon mode reuses it once its
 /// dedicated tailscaled is logged in, see [`crate::daemon`]).
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+/// use std::path::Path;
+/// use std::sync::Arc;
+/// use headcni_core::control::ControlPlaneBackend;
+/// use headcni_headscale::{
+///     ApprovalMode, BackendOptions, HeadscaleClient, HeadscaleConfig, LocalApiClient, Secret,
+///     TailnetBackend,
+/// };
+/// // [headscale] api_key_file, else HEADSCALE_API_KEY; refused if group/other-readable
+/// let key = Secret::load_api_key(Some(Path::new("/etc/headcni/api-key")))?;
+/// let hs = HeadscaleClient::new(HeadscaleConfig::new("https://headscale.example.com", Some(key)))?;
+/// let backend = TailnetBackend::new(
+///     LocalApiClient::new("/var/run/tailscale/tailscaled.sock"),
+///     ApprovalMode::Api(Arc::new(hs)), // or ApprovalMode::AutoApprovers (no key)
+///     BackendOptions::default(),
+/// );
+/// // reconcile loop: bounded, returns a typed error when not (yet) approved
+/// let _ = backend.ensure_routes(&["10.244.1.0/24".parse()?]).await;
+/// // /readyz and `headcni status`: no I/O
+/// let status = backend.status();
+/// println!("ready={} {:?}", status.readiness.is_ready(), status.readiness);
+/// # Ok(()) }
+/// ```
 #[derive(Debug)]
 pub struct TailnetBackend {
     localapi: LocalApiClient,

@@ -14,9 +14,11 @@ pub fn find_plugin(plugin_type: &str, path: &[PathBuf]) -> Result<PathBuf, CniEr
     for dir in path {
         let candidate = dir.join(plugin_type);
         if let Ok(meta) = std::fs::metadata(&candidate)
-            && meta.is_file() && meta.permissions().mode() & 0o111 != 0 {
-                return Ok(candidate);
-            }
+            && meta.is_file()
+            && meta.permissions().mode() & 0o111 != 0
+        {
+            return Ok(candidate);
+        }
     }
     Err(CniError::new(
         ErrorCode::Delegate,

@@ -176,12 +176,13 @@ fn main_plugin(env: &CniEnv, stdin: &[u8]) -> Result<Option<Value>, CniError> {
                 .as_deref()
                 .or(env.args.mac.as_deref());
             if let Some(m) = mac
-                && !headcni_core::cni::is_mac(m) {
-                    return Err(
-                        CniError::new(ErrorCode::InvalidConfig, "invalid MAC address")
-                            .with_details(m.to_owned()),
-                    );
-                }
+                && !headcni_core::cni::is_mac(m)
+            {
+                return Err(
+                    CniError::new(ErrorCode::InvalidConfig, "invalid MAC address")
+                        .with_details(m.to_owned()),
+                );
+            }
             let req = AddRequest {
                 container_id: env.container_id(),
                 ifname: env.ifname(),

@@ -393,9 +393,10 @@ fn down() -> Result<()> {
         }
     }
     if let Err(e) = std::fs::remove_dir_all(STATE_DIR)
-        && e.kind() != std::io::ErrorKind::NotFound {
-            errors.push(format!("removing {STATE_DIR}: {e}"));
-        }
+        && e.kind() != std::io::ErrorKind::NotFound
+    {
+        errors.push(format!("removing {STATE_DIR}: {e}"));
+    }
     if errors.is_empty() {
         eprintln!("lab is down");
         Ok(())

@@ -4,10 +4,9 @@
 //!   `headcni-ipam` through a symlink, the standalone IPAM plugin).
 //! - Otherwise it is a command-line tool with subcommands (`lab`, ...).
 
-mod cni;
-mod lab;
-
 use std::path::Path;
+
+use headcni_cli::{cni, lab};
 
 use clap::{Parser, Subcommand};
 

@@ -7,10 +7,10 @@
 
 use async_trait::async_trait;
 use ipnetwork::IpNetwork;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Route state of this node as the control plane sees it.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct RouteState {
     /// Routes this node advertises (Tailscale prefs `AdvertiseRoutes`), all of them, not
     /// only HeadCNI's.
@@ -24,7 +24,7 @@ pub struct RouteState {
 }
 
 /// Another node's routes seen through the tailnet.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PeerRoutes {
     /// The peer's host name.
     pub name: String,
@@ -37,7 +37,7 @@ pub struct PeerRoutes {
 }
 
 /// Why the control plane is not ready.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum NotReadyReason {
     /// No reconcile has finished yet.
@@ -61,7 +61,7 @@ pub enum NotReadyReason {
 }
 
 /// Readiness of the control plane for `/readyz`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "state", rename_all = "kebab-case")]
 pub enum Readiness {
     /// The wanted routes are advertised, approved and primary.
@@ -83,7 +83,7 @@ impl Readiness {
 }
 
 /// The control plane's status as last observed, for `/readyz` and `headcni status`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ControlPlaneStatus {
     /// Backend and mode, e.g. `"headscale/api"` or `"headscale/auto-approvers"`.
     pub backend: String,

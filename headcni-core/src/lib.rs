@@ -14,4 +14,5 @@ pub mod cni;
 pub mod control;
 pub mod ipam;
 pub mod link;
+pub mod node;
 pub mod plugin;

@@ -9,8 +9,9 @@
 //!   undoes, in reverse, what this ADD created (the veth, a fresh IP reservation) and
 //!   returns the original error. A repeated ADD for a live attachment fails with code 102
 //!   and leaves the live attachment untouched.
-//! - DEL: idempotent. Deletes the container interface (or the host end if the netns is
-//!   gone), then releases the IPAM reservation; succeeds when everything is already gone.
+//! - DEL: idempotent. Deletes the veth pair by its host end (named after the attachment, so
+//!   the container's netns need not be entered; CNI_IFNAME in the netns only if the host end
+//!   is missing), then releases the IPAM reservation; succeeds when everything is already gone.
 //! - CHECK: verifies the bridge, the host veth's port (master, hairpin), the container
 //!   interface (MAC, MTU), addresses and routes listed in `prevResult`, and the IPAM
 //!   reservation; reports every difference (code 106).
@@ -37,6 +38,18 @@ pub trait Namespaces: Send + Sync {
     async fn host(&self) -> Result<Self::Handle, LinkError>;
     /// A container namespace by path; [`LinkError::Netns`] if it does not exist.
     async fn open(&self, netns: &Path) -> Result<Self::Handle, LinkError>;
+    /// Creates the veth pair of `spec` from `host`, with the peer in the namespace `container`
+    /// is bound to. The default calls [`LinkManager::create_veth`]; implementations override it
+    /// to reuse the already open container handle instead of opening the namespace again.
+    async fn create_veth(
+        &self,
+        host: &Self::Handle,
+        container: &Self::Handle,
+        spec: &VethSpec,
+    ) -> Result<crate::link::VethPair, LinkError> {
+        let _ = container;
+        host.create_veth(spec).await
+    }
 }
 
 /// The result of an IPAM ADD.
@@ -227,16 +240,18 @@ async fn add_links<N: Namespaces + ?Sized>(
         let v6 = ipam_res.ips.iter().any(|i| i.address.is_ipv6());
         host.enable_forwarding(v4, v6).await?;
     }
-    let pair = host
-        .create_veth(&VethSpec {
-            host_name: host_name.to_owned(),
-            container_name: req.ifname.to_owned(),
-            container_netns: req.netns.to_path_buf(),
-            mtu: conf.mtu,
-            container_mac: req.mac.map(str::to_owned),
-            master: Some(conf.bridge.clone()),
-            hairpin: conf.hairpin_mode,
-        })
+    let container = ns.open(req.netns).await?;
+    let spec = VethSpec {
+        host_name: host_name.to_owned(),
+        container_name: req.ifname.to_owned(),
+        container_netns: req.netns.to_path_buf(),
+        mtu: conf.mtu,
+        container_mac: req.mac.map(str::to_owned),
+        master: Some(conf.bridge.clone()),
+        hairpin: conf.hairpin_mode,
+    };
+    let pair = ns
+        .create_veth(&host, &container, &spec)
         .await
         .map_err(|e| match e {
             LinkError::Exists(name) => CniError::new(
@@ -251,7 +266,6 @@ async fn add_links<N: Namespaces + ?Sized>(
         })?;
     *veth_created = true;
 
-    let container = ns.open(req.netns).await?;
     for ip in &ipam_res.ips {
         container.add_address(req.ifname, ip.address).await?;
     }
@@ -314,30 +328,31 @@ pub struct DelRequest<'a> {
 }
 
 /// CNI DEL: idempotent; succeeds when the netns, the interface or the reservation is
-/// already gone. The reservation is released only once the interface is gone, so an
-/// address is never handed out while a live interface still holds it.
+/// already gone. The reservation is released only once the interface is gone (any error
+/// deleting it is returned and the reservation kept), so an address is never handed out
+/// while a live interface still holds it.
 pub async fn del<N, I>(ns: &N, ipam: &I, req: &DelRequest<'_>) -> Result<(), CniError>
 where
     N: Namespaces + ?Sized,
     I: IpamClient + ?Sized,
 {
-    let mut link_gone = false;
-    if let Some(netns) = req.netns {
-        match ns.open(netns).await {
-            Ok(c) => {
-                c.delete_link(req.ifname).await?;
-                link_gone = true;
+    // Deleting the host end (its name is derived from the attachment) removes the pair from
+    // the node's namespace without entering the container's; only when it is not there is
+    // the container's namespace opened to look for CNI_IFNAME.
+    let host = ns.host().await?;
+    let host_end_existed = host
+        .delete_link(&host_veth_name(req.container_id, req.ifname))
+        .await?;
+    if !host_end_existed {
+        if let Some(netns) = req.netns {
+            match ns.open(netns).await {
+                Ok(c) => {
+                    c.delete_link(req.ifname).await?;
+                }
+                Err(LinkError::Netns { .. }) => {}
+                Err(e) => return Err(e.into()),
             }
-            Err(LinkError::Netns { .. }) => {}
-            Err(e) => return Err(e.into()),
         }
-    }
-    if !link_gone {
-        // The netns is gone or unknown: the host end normally died with it; remove it if a
-        // namespace still holds the pair alive without its path.
-        let host = ns.host().await?;
-        host.delete_link(&host_veth_name(req.container_id, req.ifname))
-            .await?;
     }
     ipam.del().await
 }

@@ -17,6 +17,7 @@ struct World {
     hairpin: HashSet<String>,
     gone_netns: HashSet<String>,
     fail_on: Option<&'static str>,
+    opens: u32,
     log: Vec<String>,
     next_index: u32,
 }
@@ -70,6 +71,7 @@ impl Namespaces for FakeNs {
     }
     async fn open(&self, netns: &Path) -> Result<Handle, LinkError> {
         let ns = netns.to_string_lossy().into_owned();
+        self.w().opens += 1;
         if self.w().gone_netns.contains(&ns) {
             return Err(LinkError::Netns {
                 path: netns.into(),
@@ -503,4 +505,28 @@ fn check_fails_without_container_interface_in_prev_result() {
         block_on(check(&ns, &ipam, &conf(), &req)).unwrap_err().code,
         ErrorCode::CheckFailed.code()
     );
+}
+
+#[test]
+fn del_removes_the_pair_by_its_host_end_without_entering_the_netns() {
+    let ns = FakeNs::default();
+    let ipam = FakeIpam::default();
+    block_on(add(&ns, &ipam, &conf(), &add_req())).unwrap();
+    let opens = ns.w().opens;
+    let req = DelRequest {
+        container_id: "cid-a",
+        ifname: "eth0",
+        netns: Some(Path::new(NETNS)),
+    };
+    block_on(del(&ns, &ipam, &req)).unwrap();
+    let w = ns.w();
+    assert_eq!(
+        w.opens, opens,
+        "DEL entered the container netns although the host end existed"
+    );
+    assert!(w.links.get(NETNS).is_none_or(|l| !l.contains_key("eth0")));
+    assert!(w.log.contains(&format!(
+        "delete {HOST}:{}",
+        host_veth_name("cid-a", "eth0")
+    )));
 }

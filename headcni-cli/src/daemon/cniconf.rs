@@ -1,0 +1,1 @@
+//! The daemon's the CNI conflist: render and write atomically, only when it changes.

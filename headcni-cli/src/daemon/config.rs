@@ -1,0 +1,1 @@
+//! The daemon's the daemon configuration: TOML file, environment and flag overrides, validation.

@@ -1,0 +1,1 @@
+//! The daemon's the node data plane: bridge, forwarding, masquerade table.

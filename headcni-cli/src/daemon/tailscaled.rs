@@ -1,0 +1,1 @@
+//! The daemon's daemon mode: supervising a dedicated tailscaled.

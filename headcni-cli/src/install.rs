@@ -1,0 +1,1 @@
+//! `headcni install`: copy the binary into the CNI bin dir atomically and link headcni-ipam to it.

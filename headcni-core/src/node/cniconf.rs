@@ -1,0 +1,1 @@
+//! The CNI conflist the node daemon writes.

@@ -1,0 +1,1 @@
+//! PodCIDR sources: file formats and the name hash.

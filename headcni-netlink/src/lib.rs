@@ -24,6 +24,7 @@ mod error;
 mod handle;
 mod link_ops;
 pub mod netns;
+pub mod nft;
 mod route_ops;
 mod sysctl;
 

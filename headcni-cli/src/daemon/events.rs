@@ -1,0 +1,222 @@
+//! The daemon side of the plugin event socket: receives [`PluginEvent`] datagrams (see
+//! [`crate::events`] for the protocol and why it is datagram-based), keeps the pod table in
+//! [`DaemonState::pods`](super::state::DaemonState) and feeds the CNI metrics.
+
+use std::io::ErrorKind;
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use anyhow::{Context, bail};
+use tokio::net::UnixDatagram;
+use tokio_util::sync::CancellationToken;
+
+use super::metrics::Metrics;
+use super::state::{PodEntry, SharedState};
+use crate::events::{MAX_EVENT_BYTES, PluginEvent};
+
+/// The most pod attachments the table holds; further ADDs are counted but not stored, so that
+/// a runaway sender cannot grow the daemon without bound (a node runs ~110 pods by default).
+pub const MAX_PODS: usize = 8192;
+
+/// The pod-table key of an attachment: `containerID/ifname`.
+pub fn pod_key(container_id: &str, ifname: &str) -> String {
+    format!("{container_id}/{ifname}")
+}
+
+/// Applies one event to the pod table and the metrics: a successful ADD inserts (or replaces)
+/// the attachment, any DEL removes it (the runtime has given up on the attachment even when
+/// DEL failed, and it retries DEL on its own); other verbs only count.
+pub fn apply(state: &SharedState, metrics: &Metrics, ev: PluginEvent) {
+    // u64 microseconds → f64 seconds: exact up to 2^53 µs (285 years).
+    metrics.record_cni(&ev.verb, ev.ok, ev.duration_us as f64 / 1e6);
+    let key = pod_key(&ev.container_id, &ev.ifname);
+    let mut st = state.write().unwrap_or_else(|e| e.into_inner());
+    match ev.verb.as_str() {
+        "ADD" if ev.ok && !ev.container_id.is_empty() => {
+            if st.pods.len() >= MAX_PODS && !st.pods.contains_key(&key) {
+                tracing::warn!("pod table full ({MAX_PODS} entries), ADD event not recorded");
+            } else {
+                st.pods.insert(
+                    key,
+                    PodEntry {
+                        container_id: ev.container_id,
+                        ifname: ev.ifname,
+                        namespace: ev.pod_namespace,
+                        name: ev.pod_name,
+                        ips: ev.ips,
+                        added_at: SystemTime::now(),
+                    },
+                );
+            }
+        }
+        "DEL" => {
+            st.pods.remove(&key);
+        }
+        _ => {}
+    }
+    metrics.set_pods(st.pods.len() as u64);
+}
+
+/// Binds `socket` for plugin events, mode 0600, without a window in which the socket is
+/// reachable with a looser mode: it is bound under a temporary name in the (root-owned, 0755)
+/// parent directory, chmod'ed, then renamed over `socket`. Refuses to replace a live socket
+/// (another daemon) or a file that is not a socket.
+fn bind(socket: &Path) -> anyhow::Result<UnixDatagram> {
+    let parent = socket
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o755)
+        .create(parent)
+        .with_context(|| format!("creating {}", parent.display()))?;
+    match std::fs::symlink_metadata(socket) {
+        Ok(md) if md.file_type().is_socket() => {
+            let probe =
+                std::os::unix::net::UnixDatagram::unbound().context("creating a probe socket")?;
+            if probe.connect(socket).is_ok() {
+                bail!(
+                    "{} is in use by a running process (another headcni daemon?)",
+                    socket.display()
+                );
+            }
+            tracing::info!("removing stale event socket {}", socket.display());
+        }
+        Ok(_) => bail!(
+            "{} exists and is not a socket; refusing to replace it",
+            socket.display()
+        ),
+        Err(e) if e.kind() == ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("inspecting {}", socket.display())),
+    }
+    let file_name = socket
+        .file_name()
+        .with_context(|| format!("{} has no file name", socket.display()))?;
+    let tmp = parent.join(format!(
+        ".{}.{}.tmp",
+        file_name.to_string_lossy(),
+        std::process::id()
+    ));
+    let _ = std::fs::remove_file(&tmp);
+    let sock = UnixDatagram::bind(&tmp).with_context(|| format!("binding {}", tmp.display()))?;
+    let finish = std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("chmod 0600 {}", tmp.display()))
+        .and_then(|()| {
+            std::fs::rename(&tmp, socket)
+                .with_context(|| format!("renaming {} to {}", tmp.display(), socket.display()))
+        });
+    if let Err(e) = finish {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
+    Ok(sock)
+}
+
+/// Removes `socket` if it is still the inode this daemon bound (a newer daemon may already
+/// have replaced it).
+fn remove_own(socket: &Path, ino: Option<(u64, u64)>) {
+    if let (Some((dev, ino)), Ok(md)) = (ino, std::fs::symlink_metadata(socket))
+        && md.dev() == dev
+        && md.ino() == ino
+        && let Err(e) = std::fs::remove_file(socket)
+    {
+        tracing::warn!("removing {}: {e}", socket.display());
+    }
+}
+
+/// Serves the plugin event socket until `cancel`: creates the parent directory (0755),
+/// replaces a stale socket, binds with mode 0600 (root only), and applies every well-formed
+/// event to the pod table and the CNI metrics ([`apply`]). Malformed datagrams are counted
+/// (`headcni_plugin_events_total{result="malformed"}`) and ignored. On cancel it returns
+/// `Ok(())` and removes the socket.
+pub async fn serve(
+    socket: PathBuf,
+    state: SharedState,
+    metrics: Arc<Metrics>,
+    cancel: CancellationToken,
+) -> anyhow::Result<()> {
+    let sock = bind(&socket)?;
+    let ino = std::fs::symlink_metadata(&socket)
+        .ok()
+        .map(|md| (md.dev(), md.ino()));
+    tracing::info!("plugin event socket on {}", socket.display());
+    // One byte more than the largest event, so that an oversized datagram is seen as such
+    // (recv truncates silently) and rejected.
+    let mut buf = vec![0u8; MAX_EVENT_BYTES + 1];
+    let result = loop {
+        let n = tokio::select! {
+            _ = cancel.cancelled() => break Ok(()),
+            r = sock.recv(&mut buf) => r,
+        };
+        match n {
+            Ok(n) => match buf.get(..n).and_then(PluginEvent::decode) {
+                Some(ev) => {
+                    metrics.record_plugin_event(true);
+                    tracing::debug!(verb = %ev.verb, container = %ev.container_id, ok = ev.ok, "plugin event");
+                    apply(&state, &metrics, ev);
+                }
+                None => {
+                    metrics.record_plugin_event(false);
+                    tracing::debug!("malformed plugin event ({n} bytes) ignored");
+                }
+            },
+            Err(e) if matches!(e.kind(), ErrorKind::Interrupted | ErrorKind::WouldBlock) => {}
+            Err(e) => break Err(anyhow::Error::new(e).context("receiving plugin events")),
+        }
+    };
+    drop(sock);
+    remove_own(&socket, ino);
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::daemon::state::DaemonState;
+    use std::sync::RwLock;
+
+    fn ev(verb: &str, cid: &str, ok: bool) -> PluginEvent {
+        PluginEvent {
+            verb: verb.into(),
+            container_id: cid.into(),
+            ifname: "eth0".into(),
+            pod_namespace: Some("ns".into()),
+            pod_name: Some("p".into()),
+            ips: vec![],
+            ok,
+            code: None,
+            duration_us: 500,
+        }
+    }
+
+    #[test]
+    fn apply_add_del() {
+        let st: SharedState = Arc::new(RwLock::new(DaemonState::new("n", "host")));
+        let m = Metrics::new();
+        apply(&st, &m, ev("ADD", "a", true));
+        apply(&st, &m, ev("ADD", "b", false));
+        apply(&st, &m, ev("CHECK", "a", true));
+        assert_eq!(st.read().map(|s| s.pods.len()).unwrap_or(0), 1);
+        assert!(m.encode().contains("headcni_pods 1"));
+        apply(&st, &m, ev("DEL", "a", false));
+        assert_eq!(st.read().map(|s| s.pods.len()).unwrap_or(9), 0);
+        assert!(m.encode().contains("headcni_pods 0"));
+    }
+
+    #[test]
+    fn bind_refuses_a_regular_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = dir.path().join("daemon.sock");
+        std::fs::write(&p, b"x").expect("write");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let err = rt.block_on(async { bind(&p).map(|_| ()) });
+        assert!(err.is_err());
+        assert_eq!(std::fs::read(&p).expect("still there"), b"x");
+    }
+}

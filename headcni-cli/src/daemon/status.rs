@@ -1,0 +1,366 @@
+//! `headcni status`: asks the local daemon (`GET /status`) and prints what it knows, for
+//! people (or the raw JSON with `--json`).
+
+use std::collections::BTreeSet;
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use bytes::Bytes;
+use http::{Request, StatusCode, header};
+use http_body_util::{BodyExt, Empty, Limited};
+use hyper_util::rt::TokioIo;
+use ipnetwork::IpNetwork;
+use tokio::net::TcpStream;
+
+use super::state::DaemonState;
+
+/// The whole exchange with the daemon must finish within this time.
+const TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The largest `/status` body accepted (a node with thousands of pods stays far below).
+const MAX_BODY: usize = 16 * 1024 * 1024;
+
+/// `headcni status` arguments.
+#[derive(clap::Args, Debug, Clone)]
+pub struct StatusArgs {
+    /// Address of the daemon's HTTP endpoint (`[daemon] listen`).
+    #[arg(long, default_value = "127.0.0.1:8081")]
+    pub listen: SocketAddr,
+    /// Print the daemon's raw JSON status instead of the human summary.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Fetches `GET /status` from the daemon at `listen`: the raw JSON body.
+pub async fn fetch(listen: SocketAddr) -> anyhow::Result<Bytes> {
+    tokio::time::timeout(TIMEOUT, fetch_inner(listen))
+        .await
+        .map_err(|_| {
+            anyhow::anyhow!(
+                "the headcni daemon at {listen} did not answer within {}s",
+                TIMEOUT.as_secs()
+            )
+        })?
+}
+
+async fn fetch_inner(listen: SocketAddr) -> anyhow::Result<Bytes> {
+    let stream = match TcpStream::connect(listen).await {
+        Ok(s) => s,
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => bail!(
+            "the headcni daemon is not running: nothing listens on {listen} \
+             (start it with `headcni daemon`, or pass --listen with its [daemon] listen address)"
+        ),
+        Err(e) => {
+            return Err(e).with_context(|| format!("connecting to the headcni daemon at {listen}"));
+        }
+    };
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .with_context(|| format!("HTTP handshake with {listen}"))?;
+    let driver = tokio::spawn(conn);
+    let req = Request::get("/status")
+        .header(header::HOST, listen.to_string())
+        .header(header::ACCEPT, "application/json")
+        .body(Empty::<Bytes>::new())
+        .context("building the /status request")?;
+    let resp = sender
+        .send_request(req)
+        .await
+        .with_context(|| format!("GET http://{listen}/status"))?;
+    let status = resp.status();
+    let body = Limited::new(resp.into_body(), MAX_BODY)
+        .collect()
+        .await
+        .map_err(|e| anyhow::anyhow!("reading the /status body from {listen}: {e}"))?
+        .to_bytes();
+    driver.abort();
+    if status != StatusCode::OK {
+        bail!(
+            "GET http://{listen}/status answered {status}: {}",
+            String::from_utf8_lossy(&body).trim()
+        );
+    }
+    Ok(body)
+}
+
+/// Runs `headcni status`: prints the daemon's status (human text, or the raw JSON with
+/// `--json`) and returns whether the node is ready. An error (with a clear message) when the
+/// daemon is not running or answers something that is not a status.
+pub async fn run(args: &StatusArgs) -> anyhow::Result<bool> {
+    let body = fetch(args.listen).await?;
+    let state: DaemonState = serde_json::from_slice(&body)
+        .with_context(|| format!("{} did not answer a headcni status", args.listen))?;
+    if args.json {
+        println!("{}", String::from_utf8_lossy(&body).trim_end());
+    } else {
+        print!("{}", render(&state));
+    }
+    Ok(state.not_ready_reasons().is_empty())
+}
+
+/// Replaces control characters so that names received from the network cannot drive the
+/// terminal.
+fn clean(s: &str) -> String {
+    s.chars()
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect()
+}
+
+fn yes_no(b: bool) -> &'static str {
+    if b { "yes" } else { "no" }
+}
+
+fn join_nets(nets: &[IpNetwork]) -> String {
+    if nets.is_empty() {
+        return "-".to_owned();
+    }
+    nets.iter()
+        .map(|n| n.to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The human summary printed by `headcni status`: node, mode, PodCIDR(s) and their source,
+/// node preparation, this node's routes (advertised / approved / primary), peers' pod CIDRs
+/// seen through the tailnet, pods on this node, and `READY` or `NOT READY: <reasons>`.
+pub fn render(state: &DaemonState) -> String {
+    let mut o = String::new();
+    // Writing into a String cannot fail: the results of writeln! are ignored below.
+    let _ = writeln!(o, "Node:        {}", clean(&state.node_name));
+    let _ = writeln!(o, "Mode:        {}", clean(&state.mode));
+    let source = state
+        .pod_cidr_source
+        .and_then(|s| serde_json::to_value(s).ok())
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_else(|| "unknown".to_owned());
+    if state.pod_cidrs.is_empty() {
+        let _ = writeln!(o, "PodCIDR:     not known yet");
+    } else {
+        let _ = writeln!(
+            o,
+            "PodCIDR:     {} (source: {source})",
+            join_nets(&state.pod_cidrs)
+        );
+    }
+    let conflist = match (&state.conflist, state.conflist_written) {
+        (Some(p), true) => format!("{} (written)", clean(p)),
+        (Some(p), false) => format!("{} (not written)", clean(p)),
+        (None, _) => "not written".to_owned(),
+    };
+    let _ = writeln!(o, "Conflist:    {conflist}");
+    let _ = writeln!(
+        o,
+        "Masquerade:  {}",
+        if state.masquerade_ready {
+            "in place"
+        } else {
+            "not in place"
+        }
+    );
+    match &state.control {
+        None => {
+            let _ = writeln!(o, "Control:     not reconciled yet");
+        }
+        Some(c) => {
+            let mut who = clean(&c.backend);
+            if let Some(id) = &c.node_id {
+                let _ = write!(who, ", node id {}", clean(id));
+            }
+            if let Some(n) = &c.node_name {
+                let _ = write!(who, ", tailnet name {}", clean(n));
+            }
+            let _ = writeln!(o, "Control:     {who}");
+            let r = &c.routes;
+            let all: BTreeSet<IpNetwork> = c
+                .wanted
+                .iter()
+                .chain(&r.advertised)
+                .chain(&r.approved)
+                .chain(&r.primary)
+                .copied()
+                .collect();
+            if all.is_empty() {
+                let _ = writeln!(o, "Routes:      none");
+            } else {
+                let _ = writeln!(o, "Routes:");
+                let _ = writeln!(
+                    o,
+                    "  {:<43} {:<7} {:<10} {:<8} {:<7}",
+                    "ROUTE", "HEADCNI", "ADVERTISED", "APPROVED", "PRIMARY"
+                );
+                for net in &all {
+                    let _ = writeln!(
+                        o,
+                        "  {:<43} {:<7} {:<10} {:<8} {:<7}",
+                        net.to_string(),
+                        yes_no(c.wanted.contains(net)),
+                        yes_no(r.advertised.contains(net)),
+                        yes_no(r.approved.contains(net)),
+                        yes_no(r.primary.contains(net)),
+                    );
+                }
+            }
+            if c.peers.is_empty() {
+                let _ = writeln!(o, "Peers:       none seen through the tailnet");
+            } else {
+                let _ = writeln!(o, "Peers (pod CIDRs through the tailnet):");
+                for p in &c.peers {
+                    let _ = writeln!(
+                        o,
+                        "  {:<30} {:<8} {}",
+                        clean(&p.name),
+                        if p.online { "online" } else { "offline" },
+                        join_nets(&p.routes)
+                    );
+                }
+            }
+        }
+    }
+    if state.pods.is_empty() {
+        let _ = writeln!(o, "Pods:        none reported by the plugin");
+    } else {
+        let _ = writeln!(o, "Pods ({}):", state.pods.len());
+        for p in state.pods.values() {
+            let name = match (&p.namespace, &p.name) {
+                (Some(ns), Some(n)) => format!("{}/{}", clean(ns), clean(n)),
+                (None, Some(n)) => clean(n),
+                _ => "-".to_owned(),
+            };
+            let ips = p
+                .ips
+                .iter()
+                .map(|i| i.to_string())
+                .collect::<Vec<_>>()
+                .join(", ");
+            let cid: String = clean(&p.container_id).chars().take(12).collect();
+            let _ = writeln!(
+                o,
+                "  {:<40} {:<6} {:<30} {cid}",
+                name,
+                clean(&p.ifname),
+                if ips.is_empty() { "-".to_owned() } else { ips }
+            );
+        }
+    }
+    let reasons = state.not_ready_reasons();
+    if reasons.is_empty() {
+        let _ = writeln!(o, "READY");
+    } else {
+        let _ = writeln!(
+            o,
+            "NOT READY: {}",
+            reasons
+                .iter()
+                .map(|r| clean(r))
+                .collect::<Vec<_>>()
+                .join("; ")
+        );
+    }
+    o
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::daemon::state::{PodCidrSource, PodEntry};
+    use headcni_core::control::{ControlPlaneStatus, PeerRoutes, Readiness, RouteState};
+    use std::time::SystemTime;
+
+    fn net(s: &str) -> IpNetwork {
+        s.parse().expect("test CIDR")
+    }
+
+    #[test]
+    fn render_not_ready_initial() {
+        let s = DaemonState::new("node-1", "host");
+        let out = render(&s);
+        assert!(out.contains("Node:        node-1\n"), "{out}");
+        assert!(out.contains("PodCIDR:     not known yet"), "{out}");
+        assert!(out.contains("Control:     not reconciled yet"), "{out}");
+        assert!(
+            out.contains("NOT READY: PodCIDR not known yet; CNI conflist not written;"),
+            "{out}"
+        );
+    }
+
+    #[test]
+    fn render_ready_node() {
+        let mut s = DaemonState::new("node-1", "host");
+        s.pod_cidrs = vec![net("10.244.1.0/24")];
+        s.pod_cidr_source = Some(PodCidrSource::KubernetesNode);
+        s.conflist = Some("/etc/cni/net.d/10-headcni.conflist".into());
+        s.conflist_written = true;
+        s.masquerade_ready = true;
+        let mut c = ControlPlaneStatus::initial("headscale/api");
+        c.node_id = Some("7".into());
+        c.wanted = vec![net("10.244.1.0/24")];
+        c.routes = RouteState {
+            advertised: vec![net("10.244.1.0/24"), net("192.168.0.0/24")],
+            approved: vec![net("10.244.1.0/24")],
+            primary: vec![net("10.244.1.0/24")],
+        };
+        c.peers = vec![PeerRoutes {
+            name: "node-2\x1b[2J".into(),
+            id: Some("8".into()),
+            online: true,
+            routes: vec![net("10.244.2.0/24")],
+        }];
+        c.readiness = Readiness::Ready;
+        s.control = Some(c);
+        s.pods.insert(
+            "abc/eth0".into(),
+            PodEntry {
+                container_id: "abcdef0123456789".into(),
+                ifname: "eth0".into(),
+                namespace: Some("default".into()),
+                name: Some("web-1".into()),
+                ips: vec!["10.244.1.2".parse().expect("ip")],
+                added_at: SystemTime::now(),
+            },
+        );
+        let out = render(&s);
+        assert!(
+            out.contains("PodCIDR:     10.244.1.0/24 (source: kubernetes-node)"),
+            "{out}"
+        );
+        assert!(
+            out.contains("Control:     headscale/api, node id 7"),
+            "{out}"
+        );
+        let route_line = out
+            .lines()
+            .find(|l| l.trim_start().starts_with("10.244.1.0/24"))
+            .unwrap_or_default();
+        assert_eq!(
+            route_line.split_whitespace().collect::<Vec<_>>(),
+            ["10.244.1.0/24", "yes", "yes", "yes", "yes"]
+        );
+        let other = out
+            .lines()
+            .find(|l| l.trim_start().starts_with("192.168.0.0/24"))
+            .unwrap_or_default();
+        assert_eq!(
+            other.split_whitespace().collect::<Vec<_>>(),
+            ["192.168.0.0/24", "no", "yes", "no", "no"]
+        );
+        assert!(
+            out.contains("node-2?[2J"),
+            "control characters are replaced: {out}"
+        );
+        assert!(!out.contains('\x1b'));
+        assert!(out.contains("10.244.2.0/24"), "{out}");
+        assert!(out.contains("default/web-1"), "{out}");
+        assert!(out.contains("10.244.1.2"), "{out}");
+        assert!(out.contains("abcdef012345"), "{out}");
+        assert!(
+            !out.contains("abcdef0123456"),
+            "container id is shortened: {out}"
+        );
+        assert!(
+            out.ends_with("READY\n") && !out.contains("NOT READY"),
+            "{out}"
+        );
+    }
+}

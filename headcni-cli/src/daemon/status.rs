@@ -122,6 +122,31 @@ fn join_nets(nets: &[IpNetwork]) -> String {
         .join(", ")
 }
 
+/// Rows as aligned columns, indented by two spaces, without trailing blanks.
+fn table(rows: &[Vec<String>]) -> String {
+    let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let widths: Vec<usize> = (0..cols)
+        .map(|i| {
+            rows.iter()
+                .filter_map(|r| r.get(i))
+                .map(|c| c.chars().count())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let mut out = String::new();
+    for row in rows {
+        let mut line = String::from(" ");
+        for (i, cell) in row.iter().enumerate() {
+            let w = widths.get(i).copied().unwrap_or(0);
+            let _ = write!(line, " {cell:<w$}");
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
 /// The human summary printed by `headcni status`: node, mode, PodCIDR(s) and their source,
 /// node preparation, this node's routes (advertised / approved / primary), peers' pod CIDRs
 /// seen through the tailnet, pods on this node, and `READY` or `NOT READY: <reasons>`.
@@ -185,36 +210,35 @@ pub fn render(state: &DaemonState) -> String {
                 let _ = writeln!(o, "Routes:      none");
             } else {
                 let _ = writeln!(o, "Routes:");
-                let _ = writeln!(
-                    o,
-                    "  {:<43} {:<7} {:<10} {:<8} {:<7}",
-                    "ROUTE", "HEADCNI", "ADVERTISED", "APPROVED", "PRIMARY"
-                );
+                let mut rows = vec![
+                    ["ROUTE", "HEADCNI", "ADVERTISED", "APPROVED", "PRIMARY"]
+                        .map(str::to_owned)
+                        .to_vec(),
+                ];
                 for net in &all {
-                    let _ = writeln!(
-                        o,
-                        "  {:<43} {:<7} {:<10} {:<8} {:<7}",
+                    rows.push(vec![
                         net.to_string(),
-                        yes_no(c.wanted.contains(net)),
-                        yes_no(r.advertised.contains(net)),
-                        yes_no(r.approved.contains(net)),
-                        yes_no(r.primary.contains(net)),
-                    );
+                        yes_no(c.wanted.contains(net)).to_owned(),
+                        yes_no(r.advertised.contains(net)).to_owned(),
+                        yes_no(r.approved.contains(net)).to_owned(),
+                        yes_no(r.primary.contains(net)).to_owned(),
+                    ]);
                 }
+                o.push_str(&table(&rows));
             }
             if c.peers.is_empty() {
                 let _ = writeln!(o, "Peers:       none seen through the tailnet");
             } else {
                 let _ = writeln!(o, "Peers (pod CIDRs through the tailnet):");
+                let mut rows = vec![["PEER", "STATE", "POD CIDRS"].map(str::to_owned).to_vec()];
                 for p in &c.peers {
-                    let _ = writeln!(
-                        o,
-                        "  {:<30} {:<8} {}",
+                    rows.push(vec![
                         clean(&p.name),
-                        if p.online { "online" } else { "offline" },
-                        join_nets(&p.routes)
-                    );
+                        if p.online { "online" } else { "offline" }.to_owned(),
+                        join_nets(&p.routes),
+                    ]);
                 }
+                o.push_str(&table(&rows));
             }
         }
     }
@@ -222,6 +246,11 @@ pub fn render(state: &DaemonState) -> String {
         let _ = writeln!(o, "Pods:        none reported by the plugin");
     } else {
         let _ = writeln!(o, "Pods ({}):", state.pods.len());
+        let mut rows = vec![
+            ["POD", "IFNAME", "ADDRESSES", "CONTAINER"]
+                .map(str::to_owned)
+                .to_vec(),
+        ];
         for p in state.pods.values() {
             let name = match (&p.namespace, &p.name) {
                 (Some(ns), Some(n)) => format!("{}/{}", clean(ns), clean(n)),
@@ -234,15 +263,14 @@ pub fn render(state: &DaemonState) -> String {
                 .map(|i| i.to_string())
                 .collect::<Vec<_>>()
                 .join(", ");
-            let cid: String = clean(&p.container_id).chars().take(12).collect();
-            let _ = writeln!(
-                o,
-                "  {:<40} {:<6} {:<30} {cid}",
+            rows.push(vec![
                 name,
                 clean(&p.ifname),
-                if ips.is_empty() { "-".to_owned() } else { ips }
-            );
+                if ips.is_empty() { "-".to_owned() } else { ips },
+                clean(&p.container_id).chars().take(12).collect(),
+            ]);
         }
+        o.push_str(&table(&rows));
     }
     let reasons = state.not_ready_reasons();
     if reasons.is_empty() {
@@ -321,6 +349,7 @@ mod tests {
             },
         );
         let out = render(&s);
+        println!("{out}");
         assert!(
             out.contains("PodCIDR:     10.244.1.0/24 (source: kubernetes-node)"),
             "{out}"

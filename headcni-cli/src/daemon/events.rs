@@ -77,11 +77,18 @@ fn bind(socket: &Path) -> anyhow::Result<UnixDatagram> {
         Ok(md) if md.file_type().is_socket() => {
             let probe =
                 std::os::unix::net::UnixDatagram::unbound().context("creating a probe socket")?;
-            if probe.connect(socket).is_ok() {
-                bail!(
+            match probe.connect(socket) {
+                Ok(()) => bail!(
                     "{} is in use by a running process (another headcni daemon?)",
                     socket.display()
-                );
+                ),
+                // Nobody bound to it any more: a leftover of a daemon that died.
+                Err(e) if e.kind() == ErrorKind::ConnectionRefused => {}
+                // E.g. EPROTOTYPE: a live stream socket of some other program.
+                Err(e) => bail!(
+                    "{} exists and is not a stale headcni socket ({e}); refusing to replace it",
+                    socket.display()
+                ),
             }
             tracing::info!("removing stale event socket {}", socket.display());
         }
@@ -218,5 +225,22 @@ mod tests {
         let err = rt.block_on(async { bind(&p).map(|_| ()) });
         assert!(err.is_err());
         assert_eq!(std::fs::read(&p).expect("still there"), b"x");
+    }
+
+    #[test]
+    fn bind_refuses_a_live_stream_socket() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = dir.path().join("daemon.sock");
+        let _other = std::os::unix::net::UnixListener::bind(&p).expect("listener");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let err = rt.block_on(async { bind(&p).map(|_| ()) });
+        assert!(err.is_err());
+        assert!(
+            std::os::unix::net::UnixStream::connect(&p).is_ok(),
+            "left alone"
+        );
     }
 }

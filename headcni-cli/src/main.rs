@@ -6,7 +6,7 @@
 
 use std::path::Path;
 
-use headcni_cli::{cni, lab};
+use headcni_cli::{cni, daemon, install, lab};
 
 use clap::{Parser, Subcommand};
 
@@ -22,6 +22,19 @@ struct Cli {
 enum Cmd {
     /// A one-node lab in network namespaces, attached through the real CNI protocol.
     Lab(lab::LabArgs),
+    /// The node daemon: PodCIDR, conflist, bridge and masquerade, tailnet route.
+    Daemon(daemon::DaemonArgs),
+    /// What the node daemon reports: PodCIDR, routes, peers, pods, readiness.
+    Status(daemon::status::StatusArgs),
+    /// Check or show the daemon configuration (secrets redacted).
+    Config {
+        #[command(subcommand)]
+        action: ConfigAction,
+    },
+    /// Install the plugin binaries into the CNI bin dir (atomic; headcni-ipam symlink).
+    Install(install::InstallArgs),
+    /// Withdraw this node's routes, remove the masquerade table and the conflist.
+    Uninstall(daemon::UninstallArgs),
 }
 
 fn init_logging() {
@@ -29,8 +42,30 @@ fn init_logging() {
     if let Ok(filter) = std::env::var("HEADCNI_LOG") {
         let _ = tracing_subscriber::fmt()
             .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
             .with_writer(std::io::stderr)
             .try_init();
+    }
+}
+
+/// `headcni config check|show [--config PATH] [overrides]`.
+#[derive(Subcommand, Debug)]
+enum ConfigAction {
+    /// Validate the effective configuration (file, environment, flags); non-zero exit on problems.
+    Check(daemon::config::DaemonFlags),
+    /// Print the effective configuration, secrets redacted, with where overrides came from.
+    Show(daemon::config::DaemonFlags),
+}
+
+/// `headcni status`: exit 0 when the node is ready, 1 when not (or the daemon is down).
+fn status(args: &daemon::status::StatusArgs) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    if rt.block_on(daemon::status::run(args))? {
+        Ok(())
+    } else {
+        std::process::exit(1);
     }
 }
 
@@ -62,6 +97,18 @@ fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
         Cmd::Lab(args) => lab::run(args),
+        Cmd::Daemon(args) => daemon::run(&args),
+        Cmd::Status(args) => status(&args),
+        Cmd::Config { action } => match action {
+            ConfigAction::Check(flags) => {
+                daemon::config::run_config(&daemon::config::ConfigCmd::Check, &flags)
+            }
+            ConfigAction::Show(flags) => {
+                daemon::config::run_config(&daemon::config::ConfigCmd::Show, &flags)
+            }
+        },
+        Cmd::Install(args) => install::run(&args),
+        Cmd::Uninstall(args) => daemon::uninstall(&args),
     };
     if let Err(e) = result {
         eprintln!("headcni: {e:#}");

@@ -12,3 +12,533 @@ pub mod podcidr;
 pub mod state;
 pub mod status;
 pub mod tailscaled;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow, bail};
+use headcni_core::control::{ControlPlaneBackend, ControlPlaneStatus};
+use headcni_core::ipam::IpamConf;
+use headcni_core::link::LinkManager;
+use headcni_headscale::{
+    ApprovalMode, BackendOptions, HeadscaleClient, HeadscaleConfig, LocalApiClient, Secret,
+    TailnetBackend,
+};
+use ipnetwork::IpNetwork;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use config::{Approval, Config, DaemonFlags, Mode};
+use metrics::Metrics;
+use state::{DaemonState, SharedState};
+
+/// `headcni daemon` arguments.
+#[derive(clap::Args, Debug, Clone)]
+pub struct DaemonArgs {
+    #[command(flatten)]
+    flags: DaemonFlags,
+}
+
+/// `headcni uninstall` arguments.
+#[derive(clap::Args, Debug, Clone)]
+pub struct UninstallArgs {
+    #[command(flatten)]
+    flags: DaemonFlags,
+    /// Also remove `headcni` and `headcni-ipam` from the CNI bin dir.
+    #[arg(long)]
+    remove_binaries: bool,
+}
+
+/// The nftables table HeadCNI owns (`inet headcni`).
+pub const NFT_TABLE: &str = "headcni";
+/// MTU when neither the config nor the tailnet interface gives one (tailscaled's TUN MTU).
+pub const DEFAULT_TAILNET_MTU: u32 = 1280;
+/// How long SIGTERM may take before the daemon returns anyway.
+pub const SHUTDOWN_BUDGET: Duration = Duration::from_secs(5);
+
+/// Runs `headcni daemon` until SIGTERM/SIGINT.
+pub fn run(args: &DaemonArgs) -> Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    rt.block_on(run_async(args.flags.clone()))
+}
+
+fn load_config(flags: &DaemonFlags) -> Result<Config> {
+    let cfg = config::load(flags)?;
+    cfg.validate()?;
+    Ok(cfg)
+}
+
+fn mode_name(cfg: &Config) -> &'static str {
+    match cfg.tailscale.mode {
+        Mode::Host => "host",
+        Mode::Daemon => "daemon",
+    }
+}
+
+fn lock<T>(m: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    m.write().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Builds the control-plane backend for the configured mode and approval.
+fn backend(cfg: &Config) -> Result<(Arc<TailnetBackend>, Option<Arc<HeadscaleClient>>)> {
+    let localapi = LocalApiClient::new(cfg.tailscale_socket()).with_timeout(Duration::from_secs(5));
+    let headscale = match (&cfg.headscale.url, cfg.headscale.approval) {
+        (Some(url), Approval::Api) => {
+            let key = Secret::load_api_key(cfg.headscale.api_key_file.as_deref())
+                .map_err(|e| anyhow!("headscale API key: {e}"))?;
+            Some(Arc::new(HeadscaleClient::new(HeadscaleConfig::new(
+                url.clone(),
+                Some(key),
+            ))?))
+        }
+        (Some(url), Approval::AutoApprovers) if cfg.tailscale.mode == Mode::Daemon => {
+            // daemon mode still needs the API for the bootstrap pre-auth key
+            match Secret::load_api_key(cfg.headscale.api_key_file.as_deref()) {
+                Ok(key) => Some(Arc::new(HeadscaleClient::new(HeadscaleConfig::new(
+                    url.clone(),
+                    Some(key),
+                ))?)),
+                Err(_) => None,
+            }
+        }
+        _ => None,
+    };
+    let approval = match (cfg.headscale.approval, &headscale) {
+        (Approval::Api, Some(h)) => ApprovalMode::Api(h.clone()),
+        (Approval::Api, None) => {
+            bail!("[headscale] approval = \"api\" needs [headscale] url and an API key")
+        }
+        (Approval::AutoApprovers, _) => ApprovalMode::AutoApprovers,
+    };
+    let opts = BackendOptions {
+        approval_timeout: Duration::from_secs(20),
+        ..BackendOptions::default()
+    };
+    Ok((
+        Arc::new(TailnetBackend::new(localapi, approval, opts)),
+        headscale,
+    ))
+}
+
+/// The pod MTU: the config's, else the tailnet interface's, else 1280.
+async fn pod_mtu(cfg: &Config) -> u32 {
+    if let Some(m) = cfg.cni.mtu {
+        return m;
+    }
+    match headcni_netlink::NetlinkHandle::current().await {
+        Ok(h) => match h.link(&cfg.interface()).await {
+            Ok(Some(l)) if l.mtu >= 1280 => l.mtu,
+            _ => DEFAULT_TAILNET_MTU,
+        },
+        Err(_) => DEFAULT_TAILNET_MTU,
+    }
+}
+
+/// One pass of the node reconcile: data plane, conflist, IPAM metrics, control plane. Each
+/// step is timed and reported; a failing step never stops the others (the conflist is written
+/// even while Headscale is down, so CNI ADD keeps working).
+async fn reconcile(
+    cfg: &Config,
+    pod_cidrs: &[IpNetwork],
+    backend: &TailnetBackend,
+    state: &SharedState,
+    metrics: &Metrics,
+    cancel: &CancellationToken,
+) -> bool {
+    let mut all_ok = true;
+
+    let t = Instant::now();
+    let mtu = pod_mtu(cfg).await;
+    let params = dataplane::DataplaneParams {
+        bridge: cfg.cni.bridge.clone(),
+        mtu: Some(mtu),
+        pod_cidrs: pod_cidrs.to_vec(),
+        cluster_cidrs: cfg.node.cluster_cidr.clone(),
+        table: NFT_TABLE.to_owned(),
+    };
+    let dp = dataplane::reconcile(&params).await;
+    metrics.observe_reconcile("dataplane", t.elapsed().as_secs_f64(), dp.is_ok());
+    match &dp {
+        Ok(r) => tracing::debug!(?r, "data plane reconciled"),
+        Err(e) => {
+            all_ok = false;
+            tracing::warn!("data plane: {e:#}");
+        }
+    }
+    lock(state).masquerade_ready = dp.is_ok();
+
+    let t = Instant::now();
+    let written = cniconf::ensure(cfg, pod_cidrs, mtu);
+    metrics.observe_reconcile("conflist", t.elapsed().as_secs_f64(), written.is_ok());
+    match &written {
+        Ok(true) => {
+            tracing::info!(dir = %cfg.cni.conf_dir.display(), file = %cfg.cni.conflist_name, "CNI conflist written")
+        }
+        Ok(false) => {}
+        Err(e) => {
+            all_ok = false;
+            tracing::warn!("writing the CNI conflist: {e}");
+        }
+    }
+    {
+        let mut st = lock(state);
+        st.conflist_written = written.is_ok();
+        st.conflist = Some(cfg.cni.conflist_path().display().to_string());
+    }
+
+    ipam_metrics(cfg, pod_cidrs, metrics);
+
+    let t = Instant::now();
+    let cp = tokio::select! {
+        r = backend.ensure_routes(pod_cidrs) => Some(r),
+        _ = cancel.cancelled() => None,
+    };
+    let ok = matches!(cp, Some(Ok(_)));
+    metrics.observe_reconcile("control-plane", t.elapsed().as_secs_f64(), ok);
+    metrics.record_control("ensure_routes", ok);
+    if let Some(Err(e)) = &cp {
+        all_ok = false;
+        tracing::warn!("control plane: {e}");
+    }
+    let status: ControlPlaneStatus = backend.status();
+    for r in pod_cidrs {
+        metrics.set_route(
+            &r.to_string(),
+            status.routes.advertised.contains(r),
+            status.routes.approved.contains(r),
+            status.routes.primary.contains(r),
+        );
+    }
+    let mut st = lock(state);
+    st.control = Some(status);
+    let ready = st.not_ready_reasons().is_empty();
+    metrics.set_ready(ready);
+    metrics.set_pods(st.pods.len() as u64);
+    all_ok && ready
+}
+
+fn ipam_metrics(cfg: &Config, pod_cidrs: &[IpNetwork], metrics: &Metrics) {
+    let ranges: Vec<serde_json::Value> = pod_cidrs
+        .iter()
+        .map(|c| serde_json::json!([{"subnet": c.to_string()}]))
+        .collect();
+    let conf = serde_json::json!({
+        "type": "headcni-ipam",
+        "ranges": ranges,
+        "dataDir": cfg.cni.data_dir,
+        "strategy": cfg.cni.ipam_strategy,
+    });
+    let Ok(ipam) = serde_json::from_value::<IpamConf>(conf) else {
+        return;
+    };
+    let Ok(plugin) = headcni_ipam::plugin::IpamPlugin::from_ipam(ipam, &cfg.cni.network_name, &[])
+    else {
+        return;
+    };
+    if let Ok(usage) = plugin.usage() {
+        for (u, cidr) in usage.iter().zip(pod_cidrs) {
+            let size = u64::try_from(u.size).unwrap_or(u64::MAX);
+            let allocated = u64::try_from(u.allocated).unwrap_or(u64::MAX);
+            metrics.set_ipam(&cidr.to_string(), allocated, size.saturating_sub(allocated));
+        }
+    }
+}
+
+/// Daemon mode: refuse beside a host tailscaled, then start the supervisor and log in on
+/// every (re)start.
+fn start_daemon_mode(
+    cfg: &Config,
+    pod_cidrs: &[IpNetwork],
+    headscale: Option<Arc<HeadscaleClient>>,
+    cancel: &CancellationToken,
+) -> Result<tokio::task::JoinHandle<tailscaled::SupervisorReport>> {
+    let state_dir = cfg.tailscaled_state_dir();
+    let spec = tailscaled::TailscaledSpec {
+        binary: cfg.tailscale.tailscaled_path.clone(),
+        tun: cfg.interface(),
+        socket: cfg.tailscale_socket(),
+        state_dir: state_dir.clone(),
+        port: cfg.tailscale.port,
+        env: vec![(
+            "TS_DEBUG_MTU".into(),
+            cfg.cni.mtu.unwrap_or(DEFAULT_TAILNET_MTU).to_string(),
+        )],
+    };
+    let prefs = headcni_headscale::daemon::DaemonPrefs {
+        control_url: cfg.headscale.url.clone().unwrap_or_default(),
+        hostname: cfg.node_name(),
+        routes: pod_cidrs.to_vec(),
+        advertise_tags: Vec::new(),
+        netfilter_mode: Default::default(),
+    };
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<u32>();
+    let sup = tokio::spawn(tailscaled::supervise(
+        spec,
+        tailscaled::RestartPolicy::default(),
+        cancel.child_token(),
+        move |n| {
+            let _ = tx.send(n);
+        },
+    ));
+    let socket = cfg.tailscale_socket();
+    let login_cancel = cancel.child_token();
+    tokio::spawn(async move {
+        let localapi = LocalApiClient::new(socket).with_timeout(Duration::from_secs(5));
+        let backoff = headcni_headscale::retry::Backoff::default();
+        while let Some(n) =
+            tokio::select! { n = rx.recv() => n, _ = login_cancel.cancelled() => None }
+        {
+            let has_state = state_dir.join("tailscaled.state").exists();
+            match headcni_headscale::daemon::login(
+                &localapi,
+                headscale.as_deref(),
+                &prefs,
+                has_state,
+                Duration::from_secs(30),
+                &backoff,
+            )
+            .await
+            {
+                Ok(_) => tracing::info!(start = n, "dedicated tailscaled logged in"),
+                Err(e) => tracing::warn!(start = n, "dedicated tailscaled login: {e}"),
+            }
+        }
+    });
+    Ok(sup)
+}
+
+async fn run_async(flags: DaemonFlags) -> Result<()> {
+    headcni_headscale::tls::install_ring_provider();
+    let mut cfg = load_config(&flags)?;
+    init_logging(&cfg);
+    let state: SharedState = Arc::new(RwLock::new(DaemonState::new(
+        cfg.node_name(),
+        mode_name(&cfg),
+    )));
+    let metrics = Arc::new(Metrics::new());
+    let cancel = CancellationToken::new();
+    let reload = Arc::new(Notify::new());
+    tracing::info!(node = %cfg.node_name(), mode = mode_name(&cfg), "headcni daemon starting");
+
+    let listener = http::bind(cfg.daemon.listen).await?;
+    let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn(http::serve(
+        listener,
+        state.clone(),
+        metrics.clone(),
+        cancel.child_token(),
+    ));
+    if let Some(sock) = cfg.cni.daemon_socket_path() {
+        tasks.spawn(events::serve(
+            sock.to_path_buf(),
+            state.clone(),
+            metrics.clone(),
+            cancel.child_token(),
+        ));
+    }
+    spawn_signal_handler(cancel.clone(), reload.clone())?;
+
+    if cfg.tailscale.mode == Mode::Daemon {
+        let host_socket = Path::new(config::HOST_TAILSCALE_SOCKET);
+        if host_socket != cfg.tailscale_socket()
+            && headcni_headscale::daemon::tailscaled_answers(host_socket).await
+        {
+            bail!(
+                "daemon mode refuses to start: a host tailscaled answers on {}. Two tailscaled in one network \
+                 namespace fight over route table 52, ip rules 52xx and the ts-* netfilter chains; use \
+                 [tailscale] mode = \"host\" on this node",
+                host_socket.display()
+            );
+        }
+    }
+
+    let discovered = tokio::select! {
+        d = podcidr::discover(&cfg, &cancel) => d?,
+        _ = cancel.cancelled() => return shutdown(tasks, None).await,
+    };
+    tracing::info!(cidrs = ?discovered.cidrs, source = ?discovered.source, detail = %discovered.detail, "PodCIDR");
+    {
+        let mut st = lock(&state);
+        st.pod_cidrs = discovered.cidrs.clone();
+        st.pod_cidr_source = Some(discovered.source);
+    }
+    let (mut backend, headscale) = backend(&cfg)?;
+    let supervisor = if cfg.tailscale.mode == Mode::Daemon {
+        Some(start_daemon_mode(
+            &cfg,
+            &discovered.cidrs,
+            headscale,
+            &cancel,
+        )?)
+    } else {
+        None
+    };
+
+    let interval = Duration::from_secs(cfg.daemon.reconcile_interval_secs.max(1));
+    let mut retry = Duration::from_secs(1);
+    loop {
+        let ok = reconcile(&cfg, &discovered.cidrs, &backend, &state, &metrics, &cancel).await;
+        // Not ready: retry sooner, with capped exponential backoff; ready: the normal interval.
+        let wait = if ok { interval } else { retry.min(interval) };
+        retry = if ok {
+            Duration::from_secs(1)
+        } else {
+            (retry * 2).min(interval)
+        };
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            _ = reload.notified() => {
+                match load_config(&flags) {
+                    Ok(new) => {
+                        if new.node.pod_cidr != cfg.node.pod_cidr || new.tailscale.mode != cfg.tailscale.mode {
+                            tracing::warn!("PodCIDR or mode changed in the config: restart the daemon to apply");
+                        }
+                        match self::backend(&new) {
+                            Ok((b, _)) => backend = b,
+                            Err(e) => tracing::warn!("reload: keeping the old control-plane settings: {e:#}"),
+                        }
+                        cfg = new;
+                        tracing::info!("configuration reloaded (flags and environment re-applied)");
+                    }
+                    Err(e) => tracing::error!("reload failed, keeping the running configuration: {e:#}"),
+                }
+            }
+            _ = tokio::time::sleep(wait) => {}
+        }
+    }
+    shutdown(tasks, supervisor).await
+}
+
+/// Daemon logs: `[daemon] log_level` (a tracing filter; `HEADCNI_LOG` overrides it) and
+/// `log_format` (`text` or `json`), to stderr.
+fn init_logging(cfg: &Config) {
+    let filter = std::env::var("HEADCNI_LOG").unwrap_or_else(|_| cfg.daemon.log_level.clone());
+    let filter = tracing_subscriber::EnvFilter::try_new(&filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr);
+    let _ = match cfg.daemon.log_format {
+        config::LogFormat::Json => builder.json().try_init(),
+        config::LogFormat::Text => builder.try_init(),
+    };
+}
+
+async fn shutdown(
+    mut tasks: tokio::task::JoinSet<Result<()>>,
+    supervisor: Option<tokio::task::JoinHandle<tailscaled::SupervisorReport>>,
+) -> Result<()> {
+    tracing::info!("shutting down");
+    let deadline = Instant::now() + SHUTDOWN_BUDGET;
+    if let Some(s) = supervisor {
+        let _ = tokio::time::timeout_at(deadline.into(), s).await;
+    }
+    while !tasks.is_empty() {
+        match tokio::time::timeout_at(deadline.into(), tasks.join_next()).await {
+            Ok(Some(Ok(Err(e)))) => tracing::warn!("task ended with an error: {e:#}"),
+            Ok(Some(_)) => {}
+            Ok(None) => break,
+            Err(_) => {
+                tracing::warn!("shutdown budget exceeded; exiting");
+                tasks.abort_all();
+                break;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn spawn_signal_handler(cancel: CancellationToken, reload: Arc<Notify>) -> Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut hup = signal(SignalKind::hangup())?;
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = term.recv() => { tracing::info!("SIGTERM"); cancel.cancel(); return; }
+                _ = int.recv() => { tracing::info!("SIGINT"); cancel.cancel(); return; }
+                _ = hup.recv() => { tracing::info!("SIGHUP: reloading"); reload.notify_one(); }
+            }
+        }
+    });
+    Ok(())
+}
+
+/// The pod CIDRs recorded in the conflist HeadCNI wrote (for uninstall when discovery is not
+/// possible any more).
+fn cidrs_from_conflist(path: &Path) -> Vec<IpNetwork> {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return Vec::new();
+    };
+    let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) else {
+        return Vec::new();
+    };
+    v["plugins"][0]["ipam"]["ranges"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|set| set[0]["subnet"].as_str()?.parse().ok())
+        .collect()
+}
+
+/// `headcni uninstall`: withdraw this node's routes, remove the masquerade table and the
+/// conflist (only HeadCNI's own file), optionally the binaries. Not done on a plain restart.
+pub fn uninstall(args: &UninstallArgs) -> Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        headcni_headscale::tls::install_ring_provider();
+        let cfg = load_config(&args.flags)?;
+        let conflist = cfg.cni.conf_dir.join(&cfg.cni.conflist_name);
+        let mut cidrs = cidrs_from_conflist(&conflist);
+        if cidrs.is_empty() {
+            cidrs = podcidr::from_config(&cfg).unwrap_or_default();
+        }
+        let mut problems = Vec::new();
+        if cidrs.is_empty() {
+            problems.push(
+                "no PodCIDR known (no conflist, none configured): routes not withdrawn".to_owned(),
+            );
+        } else {
+            match backend(&cfg) {
+                Ok((b, _)) => match b.withdraw_routes(&cidrs).await {
+                    Ok(()) => eprintln!("withdrew {cidrs:?} from the tailnet"),
+                    Err(e) => problems.push(format!("withdrawing routes: {e}")),
+                },
+                Err(e) => problems.push(format!("control plane: {e:#}")),
+            }
+        }
+        match dataplane::teardown(NFT_TABLE).await {
+            Ok(()) => eprintln!("removed the nftables table inet {NFT_TABLE}"),
+            Err(e) => problems.push(format!("masquerade table: {e:#}")),
+        }
+        match cniconf::remove(&cfg.cni.conf_dir, &cfg.cni.conflist_name) {
+            Ok(true) => eprintln!("removed {}", conflist.display()),
+            Ok(false) => {}
+            Err(e) => problems.push(format!("removing {}: {e}", conflist.display())),
+        }
+        if args.remove_binaries {
+            for name in ["headcni-ipam", "headcni"] {
+                let p: PathBuf = cfg.cni.bin_dir.join(name);
+                match std::fs::remove_file(&p) {
+                    Ok(()) => eprintln!("removed {}", p.display()),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => problems.push(format!("removing {}: {e}", p.display())),
+                }
+            }
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(anyhow!("uninstall incomplete: {}", problems.join("; ")))
+        }
+    })
+}

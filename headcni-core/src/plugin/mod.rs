@@ -343,15 +343,13 @@ where
     let host_end_existed = host
         .delete_link(&host_veth_name(req.container_id, req.ifname))
         .await?;
-    if !host_end_existed {
-        if let Some(netns) = req.netns {
-            match ns.open(netns).await {
-                Ok(c) => {
-                    c.delete_link(req.ifname).await?;
-                }
-                Err(LinkError::Netns { .. }) => {}
-                Err(e) => return Err(e.into()),
+    if !host_end_existed && let Some(netns) = req.netns {
+        match ns.open(netns).await {
+            Ok(c) => {
+                c.delete_link(req.ifname).await?;
             }
+            Err(LinkError::Netns { .. }) => {}
+            Err(e) => return Err(e.into()),
         }
     }
     ipam.del().await

@@ -1,1 +1,358 @@
-//! The daemon's the CNI conflist: render and write atomically, only when it changes.
+//! The daemon's CNI conflist: rendered by [`headcni_core::node::cniconf::render`], written
+//! atomically and only when it changes.
+//!
+//! The writer touches exactly two names in the configuration directory: its own conflist and
+//! its own temporary file `.<name>.tmp.<pid>` (hidden, and not ending in `.conf`,
+//! `.conflist` or `.json`, so container runtimes never load it). It never lists, renames,
+//! moves, edits or deletes any other file there (the Go original renamed every other
+//! configuration to `*.headcni_bak`).
+//!
+//! A write is: create the temp file (0644) → write → fsync → rename over the conflist →
+//! fsync the directory. A runtime reading the directory at any moment sees either the old
+//! or the new complete file.
+
+use std::fs::{File, OpenOptions, Permissions};
+use std::io::{self, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use headcni_core::node::cniconf::{ConflistParams, render};
+use ipnetwork::IpNetwork;
+use serde_json::Value;
+
+use super::config::Config;
+
+/// The conflist's file mode.
+pub const CONFLIST_MODE: u32 = 0o644;
+/// The mode of a configuration directory this writer creates.
+pub const CONF_DIR_MODE: u32 = 0o755;
+
+/// The temporary file name used while writing `file_name`.
+pub fn temp_name(file_name: &str) -> String {
+    format!(".{file_name}.tmp.{}", std::process::id())
+}
+
+fn check_name(file_name: &str) -> io::Result<()> {
+    if file_name.is_empty()
+        || file_name.contains('/')
+        || file_name == "."
+        || file_name == ".."
+        || file_name.contains('\0')
+    {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{file_name:?} is not a plain file name"),
+        ));
+    }
+    Ok(())
+}
+
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// Creates `dir` (and parents) with mode 0755 when missing (whatever the umask). An existing
+/// directory keeps its mode.
+fn ensure_dir(dir: &Path) -> io::Result<()> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(CONF_DIR_MODE)
+        .create(dir)?;
+    std::fs::set_permissions(dir, Permissions::from_mode(CONF_DIR_MODE))
+}
+
+/// The conflist's bytes: pretty JSON with a final newline.
+fn to_bytes(conflist: &Value) -> Vec<u8> {
+    let mut b = serde_json::to_vec_pretty(conflist).unwrap_or_default();
+    b.push(b'\n');
+    b
+}
+
+/// Writes `bytes` to `dir/name` atomically with `mode`, through `dir/temp`.
+fn atomic_write(dir: &Path, name: &str, temp: &str, bytes: &[u8], mode: u32) -> io::Result<()> {
+    let tmp: PathBuf = dir.join(temp);
+    let result = (|| {
+        // Our own temp name: a leftover from a crashed run with the same pid is replaced.
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(mode)
+            .open(&tmp)?;
+        f.set_permissions(Permissions::from_mode(mode))?; // the umask may have removed bits
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        drop(f);
+        std::fs::rename(&tmp, dir.join(name))?;
+        sync_dir(dir)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// Writes `conflist` to `conf_dir/file_name` unless the file already holds the same JSON
+/// (compared parsed, so formatting does not matter). Creates `conf_dir` (0755) if missing and
+/// restores mode 0644 on an unchanged file if it drifted. Returns `Ok(true)` when written.
+pub fn write_if_changed(conf_dir: &Path, file_name: &str, conflist: &Value) -> io::Result<bool> {
+    check_name(file_name)?;
+    ensure_dir(conf_dir)?;
+    let path = conf_dir.join(file_name);
+    match std::fs::read(&path) {
+        Ok(existing) => {
+            if serde_json::from_slice::<Value>(&existing).ok().as_ref() == Some(conflist) {
+                let meta = std::fs::metadata(&path)?;
+                if meta.permissions().mode() & 0o7777 != CONFLIST_MODE {
+                    std::fs::set_permissions(&path, Permissions::from_mode(CONFLIST_MODE))?;
+                }
+                return Ok(false);
+            }
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    atomic_write(
+        conf_dir,
+        file_name,
+        &temp_name(file_name),
+        &to_bytes(conflist),
+        CONFLIST_MODE,
+    )?;
+    Ok(true)
+}
+
+/// Removes `conf_dir/file_name` (and only it). `Ok(false)` when it was not there.
+pub fn remove(conf_dir: &Path, file_name: &str) -> io::Result<bool> {
+    check_name(file_name)?;
+    match std::fs::remove_file(conf_dir.join(file_name)) {
+        Ok(()) => {
+            sync_dir(conf_dir)?;
+            Ok(true)
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// Renders the daemon's conflist from the configuration, the node's CIDRs and the MTU in use
+/// (`[cni] mtu`, else the tailnet interface's, resolved by the caller).
+pub fn render_for(cfg: &Config, pod_cidrs: &[IpNetwork], mtu: u32) -> Value {
+    render(&ConflistParams {
+        network_name: &cfg.cni.network_name,
+        bridge: &cfg.cni.bridge,
+        mtu,
+        pod_cidrs,
+        data_dir: &cfg.cni.data_dir,
+        strategy: cfg.cni.ipam_strategy,
+        daemon_socket: cfg.cni.daemon_socket_path(),
+        chained: &cfg.cni.chained,
+    })
+}
+
+/// Renders and writes the daemon's conflist ([`render_for`] + [`write_if_changed`]) into
+/// `[cni] conf_dir` as `[cni] conflist_name`. Returns `Ok(true)` when written.
+pub fn ensure(cfg: &Config, pod_cidrs: &[IpNetwork], mtu: u32) -> io::Result<bool> {
+    write_if_changed(
+        &cfg.cni.conf_dir,
+        &cfg.cni.conflist_name,
+        &render_for(cfg, pod_cidrs, mtu),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+    use std::os::unix::fs::MetadataExt;
+    use std::time::{Duration, SystemTime};
+
+    use serde_json::json;
+
+    const NAME: &str = "10-headcni.conflist";
+
+    fn conflist(subnet: &str) -> Value {
+        let mut cfg = Config::default();
+        cfg.cni.data_dir = "/var/lib/cni/networks".into();
+        render_for(&cfg, &[subnet.parse().unwrap()], 1280)
+    }
+
+    /// (content, mtime, inode, mode) of every entry but ours.
+    fn snapshot(dir: &Path) -> BTreeMap<String, (Vec<u8>, SystemTime, u64, u32)> {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.file_name().unwrap() != NAME)
+            .map(|p| {
+                let m = std::fs::symlink_metadata(&p).unwrap();
+                let content = if m.is_file() {
+                    std::fs::read(&p).unwrap()
+                } else {
+                    Vec::new()
+                };
+                (
+                    p.file_name().unwrap().to_string_lossy().into_owned(),
+                    (content, m.modified().unwrap(), m.ino(), m.mode()),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn creates_the_dir_and_writes_0644() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("etc/cni/net.d");
+        assert!(write_if_changed(&dir, NAME, &conflist("10.244.1.0/24")).unwrap());
+        let m = std::fs::metadata(&dir).unwrap();
+        assert!(m.is_dir());
+        assert_eq!(m.mode() & 0o777, CONF_DIR_MODE);
+        let f = std::fs::metadata(dir.join(NAME)).unwrap();
+        assert_eq!(f.mode() & 0o7777, 0o644);
+        let on_disk: Value =
+            serde_json::from_slice(&std::fs::read(dir.join(NAME)).unwrap()).unwrap();
+        assert_eq!(on_disk, conflist("10.244.1.0/24"));
+        // nothing else appeared (no leftover temp file)
+        let names: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, vec![std::ffi::OsString::from(NAME)]);
+    }
+
+    #[test]
+    fn rewrites_only_on_change() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        let a = conflist("10.244.1.0/24");
+        assert!(write_if_changed(dir, NAME, &a).unwrap());
+        let ino = std::fs::metadata(dir.join(NAME)).unwrap().ino();
+        assert!(!write_if_changed(dir, NAME, &a).unwrap());
+        assert_eq!(
+            std::fs::metadata(dir.join(NAME)).unwrap().ino(),
+            ino,
+            "not rewritten"
+        );
+        // same JSON, other formatting: still unchanged
+        std::fs::write(dir.join(NAME), serde_json::to_vec(&a).unwrap()).unwrap();
+        let ino = std::fs::metadata(dir.join(NAME)).unwrap().ino();
+        assert!(!write_if_changed(dir, NAME, &a).unwrap());
+        assert_eq!(std::fs::metadata(dir.join(NAME)).unwrap().ino(), ino);
+        // a drifted mode is restored without a rewrite
+        std::fs::set_permissions(dir.join(NAME), Permissions::from_mode(0o600)).unwrap();
+        assert!(!write_if_changed(dir, NAME, &a).unwrap());
+        assert_eq!(
+            std::fs::metadata(dir.join(NAME)).unwrap().mode() & 0o7777,
+            0o644
+        );
+        // a change is written through a new inode (rename), atomically
+        let b = conflist("10.244.2.0/24");
+        assert!(write_if_changed(dir, NAME, &b).unwrap());
+        let m = std::fs::metadata(dir.join(NAME)).unwrap();
+        assert_ne!(m.ino(), ino);
+        assert_eq!(m.mode() & 0o7777, 0o644);
+        // a corrupt file is replaced
+        std::fs::write(dir.join(NAME), b"{half").unwrap();
+        assert!(write_if_changed(dir, NAME, &b).unwrap());
+        let on_disk: Value =
+            serde_json::from_slice(&std::fs::read(dir.join(NAME)).unwrap()).unwrap();
+        assert_eq!(on_disk, b);
+    }
+
+    #[test]
+    fn never_touches_other_files() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        let old = SystemTime::now() - Duration::from_secs(86_400);
+        for (name, body) in [
+            (
+                "10-flannel.conflist",
+                &b"{\"name\":\"cbr0\",\"plugins\":[]}"[..],
+            ),
+            ("05-cilium.conf", b"{\"type\":\"cilium-cni\"}"),
+            ("99-loopback.conf", b"{\"type\":\"loopback\"}"),
+            ("87-podman.json", b"{}"),
+            ("cni.yaml", b"a: b\n"),
+            ("10-headcni.conflist.headcni_bak", b"old backup"),
+            (".10-headcni.conflist.tmp.999999", b"someone else's temp"),
+            ("README", b"not a config"),
+        ] {
+            let p = dir.join(name);
+            std::fs::write(&p, body).unwrap();
+            File::options()
+                .write(true)
+                .open(&p)
+                .unwrap()
+                .set_modified(old)
+                .unwrap();
+        }
+        std::fs::create_dir(dir.join("multus.d")).unwrap();
+        std::os::unix::fs::symlink("99-loopback.conf", dir.join("00-link.conf")).unwrap();
+        let before = snapshot(dir);
+        assert_eq!(before.len(), 10);
+
+        assert!(write_if_changed(dir, NAME, &conflist("10.244.1.0/24")).unwrap());
+        assert!(!write_if_changed(dir, NAME, &conflist("10.244.1.0/24")).unwrap());
+        assert!(write_if_changed(dir, NAME, &conflist("10.244.9.0/24")).unwrap());
+        assert_eq!(snapshot(dir), before, "other files changed after writes");
+        assert!(remove(dir, NAME).unwrap());
+        assert!(!remove(dir, NAME).unwrap());
+        assert_eq!(snapshot(dir), before, "other files changed after remove");
+        assert!(!dir.join(NAME).exists());
+    }
+
+    #[test]
+    fn temp_names_are_ignored_by_runtimes() {
+        let t = temp_name(NAME);
+        assert!(t.starts_with('.'));
+        for ext in [".conf", ".conflist", ".json"] {
+            assert!(!t.ends_with(ext), "{t}");
+        }
+    }
+
+    #[test]
+    fn bad_names_are_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        for bad in ["", "..", "a/b", "../x.conflist"] {
+            assert!(
+                write_if_changed(tmp.path(), bad, &json!({})).is_err(),
+                "{bad}"
+            );
+            assert!(remove(tmp.path(), bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_failed_write_leaves_nothing_behind() {
+        let tmp = tempfile::tempdir().unwrap();
+        // the target is a directory: rename fails after the temp file was written
+        std::fs::create_dir(tmp.path().join(NAME)).unwrap();
+        std::fs::write(tmp.path().join(NAME).join("x"), b"x").unwrap();
+        assert!(write_if_changed(tmp.path(), NAME, &conflist("10.244.1.0/24")).is_err());
+        let names: Vec<_> = std::fs::read_dir(tmp.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, vec![std::ffi::OsString::from(NAME)]);
+    }
+
+    #[test]
+    fn ensure_uses_the_config() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut cfg = Config::default();
+        cfg.cni.conf_dir = tmp.path().join("net.d");
+        cfg.cni.conflist_name = "20-hc.conflist".into();
+        cfg.cni.daemon_socket = PathBuf::new();
+        assert!(ensure(&cfg, &["10.244.1.0/24".parse().unwrap()], 1400).unwrap());
+        let v: Value = serde_json::from_slice(
+            &std::fs::read(tmp.path().join("net.d/20-hc.conflist")).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(v["plugins"][0]["mtu"], 1400);
+        assert!(v["plugins"][0].get("daemonSocket").is_none());
+        assert_eq!(v["plugins"][1]["type"], "portmap");
+        assert!(!ensure(&cfg, &["10.244.1.0/24".parse().unwrap()], 1400).unwrap());
+    }
+}

@@ -172,6 +172,7 @@ impl Node {
             state_dir: d.join("state"),
             reconcile_secs: 1,
             tailscale_extra: String::new(),
+            headscale_extra: String::new(),
         };
         let cfg_path = d.join("config.toml");
         let node = Node {
@@ -1019,6 +1020,50 @@ fn headscale_faults_and_prefs_drift() {
     assert_secret_not_leaked(&node, &d, &[&body]);
 }
 
+/// Headscale answers, but only after 4 s, and `[headscale] timeout_secs = 1`: not ready with
+/// an unreachable/timeout reason within a bounded time, liveness and the conflist unaffected;
+/// ready again once Headscale answers promptly.
+#[test]
+fn headscale_timeouts_make_not_ready_without_blocking() {
+    let mut node = Node::new("tmo", NodeOpts::default());
+    node.cfg.headscale_extra = "timeout_secs = 1\n".into();
+    node.write_cfg();
+    let hs = &node.fakes.hs;
+    hs.inject(Fault::Delay(Duration::from_secs(4)), 10_000);
+    let mut d = node.start(&[]);
+    let body = node.wait_not_ready(
+        &mut d,
+        Duration::from_secs(20),
+        "503 with a control-plane reason caused by Headscale timeouts (timeout_secs = 1)",
+        |b| {
+            control_reason(b).is_some_and(|l| {
+                let l = norm(&l);
+                l.contains("unreachable") || l.contains("timedout") || l.contains("timeout")
+            })
+        },
+    );
+    eprintln!(
+        "E2E-NUMBERS tmo: {:?} after start: {}",
+        d.started.elapsed(),
+        control_reason(&body).unwrap_or_default()
+    );
+    let t = Instant::now();
+    let h = node.get("/healthz").expect("/healthz");
+    assert_eq!(h.status, 200);
+    eprintln!("E2E-NUMBERS tmo: /healthz answered in {:?}", t.elapsed());
+    assert!(
+        node.conflist().is_some(),
+        "the conflist does not wait for Headscale"
+    );
+    hs.clear_faults();
+    let t = Instant::now();
+    node.wait_ready(&mut d, Duration::from_secs(30));
+    eprintln!(
+        "E2E-NUMBERS tmo: ready {:?} after Headscale answered promptly again",
+        t.elapsed()
+    );
+}
+
 #[test]
 fn group_readable_api_key_file_is_refused() {
     let node = Node::new(
@@ -1051,6 +1096,13 @@ fn group_readable_api_key_file_is_refused() {
         );
         std::thread::sleep(Duration::from_millis(100));
     };
+    eprintln!(
+        "E2E-NUMBERS key: {}",
+        why.lines()
+            .filter(|l| l.contains("mode"))
+            .collect::<Vec<_>>()
+            .join(" | ")
+    );
     let w = why.to_lowercase();
     assert!(
         w.contains("api-key") || w.contains("api key") || w.contains("api_key"),

@@ -500,6 +500,8 @@ pub struct Cfg {
     pub reconcile_secs: u64,
     /// Extra raw lines appended to the `[tailscale]` table.
     pub tailscale_extra: String,
+    /// Extra raw lines appended to the `[headscale]` table.
+    pub headscale_extra: String,
 }
 
 impl Cfg {
@@ -534,6 +536,7 @@ impl Cfg {
             s.push_str(&format!("api_key_file = {}\n", qp(k)));
         }
         s.push_str(&format!("approval = {}\n", q(&self.approval)));
+        s.push_str(&self.headscale_extra);
         s.push_str("\n[daemon]\n");
         s.push_str(&format!("listen = {}\n", q(LISTEN)));
         s.push_str(&format!("state_dir = {}\n", qp(&self.state_dir)));

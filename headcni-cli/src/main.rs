@@ -6,7 +6,7 @@
 
 use std::path::Path;
 
-use headcni_cli::{cni, daemon, install, lab};
+use headcni_cli::{cni, install, lab};
 
 use clap::{Parser, Subcommand};
 
@@ -22,19 +22,35 @@ struct Cli {
 enum Cmd {
     /// A one-node lab in network namespaces, attached through the real CNI protocol.
     Lab(lab::LabArgs),
-    /// The node daemon: PodCIDR, conflist, bridge and masquerade, tailnet route.
-    Daemon(daemon::DaemonArgs),
-    /// What the node daemon reports: PodCIDR, routes, peers, pods, readiness.
-    Status(daemon::status::StatusArgs),
-    /// Check or show the daemon configuration (secrets redacted).
+    /// The node daemon: PodCIDR, conflist, bridge and masquerade, tailnet route
+    /// (runs `headcni-daemon`; `headcni daemon --help` lists its options).
+    #[command(disable_help_flag = true)]
+    Daemon {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<std::ffi::OsString>,
+    },
+    /// What the node daemon reports: PodCIDR, routes, peers, pods, readiness
+    /// (runs `headcni-daemon`).
+    #[command(disable_help_flag = true)]
+    Status {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<std::ffi::OsString>,
+    },
+    /// Check or show the daemon configuration, secrets redacted (runs `headcni-daemon`).
+    #[command(disable_help_flag = true)]
     Config {
-        #[command(subcommand)]
-        action: ConfigAction,
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<std::ffi::OsString>,
     },
     /// Install the plugin binaries into the CNI bin dir (atomic; headcni-ipam symlink).
     Install(install::InstallArgs),
-    /// Withdraw this node's routes, remove the masquerade table and the conflist.
-    Uninstall(daemon::UninstallArgs),
+    /// Withdraw this node's routes, remove the masquerade table and the conflist
+    /// (runs `headcni-daemon`).
+    #[command(disable_help_flag = true)]
+    Uninstall {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<std::ffi::OsString>,
+    },
 }
 
 fn init_logging() {
@@ -48,25 +64,26 @@ fn init_logging() {
     }
 }
 
-/// `headcni config check|show [--config PATH] [overrides]`.
-#[derive(Subcommand, Debug)]
-enum ConfigAction {
-    /// Validate the effective configuration (file, environment, flags); non-zero exit on problems.
-    Check(daemon::config::DaemonFlags),
-    /// Print the effective configuration, secrets redacted, with where overrides came from.
-    Show(daemon::config::DaemonFlags),
+/// The companion binary that holds the daemon: next to this executable, else in `PATH`.
+fn daemon_binary() -> std::path::PathBuf {
+    const NAME: &str = "headcni-daemon";
+    std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().map(|d| d.join(NAME)))
+        .filter(|p| p.is_file())
+        .unwrap_or_else(|| std::path::PathBuf::from(NAME))
 }
 
-/// `headcni status`: exit 0 when the node is ready, 1 when not (or the daemon is down).
-fn status(args: &daemon::status::StatusArgs) -> anyhow::Result<()> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    if rt.block_on(daemon::status::run(args))? {
-        Ok(())
-    } else {
-        std::process::exit(1);
-    }
+/// Replaces this process with `headcni-daemon <sub> <args>` (same pid, so signals sent to
+/// `headcni daemon` reach the daemon directly).
+fn exec_daemon(sub: &str, args: &[std::ffi::OsString]) -> anyhow::Result<()> {
+    use std::os::unix::process::CommandExt;
+    let bin = daemon_binary();
+    let err = std::process::Command::new(&bin).arg(sub).args(args).exec();
+    Err(anyhow::anyhow!(
+        "cannot run {}: {err} (it ships next to headcni)",
+        bin.display()
+    ))
 }
 
 fn main() {
@@ -97,18 +114,11 @@ fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
         Cmd::Lab(args) => lab::run(args),
-        Cmd::Daemon(args) => daemon::run(&args),
-        Cmd::Status(args) => status(&args),
-        Cmd::Config { action } => match action {
-            ConfigAction::Check(flags) => {
-                daemon::config::run_config(&daemon::config::ConfigCmd::Check, &flags)
-            }
-            ConfigAction::Show(flags) => {
-                daemon::config::run_config(&daemon::config::ConfigCmd::Show, &flags)
-            }
-        },
+        Cmd::Daemon { args } => exec_daemon("daemon", &args),
+        Cmd::Status { args } => exec_daemon("status", &args),
+        Cmd::Config { args } => exec_daemon("config", &args),
         Cmd::Install(args) => install::run(&args),
-        Cmd::Uninstall(args) => daemon::uninstall(&args),
+        Cmd::Uninstall { args } => exec_daemon("uninstall", &args),
     };
     if let Err(e) = result {
         eprintln!("headcni: {e:#}");

@@ -60,6 +60,32 @@ pub enum NotReadyReason {
     Withdrawn,
 }
 
+fn display_routes(routes: &[IpNetwork]) -> String {
+    routes
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+impl NotReadyReason {
+    /// The reason as it appears in `/readyz`, `/status` and the docs (kebab-case, e.g.
+    /// `not-approved`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NotReadyReason::NotReconciled => "not-reconciled",
+            NotReadyReason::Unreachable => "unreachable",
+            NotReadyReason::AgentNotRunning => "agent-not-running",
+            NotReadyReason::NotAdvertised => "not-advertised",
+            NotReadyReason::NotApproved => "not-approved",
+            NotReadyReason::NotPrimary => "not-primary",
+            NotReadyReason::IdentityMismatch => "identity-mismatch",
+            NotReadyReason::Refused => "refused",
+            NotReadyReason::Withdrawn => "withdrawn",
+        }
+    }
+}
+
 /// Readiness of the control plane for `/readyz`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "state", rename_all = "kebab-case")]
@@ -148,7 +174,7 @@ pub enum ControlPlaneError {
         reason: String,
     },
     /// The wanted routes were not approved / not made primary within the bounded wait.
-    #[error("routes {routes:?} not approved: {reason}")]
+    #[error("routes {} not approved: {reason}", display_routes(routes))]
     NotApproved {
         /// The routes still missing.
         routes: Vec<IpNetwork>,
@@ -228,6 +254,43 @@ mod tests {
                 reason: "r".into()
             }
             .is_transient()
+        );
+    }
+}
+
+#[cfg(test)]
+mod reason_tests {
+    use super::*;
+
+    #[test]
+    fn reason_names_match_their_serde_names() {
+        for r in [
+            NotReadyReason::NotReconciled,
+            NotReadyReason::Unreachable,
+            NotReadyReason::AgentNotRunning,
+            NotReadyReason::NotAdvertised,
+            NotReadyReason::NotApproved,
+            NotReadyReason::NotPrimary,
+            NotReadyReason::IdentityMismatch,
+            NotReadyReason::Refused,
+            NotReadyReason::Withdrawn,
+        ] {
+            assert_eq!(serde_json::to_value(r).unwrap(), r.as_str());
+        }
+    }
+
+    #[test]
+    fn not_approved_lists_routes_as_cidrs() {
+        let e = ControlPlaneError::NotApproved {
+            routes: vec![
+                "10.250.1.0/24".parse().unwrap(),
+                "fd00::/64".parse().unwrap(),
+            ],
+            reason: "no policy".into(),
+        };
+        assert_eq!(
+            e.to_string(),
+            "routes 10.250.1.0/24, fd00::/64 not approved: no policy"
         );
     }
 }

@@ -84,25 +84,30 @@ fn lock<T>(m: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
     m.write().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Builds the control-plane backend for the configured mode and approval.
+/// A Headscale client with `[headscale] timeout_secs` as its request budget.
+fn headscale_client(cfg: &Config, url: &str, key: Secret) -> Result<HeadscaleClient> {
+    let mut hc = HeadscaleConfig::new(url.to_owned(), Some(key));
+    hc.request_timeout = cfg.headscale.timeout();
+    hc.connect_timeout = cfg.headscale.timeout().min(Duration::from_secs(5));
+    Ok(HeadscaleClient::new(hc)?)
+}
+
+/// Builds the control-plane backend for the configured mode and approval. Both clients use
+/// `[headscale] timeout_secs` per request, so an unresponsive Headscale or tailscaled makes
+/// the node not ready instead of stalling the reconcile.
 fn backend(cfg: &Config) -> Result<(Arc<TailnetBackend>, Option<Arc<HeadscaleClient>>)> {
-    let localapi = LocalApiClient::new(cfg.tailscale_socket()).with_timeout(Duration::from_secs(5));
+    let localapi =
+        LocalApiClient::new(cfg.tailscale_socket()).with_timeout(cfg.headscale.timeout());
     let headscale = match (&cfg.headscale.url, cfg.headscale.approval) {
         (Some(url), Approval::Api) => {
             let key = Secret::load_api_key(cfg.headscale.api_key_file.as_deref())
                 .map_err(|e| anyhow!("headscale API key: {e}"))?;
-            Some(Arc::new(HeadscaleClient::new(HeadscaleConfig::new(
-                url.clone(),
-                Some(key),
-            ))?))
+            Some(Arc::new(headscale_client(cfg, url, key)?))
         }
         (Some(url), Approval::AutoApprovers) if cfg.tailscale.mode == Mode::Daemon => {
             // daemon mode still needs the API for the bootstrap pre-auth key
             match Secret::load_api_key(cfg.headscale.api_key_file.as_deref()) {
-                Ok(key) => Some(Arc::new(HeadscaleClient::new(HeadscaleConfig::new(
-                    url.clone(),
-                    Some(key),
-                ))?)),
+                Ok(key) => Some(Arc::new(headscale_client(cfg, url, key)?)),
                 Err(_) => None,
             }
         }
@@ -116,13 +121,27 @@ fn backend(cfg: &Config) -> Result<(Arc<TailnetBackend>, Option<Arc<HeadscaleCli
         (Approval::AutoApprovers, _) => ApprovalMode::AutoApprovers,
     };
     let opts = BackendOptions {
-        approval_timeout: Duration::from_secs(20),
+        approval_timeout: Duration::from_secs(10),
         ..BackendOptions::default()
     };
     Ok((
         Arc::new(TailnetBackend::new(localapi, approval, opts)),
         headscale,
     ))
+}
+
+/// The control plane as the reconcile loop sees it: a backend, or why none could be built
+/// (reported as not ready / refused and retried on every pass).
+type Backend = std::result::Result<Arc<TailnetBackend>, String>;
+
+fn try_backend(cfg: &Config) -> (Backend, Option<Arc<HeadscaleClient>>) {
+    match backend(cfg) {
+        Ok((b, h)) => (Ok(b), h),
+        Err(e) => {
+            tracing::error!("control plane: {e:#}");
+            (Err(format!("{e:#}")), None)
+        }
+    }
 }
 
 /// The pod MTU: the config's, else the tailnet interface's, else 1280.
@@ -145,7 +164,7 @@ async fn pod_mtu(cfg: &Config) -> u32 {
 async fn reconcile(
     cfg: &Config,
     pod_cidrs: &[IpNetwork],
-    backend: &TailnetBackend,
+    backend: &Backend,
     state: &SharedState,
     metrics: &Metrics,
     cancel: &CancellationToken,
@@ -194,18 +213,33 @@ async fn reconcile(
     ipam_metrics(cfg, pod_cidrs, metrics);
 
     let t = Instant::now();
-    let cp = tokio::select! {
-        r = backend.ensure_routes(pod_cidrs) => Some(r),
-        _ = cancel.cancelled() => None,
+    let status: ControlPlaneStatus = match backend {
+        Ok(backend) => {
+            let cp = tokio::select! {
+                r = backend.ensure_routes(pod_cidrs) => Some(r),
+                _ = cancel.cancelled() => None,
+            };
+            let ok = matches!(cp, Some(Ok(_)));
+            metrics.observe_reconcile("control-plane", t.elapsed().as_secs_f64(), ok);
+            metrics.record_control("ensure_routes", ok);
+            if let Some(Err(e)) = &cp {
+                all_ok = false;
+                tracing::warn!("control plane: {e}");
+            }
+            backend.status()
+        }
+        Err(why) => {
+            all_ok = false;
+            metrics.observe_reconcile("control-plane", t.elapsed().as_secs_f64(), false);
+            let mut s = ControlPlaneStatus::initial("headscale");
+            s.wanted = pod_cidrs.to_vec();
+            s.readiness = headcni_core::control::Readiness::NotReady {
+                reason: headcni_core::control::NotReadyReason::Refused,
+                detail: why.clone(),
+            };
+            s
+        }
     };
-    let ok = matches!(cp, Some(Ok(_)));
-    metrics.observe_reconcile("control-plane", t.elapsed().as_secs_f64(), ok);
-    metrics.record_control("ensure_routes", ok);
-    if let Some(Err(e)) = &cp {
-        all_ok = false;
-        tracing::warn!("control plane: {e}");
-    }
-    let status: ControlPlaneStatus = backend.status();
     for r in pod_cidrs {
         metrics.set_route(
             &r.to_string(),
@@ -367,7 +401,7 @@ async fn run_async(flags: DaemonFlags) -> Result<()> {
         st.pod_cidrs = discovered.cidrs.clone();
         st.pod_cidr_source = Some(discovered.source);
     }
-    let (mut backend, headscale) = backend(&cfg)?;
+    let (mut backend, headscale) = try_backend(&cfg);
     let supervisor = if cfg.tailscale.mode == Mode::Daemon {
         Some(start_daemon_mode(
             &cfg,
@@ -382,6 +416,10 @@ async fn run_async(flags: DaemonFlags) -> Result<()> {
     let interval = Duration::from_secs(cfg.daemon.reconcile_interval_secs.max(1));
     let mut retry = Duration::from_secs(1);
     loop {
+        if backend.is_err() {
+            // e.g. the API key file was fixed through its Secret
+            backend = try_backend(&cfg).0;
+        }
         let ok = reconcile(&cfg, &discovered.cidrs, &backend, &state, &metrics, &cancel).await;
         // Not ready: retry sooner, with capped exponential backoff; ready: the normal interval.
         let wait = if ok { interval } else { retry.min(interval) };
@@ -398,10 +436,7 @@ async fn run_async(flags: DaemonFlags) -> Result<()> {
                         if new.node.pod_cidr != cfg.node.pod_cidr || new.tailscale.mode != cfg.tailscale.mode {
                             tracing::warn!("PodCIDR or mode changed in the config: restart the daemon to apply");
                         }
-                        match self::backend(&new) {
-                            Ok((b, _)) => backend = b,
-                            Err(e) => tracing::warn!("reload: keeping the old control-plane settings: {e:#}"),
-                        }
+                        backend = try_backend(&new).0;
                         cfg = new;
                         tracing::info!("configuration reloaded (flags and environment re-applied)");
                     }

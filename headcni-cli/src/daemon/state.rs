@@ -104,7 +104,7 @@ impl DaemonState {
             Some(c) => {
                 if let headcni_core::control::Readiness::NotReady { reason, detail } = &c.readiness
                 {
-                    r.push(format!("control plane: {reason:?}: {detail}"));
+                    r.push(format!("control plane: {}: {detail}", reason.as_str()));
                 }
             }
         }

@@ -114,6 +114,28 @@ pub async fn login(
     wait: Duration,
     backoff: &Backoff,
 ) -> Result<Status, ControlPlaneError> {
+    login_as(
+        localapi,
+        headscale,
+        prefs,
+        DEFAULT_USER,
+        has_state,
+        wait,
+        backoff,
+    )
+    .await
+}
+
+/// [`login`] with the Headscale user that owns the bootstrap pre-auth key (`[headscale] user`).
+pub async fn login_as(
+    localapi: &LocalApiClient,
+    headscale: Option<&HeadscaleClient>,
+    prefs: &DaemonPrefs,
+    user: &str,
+    has_state: bool,
+    wait: Duration,
+    backoff: &Backoff,
+) -> Result<Status, ControlPlaneError> {
     let key = if has_state {
         None
     } else {
@@ -123,7 +145,7 @@ pub async fn login(
         })?;
         let k = backoff
             .retry("headscale bootstrap key", || {
-                bootstrap_key(client, DEFAULT_USER, BOOTSTRAP_KEY_TTL, Vec::new())
+                bootstrap_key(client, user, BOOTSTRAP_KEY_TTL, Vec::new())
             })
             .await
             .map_err(|e| cp_err("headscale API", e.is_retryable(), e.to_string()))?;

@@ -320,6 +320,7 @@ fn start_daemon_mode(
         },
     ));
     let socket = cfg.tailscale_socket();
+    let user = cfg.headscale.user.clone();
     let login_cancel = cancel.child_token();
     tokio::spawn(async move {
         let localapi = LocalApiClient::new(socket).with_timeout(Duration::from_secs(5));
@@ -328,10 +329,11 @@ fn start_daemon_mode(
             tokio::select! { n = rx.recv() => n, _ = login_cancel.cancelled() => None }
         {
             let has_state = state_dir.join("tailscaled.state").exists();
-            match headcni_headscale::daemon::login(
+            match headcni_headscale::daemon::login_as(
                 &localapi,
                 headscale.as_deref(),
                 &prefs,
+                &user,
                 has_state,
                 Duration::from_secs(30),
                 &backoff,

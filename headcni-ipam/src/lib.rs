@@ -17,3 +17,6 @@ pub use store::{Owner, Store};
 pub mod plugin;
 
 pub use plugin::IpamPlugin;
+pub mod client;
+
+pub use client::InProcessIpam;

@@ -24,9 +24,11 @@ mod error;
 mod handle;
 mod link_ops;
 pub mod netns;
+pub mod namespaces;
 pub mod nft;
 mod route_ops;
 mod sysctl;
 
 pub use handle::NetlinkHandle;
+pub use namespaces::NetlinkNamespaces;
 pub use netns::NetnsError;

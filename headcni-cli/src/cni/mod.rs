@@ -4,7 +4,6 @@
 
 mod delegate;
 mod ipam_client;
-mod namespaces;
 
 use std::io::{Read, Write};
 use std::path::Path;
@@ -18,8 +17,9 @@ use headcni_core::plugin::{self, AddRequest, BridgeConf, CheckRequest, DelReques
 use headcni_ipam::plugin::IpamPlugin;
 use serde_json::{Map, Value};
 
-use ipam_client::{DelegatedIpam, InProcessIpam};
-use namespaces::NetlinkNamespaces;
+use headcni_ipam::InProcessIpam;
+use headcni_netlink::NetlinkNamespaces;
+use ipam_client::DelegatedIpam;
 
 /// The in-process IPAM plugin's type name (also the name of the `headcni-ipam` symlink).
 pub const IPAM_TYPE: &str = "headcni-ipam";

@@ -1,13 +1,17 @@
-//! [`Namespaces`] on rtnetlink (`headcni-netlink`).
+//! [`NetlinkNamespaces`]: the rtnetlink implementation of the main plugin's
+//! [`Namespaces`] seam (`headcni_core::plugin::add/del/check`).
 
 use std::path::Path;
 
 use async_trait::async_trait;
 use headcni_core::link::{LinkError, VethPair, VethSpec};
 use headcni_core::plugin::Namespaces;
-use headcni_netlink::NetlinkHandle;
 
-/// Opens rtnetlink handles: the plugin's own namespace and container namespaces.
+use crate::NetlinkHandle;
+
+/// Opens [`NetlinkHandle`]s for the calling process's namespace (the node) and for
+/// container namespaces by path.
+#[derive(Debug, Clone, Copy, Default)]
 pub struct NetlinkNamespaces;
 
 #[async_trait]
@@ -19,13 +23,13 @@ impl Namespaces for NetlinkNamespaces {
     async fn open(&self, netns: &Path) -> Result<NetlinkHandle, LinkError> {
         NetlinkHandle::for_netns(netns).await
     }
+    /// Reuses the container handle ADD already opened: one netns socket per ADD.
     async fn create_veth(
         &self,
         host: &NetlinkHandle,
         container: &NetlinkHandle,
         spec: &VethSpec,
     ) -> Result<VethPair, LinkError> {
-        // Reuses the container handle ADD already opened: one netns socket per ADD.
         host.create_veth_in(spec, container).await
     }
 }

@@ -434,7 +434,7 @@ async fn http_endpoints_and_readiness_transitions() {
     }
     let (_, reasons) = readyz(get(addr, "/readyz").await);
     assert!(
-        reasons[0].starts_with("control plane: NotReconciled"),
+        reasons[0].starts_with("control plane: not-reconciled"),
         "{reasons:?}"
     );
     {

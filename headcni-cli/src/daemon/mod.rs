@@ -22,8 +22,8 @@ use headcni_core::control::{ControlPlaneBackend, ControlPlaneStatus};
 use headcni_core::ipam::IpamConf;
 use headcni_core::link::LinkManager;
 use headcni_headscale::{
-    ApprovalMode, BackendOptions, HeadscaleClient, HeadscaleConfig, LocalApiClient, Secret,
-    TailnetBackend,
+    ApprovalMode, BackendOptions, HeadscaleClient, HeadscaleConfig, LocalApiClient,
+    RequestObserver, Secret, TailnetBackend,
 };
 use ipnetwork::IpNetwork;
 use tokio::sync::Notify;
@@ -85,29 +85,50 @@ fn lock<T>(m: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
 }
 
 /// A Headscale client with `[headscale] timeout_secs` as its request budget.
-fn headscale_client(cfg: &Config, url: &str, key: Secret) -> Result<HeadscaleClient> {
+fn headscale_client(
+    cfg: &Config,
+    url: &str,
+    key: Secret,
+    observer: Option<RequestObserver>,
+) -> Result<HeadscaleClient> {
     let mut hc = HeadscaleConfig::new(url.to_owned(), Some(key));
     hc.request_timeout = cfg.headscale.timeout();
     hc.connect_timeout = cfg.headscale.timeout().min(Duration::from_secs(5));
-    Ok(HeadscaleClient::new(hc)?)
+    let client = HeadscaleClient::new(hc)?;
+    Ok(match observer {
+        Some(o) => client.with_observer(o),
+        None => client,
+    })
+}
+
+/// Feeds `headcni_control_plane_requests_total{endpoint,result}` from both clients.
+fn metrics_observer(metrics: &Arc<Metrics>) -> RequestObserver {
+    let m = metrics.clone();
+    RequestObserver::new(move |endpoint, ok| m.record_control(endpoint, ok))
 }
 
 /// Builds the control-plane backend for the configured mode and approval. Both clients use
 /// `[headscale] timeout_secs` per request, so an unresponsive Headscale or tailscaled makes
 /// the node not ready instead of stalling the reconcile.
-fn backend(cfg: &Config) -> Result<(Arc<TailnetBackend>, Option<Arc<HeadscaleClient>>)> {
-    let localapi =
+fn backend(
+    cfg: &Config,
+    observer: Option<RequestObserver>,
+) -> Result<(Arc<TailnetBackend>, Option<Arc<HeadscaleClient>>)> {
+    let mut localapi =
         LocalApiClient::new(cfg.tailscale_socket()).with_timeout(cfg.headscale.timeout());
+    if let Some(o) = &observer {
+        localapi = localapi.with_observer(o.clone());
+    }
     let headscale = match (&cfg.headscale.url, cfg.headscale.approval) {
         (Some(url), Approval::Api) => {
             let key = Secret::load_api_key(cfg.headscale.api_key_file.as_deref())
                 .map_err(|e| anyhow!("headscale API key: {e}"))?;
-            Some(Arc::new(headscale_client(cfg, url, key)?))
+            Some(Arc::new(headscale_client(cfg, url, key, observer.clone())?))
         }
         (Some(url), Approval::AutoApprovers) if cfg.tailscale.mode == Mode::Daemon => {
             // daemon mode still needs the API for the bootstrap pre-auth key
             match Secret::load_api_key(cfg.headscale.api_key_file.as_deref()) {
-                Ok(key) => Some(Arc::new(headscale_client(cfg, url, key)?)),
+                Ok(key) => Some(Arc::new(headscale_client(cfg, url, key, observer.clone())?)),
                 Err(_) => None,
             }
         }
@@ -134,8 +155,8 @@ fn backend(cfg: &Config) -> Result<(Arc<TailnetBackend>, Option<Arc<HeadscaleCli
 /// (reported as not ready / refused and retried on every pass).
 type Backend = std::result::Result<Arc<TailnetBackend>, String>;
 
-fn try_backend(cfg: &Config) -> (Backend, Option<Arc<HeadscaleClient>>) {
-    match backend(cfg) {
+fn try_backend(cfg: &Config, metrics: &Arc<Metrics>) -> (Backend, Option<Arc<HeadscaleClient>>) {
+    match backend(cfg, Some(metrics_observer(metrics))) {
         Ok((b, h)) => (Ok(b), h),
         Err(e) => {
             tracing::error!("control plane: {e:#}");
@@ -221,7 +242,6 @@ async fn reconcile(
             };
             let ok = matches!(cp, Some(Ok(_)));
             metrics.observe_reconcile("control-plane", t.elapsed().as_secs_f64(), ok);
-            metrics.record_control("ensure_routes", ok);
             if let Some(Err(e)) = &cp {
                 all_ok = false;
                 tracing::warn!("control plane: {e}");
@@ -403,7 +423,7 @@ async fn run_async(flags: DaemonFlags) -> Result<()> {
         st.pod_cidrs = discovered.cidrs.clone();
         st.pod_cidr_source = Some(discovered.source);
     }
-    let (mut backend, headscale) = try_backend(&cfg);
+    let (mut backend, headscale) = try_backend(&cfg, &metrics);
     let supervisor = if cfg.tailscale.mode == Mode::Daemon {
         Some(start_daemon_mode(
             &cfg,
@@ -420,7 +440,7 @@ async fn run_async(flags: DaemonFlags) -> Result<()> {
     loop {
         if backend.is_err() {
             // e.g. the API key file was fixed through its Secret
-            backend = try_backend(&cfg).0;
+            backend = try_backend(&cfg, &metrics).0;
         }
         let ok = reconcile(&cfg, &discovered.cidrs, &backend, &state, &metrics, &cancel).await;
         // Not ready: retry sooner, with capped exponential backoff; ready: the normal interval.
@@ -438,7 +458,7 @@ async fn run_async(flags: DaemonFlags) -> Result<()> {
                         if new.node.pod_cidr != cfg.node.pod_cidr || new.tailscale.mode != cfg.tailscale.mode {
                             tracing::warn!("PodCIDR or mode changed in the config: restart the daemon to apply");
                         }
-                        backend = try_backend(&new).0;
+                        backend = try_backend(&new, &metrics).0;
                         cfg = new;
                         tracing::info!("configuration reloaded (flags and environment re-applied)");
                     }
@@ -545,7 +565,7 @@ pub fn uninstall(args: &UninstallArgs) -> Result<()> {
                 "no PodCIDR known (no conflist, none configured): routes not withdrawn".to_owned(),
             );
         } else {
-            match backend(&cfg) {
+            match backend(&cfg, None) {
                 Ok((b, _)) => match b.withdraw_routes(&cidrs).await {
                     Ok(()) => eprintln!("withdrew {cidrs:?} from the tailnet"),
                     Err(e) => problems.push(format!("withdrawing routes: {e}")),

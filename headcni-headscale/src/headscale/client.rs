@@ -133,6 +133,7 @@ pub struct HeadscaleClient {
     api_key: Option<Secret>,
     timeout: Duration,
     info: Mutex<Option<ServerInfo>>,
+    observer: Option<crate::observe::RequestObserver>,
 }
 
 impl fmt::Debug for HeadscaleClient {
@@ -185,6 +186,7 @@ impl HeadscaleClient {
             api_key: config.api_key,
             timeout: config.request_timeout,
             info: Mutex::new(None),
+            observer: None,
         })
     }
 
@@ -532,7 +534,32 @@ impl HeadscaleClient {
         }
     }
 
+    /// Reports every request to `observer` (e.g. the daemon's metrics by endpoint).
+    pub fn with_observer(mut self, observer: crate::observe::RequestObserver) -> Self {
+        self.observer = Some(observer);
+        self
+    }
+
     async fn call<T: DeserializeOwned, B: Serialize>(
+        &self,
+        method: Method,
+        path: &str,
+        query: &[(&str, &str)],
+        body: Option<&B>,
+        auth: bool,
+    ) -> Result<T, HeadscaleError> {
+        let label = self
+            .observer
+            .as_ref()
+            .map(|_| crate::observe::endpoint_label("headscale", method.as_str(), path));
+        let result = self.call_unobserved(method, path, query, body, auth).await;
+        if let (Some(o), Some(l)) = (&self.observer, label) {
+            o.observe(&l, result.is_ok());
+        }
+        result
+    }
+
+    async fn call_unobserved<T: DeserializeOwned, B: Serialize>(
         &self,
         method: Method,
         path: &str,

@@ -105,6 +105,7 @@ impl Retryable for LocalApiError {
 pub struct LocalApiClient {
     socket: PathBuf,
     timeout: Duration,
+    observer: Option<crate::observe::RequestObserver>,
 }
 
 impl LocalApiClient {
@@ -113,6 +114,7 @@ impl LocalApiClient {
         LocalApiClient {
             socket: socket.into(),
             timeout: Duration::from_secs(5),
+            observer: None,
         }
     }
 
@@ -204,14 +206,31 @@ impl LocalApiClient {
         body: Option<Vec<u8>>,
     ) -> Result<(StatusCode, Bytes), LocalApiError> {
         let endpoint = format!("{method} {path}");
+        let label = self
+            .observer
+            .as_ref()
+            .map(|_| crate::observe::endpoint_label("localapi", method.as_str(), path));
         let fut = self.request_inner(method, path, body, &endpoint);
-        match tokio::time::timeout(self.timeout, fut).await {
+        let result = match tokio::time::timeout(self.timeout, fut).await {
             Ok(r) => r,
             Err(_) => Err(LocalApiError::Timeout {
                 endpoint,
                 after: self.timeout,
             }),
+        };
+        if let (Some(o), Some(l)) = (&self.observer, label) {
+            o.observe(
+                &l,
+                result.as_ref().is_ok_and(|(status, _)| status.is_success()),
+            );
         }
+        result
+    }
+
+    /// Reports every request to `observer` (e.g. the daemon's metrics by endpoint).
+    pub fn with_observer(mut self, observer: crate::observe::RequestObserver) -> Self {
+        self.observer = Some(observer);
+        self
     }
 
     async fn request_inner(

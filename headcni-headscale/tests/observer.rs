@@ -8,7 +8,10 @@ use headcni_headscale::{
     HeadscaleClient, HeadscaleConfig, LocalApiClient, RequestObserver, Secret,
 };
 
-fn recorder() -> (RequestObserver, Arc<Mutex<Vec<(String, bool)>>>) {
+/// What the observer saw: `(endpoint label, ok)` in order.
+type Seen = Arc<Mutex<Vec<(String, bool)>>>;
+
+fn recorder() -> (RequestObserver, Seen) {
     let seen = Arc::new(Mutex::new(Vec::new()));
     let s = seen.clone();
     (

@@ -22,6 +22,7 @@
 mod convert;
 mod error;
 mod handle;
+pub mod icmp;
 mod link_ops;
 pub mod namespaces;
 pub mod netns;

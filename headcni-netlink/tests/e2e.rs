@@ -119,7 +119,7 @@ async fn two_pods_on_a_bridge_can_ping() {
     assert!(ping(&pod_b, "2001:db8:51::1"), "b -> gateway (IPv6)");
     // The check is real: an address nobody has does not answer.
     assert!(!common::ping_once(&pod_a, "198.51.100.99"));
-    // The in-process raw-socket echo (used when iputils is missing) agrees.
+    // The library's raw-socket echo (the lab's reachability check) agrees with ping.
     assert!(
         common::raw_ping(&pod_b, "198.51.100.2"),
         "raw b -> a (IPv4)"

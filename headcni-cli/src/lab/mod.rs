@@ -9,8 +9,6 @@
 //! `lab status` re-checks; `lab down` runs CNI DEL for each pod and removes every namespace
 //! and the state directory, also after a crash (it finds leftovers by name).
 
-mod icmp;
-
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::net::IpAddr;
@@ -283,7 +281,8 @@ fn load() -> Result<Option<State>> {
 fn ping_from(pod: &Pod, dst: IpAddr) -> bool {
     // up to 3 tries: the first packet may wait for ARP
     netns::run_in_netns(Path::new(&pod.netns), move || {
-        (0..3).any(|_| icmp::ping(dst, Duration::from_millis(700)).unwrap_or(false))
+        (0..3)
+            .any(|_| headcni_netlink::icmp::ping(dst, Duration::from_millis(700)).unwrap_or(false))
     })
     .unwrap_or(false)
 }

@@ -1,4 +1,6 @@
-//! ICMP echo over a raw socket (syscalls only), run on a thread inside a lab namespace.
+//! ICMP / ICMPv6 echo over a raw socket (syscalls only, no `ping` binary): the reachability
+//! check of `headcni lab` and of the namespace tests. It acts in the calling thread's network
+//! namespace, so run it through [`crate::netns::run_in_netns`] to ping from a pod.
 
 use std::io;
 use std::net::IpAddr;

@@ -15,7 +15,7 @@ fi
 # Debian packages: reference CNI plugins (interop and chaining tests), iproute2, nftables,
 # iptables (used by the reference portmap plugin).
 need=()
-for pkg in containernetworking-plugins iproute2 nftables iptables prometheus; do
+for pkg in containernetworking-plugins iproute2 nftables iptables iputils-ping prometheus; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need+=("$pkg")
 done
 if ((${#need[@]})); then

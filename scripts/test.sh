@@ -13,7 +13,7 @@ if [[ $EUID -ne 0 ]]; then
 fi
 
 # Debian packages: reference CNI plugins (interop and chaining tests), iproute2, nftables,
-# iptables (used by the reference portmap plugin).
+# iptables (used by the reference portmap plugin), iputils-ping (pod-to-pod checks), prometheus (promtool).
 need=()
 for pkg in containernetworking-plugins iproute2 nftables iptables iputils-ping prometheus; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need+=("$pkg")

@@ -34,7 +34,11 @@ cargo fmt --all -- --check
 echo "== cargo clippy" >&2
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 echo "== cargo test" >&2
-cargo test --workspace --quiet -- --test-threads=4
+test_log="$(mktemp)"
+trap 'rm -f "$test_log"' EXIT
+cargo test --workspace --quiet -- --test-threads=4 2>&1 | tee "$test_log"
+# The total over every test binary (cargo's last line is often a doc-test run of 0 tests).
+totals="$(awk '/^test result:/ {p += $4; f += $6} END {printf "%d passed, %d failed", p, f}' "$test_log")"
 
 echo "== fuzzing (${FUZZ_SECONDS}s per target)" >&2
 fuzz_toolchain=()
@@ -51,3 +55,4 @@ fi
     done
 )
 echo "== all tests passed" >&2
+echo "$totals"

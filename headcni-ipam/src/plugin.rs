@@ -155,9 +155,20 @@ impl IpamPlugin {
     /// Errors: 100 pool exhausted, 101 requested address unavailable, 104 store, 7 unreadable
     /// `resolvConf` (checked before anything is reserved).
     pub fn add(&self, att: &Attachment, requested: &[IpAddr]) -> Result<CniResult, CniError> {
+        self.add_fresh(att, requested).map(|(result, _)| result)
+    }
+
+    /// [`IpamPlugin::add`], also telling whether the attachment held no reservation before
+    /// ([`Store::allocate_fresh`]): the main plugin releases only fresh reservations when its
+    /// ADD fails later. Same errors as `add`.
+    pub fn add_fresh(
+        &self,
+        att: &Attachment,
+        requested: &[IpAddr],
+    ) -> Result<(CniResult, bool), CniError> {
         let dns = self.dns()?;
-        let res = self.store.allocate(att, requested)?;
-        Ok(CniResult {
+        let (res, fresh) = self.store.allocate_fresh(att, requested)?;
+        let result = CniResult {
             interfaces: Vec::new(),
             ips: res
                 .into_iter()
@@ -169,7 +180,8 @@ impl IpamPlugin {
                 .collect(),
             routes: self.conf.routes.clone(),
             dns,
-        })
+        };
+        Ok((result, fresh))
     }
 
     /// DEL: releases the attachment's reservations. Idempotent: `Ok` when nothing is reserved.

@@ -895,7 +895,7 @@ impl Store {
         &self,
         att: &Attachment,
         requested: &[IpAddr],
-    ) -> Result<Vec<Reservation>, IpamError> {
+    ) -> Result<(Vec<Reservation>, bool), IpamError> {
         let mut st = self.state()?;
         let (owner, held) = self.held(att, &mut st)?;
         let mut per_set: Vec<Option<IpAddr>> = vec![None; self.sets.len()];
@@ -904,12 +904,14 @@ impl Store {
                 per_set[i].get_or_insert(*ip);
             }
         }
+        let fresh = per_set.iter().all(Option::is_none);
         if !held.is_empty() && per_set.iter().all(Option::is_some) {
-            return Ok(per_set
+            let existing = per_set
                 .into_iter()
                 .flatten()
                 .filter_map(|ip| self.reservation(ip))
-                .collect());
+                .collect();
+            return Ok((existing, fresh));
         }
         // Route requested addresses to their sets (host-local: the first one found per set).
         let mut req: Vec<Option<IpAddr>> = vec![None; self.sets.len()];
@@ -980,11 +982,25 @@ impl Store {
         for (set, ip) in new {
             per_set[set] = Some(ip);
         }
-        Ok(per_set
+        let reserved = per_set
             .into_iter()
             .flatten()
             .filter_map(|ip| self.reservation(ip))
-            .collect())
+            .collect();
+        Ok((reserved, fresh))
+    }
+
+    /// [`IpamStore::allocate`], also telling whether `att` held no reservation in any range set
+    /// before this call (`true`: everything returned was reserved now, so a caller whose ADD
+    /// fails later releases it; `false`: a repeated ADD, whose reservations must be kept).
+    /// One lock and one index load, like `allocate`.
+    pub fn allocate_fresh(
+        &self,
+        att: &Attachment,
+        requested: &[IpAddr],
+    ) -> Result<(Vec<Reservation>, bool), IpamError> {
+        let _lock = self.lock()?;
+        self.allocate_locked(att, requested)
     }
 }
 
@@ -1001,8 +1017,8 @@ impl IpamStore for Store {
         att: &Attachment,
         requested: &[IpAddr],
     ) -> Result<Vec<Reservation>, IpamError> {
-        let _lock = self.lock()?;
-        self.allocate_locked(att, requested)
+        self.allocate_fresh(att, requested)
+            .map(|(reserved, _)| reserved)
     }
 
     /// The reservations of `att` inside the configured range sets (ifname-specific ones, else
@@ -1285,6 +1301,19 @@ mod tests {
         assert!(matches!(e, IpamError::PoolExhausted { .. }));
         assert!(!s.dir().join("10.1.0.5").exists(), "rolled back");
         assert_eq!(s.usage().unwrap()[1].allocated, 1);
+    }
+
+    #[test]
+    fn allocate_fresh_tells_a_first_add_from_a_repeated_one() {
+        let d = tempfile::tempdir().unwrap();
+        let s = open(d.path(), Strategy::Sequential);
+        let (first, fresh) = s.allocate_fresh(&att("a", "eth0"), &[]).unwrap();
+        assert!(fresh);
+        let (again, fresh) = s.allocate_fresh(&att("a", "eth0"), &[]).unwrap();
+        assert!(!fresh, "a repeated ADD must not be reported fresh");
+        assert_eq!(first, again);
+        s.release(&att("a", "eth0")).unwrap();
+        assert!(s.allocate_fresh(&att("a", "eth0"), &[]).unwrap().1);
     }
 
     #[test]

@@ -12,6 +12,7 @@
 
 pub mod cni;
 pub mod control;
+pub mod hash;
 pub mod ipam;
 pub mod link;
 pub mod node;

@@ -76,12 +76,7 @@ fn io_err(path: &Path, source: std::io::Error) -> IpamError {
 }
 
 fn fnv1a(data: &[u8]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in data {
-        h ^= u64::from(*b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    h
+    headcni_core::hash::fnv1a64(data.iter().copied())
 }
 
 /// Who holds a reservation file, from its content (host-local `backend/disk`).

@@ -671,12 +671,7 @@ pub fn flannel_subnet_env(text: &str) -> Result<FlannelSubnetEnv> {
 /// The 64-bit FNV-1a hash of a node name. Part of the name-hash source's contract: changing it
 /// would move every hashed node to another subnet, so it is pinned by tests.
 pub fn name_hash(name: &str) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in name.bytes() {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    h
+    crate::hash::fnv1a64(name.bytes())
 }
 
 /// Number of node subnets of `/prefix` in `cluster` as a power of two (`prefix - cluster`).

@@ -97,11 +97,7 @@ impl BridgeConf {
 /// of `<containerID>/<ifname>`, so DEL can find it without the container's netns and two
 /// attachments collide with probability ≈ n²/2⁴⁵.
 pub fn host_veth_name(container_id: &str, ifname: &str) -> String {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in container_id.bytes().chain([b'/']).chain(ifname.bytes()) {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
+    let h = crate::hash::fnv1a64(container_id.bytes().chain([b'/']).chain(ifname.bytes()));
     format!("veth{:011x}", h >> 20)
 }
 
@@ -113,6 +109,11 @@ mod tests {
     fn veth_names_are_valid_and_stable() {
         let a = host_veth_name("abc", "eth0");
         assert_eq!(a, host_veth_name("abc", "eth0"));
+        // pinned: DEL finds the host end of an attachment made by an older version by this name
+        assert_eq!(
+            a,
+            format!("veth{:011x}", crate::hash::fnv1a64(*b"abc/eth0") >> 20)
+        );
         assert_ne!(a, host_veth_name("abc", "eth1"));
         assert_ne!(a, host_veth_name("abd", "eth0"));
         assert_eq!(a.len(), 15);

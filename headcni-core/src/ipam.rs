@@ -122,6 +122,16 @@ pub struct Attachment {
     pub ifname: String,
 }
 
+impl From<&crate::cni::GcAttachment> for Attachment {
+    /// An entry of GC's `cni.dev/valid-attachments` as an IPAM attachment.
+    fn from(a: &crate::cni::GcAttachment) -> Attachment {
+        Attachment {
+            container_id: a.container_id.clone(),
+            ifname: a.ifname.clone(),
+        }
+    }
+}
+
 /// One reserved address.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Reservation {

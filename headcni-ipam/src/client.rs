@@ -33,16 +33,6 @@ pub struct InProcessIpam {
     pub requested: Vec<IpAddr>,
 }
 
-fn to_attachments(valid: &[GcAttachment]) -> Vec<Attachment> {
-    valid
-        .iter()
-        .map(|a| Attachment {
-            container_id: a.container_id.clone(),
-            ifname: a.ifname.clone(),
-        })
-        .collect()
-}
-
 #[async_trait]
 impl IpamClient for InProcessIpam {
     /// Reserves (or returns the attachment's existing) addresses; `fresh` is false when the
@@ -62,7 +52,9 @@ impl IpamClient for InProcessIpam {
         self.plugin.check(&self.attachment, Some(prev))
     }
     async fn gc(&self, valid: &[GcAttachment]) -> Result<(), CniError> {
-        self.plugin.gc(&to_attachments(valid)).map(|_| ())
+        self.plugin
+            .gc(&valid.iter().map(Attachment::from).collect::<Vec<_>>())
+            .map(|_| ())
     }
     async fn status(&self) -> Result<(), CniError> {
         self.plugin.status()

@@ -51,14 +51,15 @@ pub fn run(role: Role) -> i32 {
             Err(CniError::new(ErrorCode::Io, "failed to read stdin").with_details(e.to_string()))
         }
         // A panic is a bug; the runtime still gets the protocol's error JSON, never silence.
-        Ok(_) => std::panic::catch_unwind(|| dispatch(role, env, &stdin)).unwrap_or_else(|p| {
-            let what = p
-                .downcast_ref::<&str>()
-                .map(|s| (*s).to_owned())
-                .or_else(|| p.downcast_ref::<String>().cloned())
-                .unwrap_or_default();
-            Err(CniError::new(ErrorCode::Internal, "internal error").with_details(what))
-        }),
+        Ok(_) => std::panic::catch_unwind(|| dispatch(role, env, &stdin, version_hint.as_deref()))
+            .unwrap_or_else(|p| {
+                let what = p
+                    .downcast_ref::<&str>()
+                    .map(|s| (*s).to_owned())
+                    .or_else(|| p.downcast_ref::<String>().cloned())
+                    .unwrap_or_default();
+                Err(CniError::new(ErrorCode::Internal, "internal error").with_details(what))
+            }),
     };
     let mut out = std::io::stdout().lock();
     match outcome {
@@ -81,10 +82,11 @@ fn dispatch(
     role: Role,
     vars: Vec<(String, String)>,
     stdin: &[u8],
+    version_hint: Option<&str>,
 ) -> Result<Option<Value>, CniError> {
     let env = CniEnv::from_vars(vars)?;
     if env.command == Command::Version {
-        return Ok(Some(version_reply(peek_version(stdin).as_deref())));
+        return Ok(Some(version_reply(version_hint)));
     }
     match role {
         Role::Main => main_plugin(&env, stdin),
@@ -337,10 +339,7 @@ fn ipam_plugin(env: &CniEnv, stdin: &[u8]) -> Result<Option<Value>, CniError> {
                 .gc_valid_attachments()
                 .unwrap_or(&[])
                 .iter()
-                .map(|a| Attachment {
-                    container_id: a.container_id.clone(),
-                    ifname: a.ifname.clone(),
-                })
+                .map(Attachment::from)
                 .collect();
             plugin.gc(&valid).map(|_| None)
         }

@@ -73,13 +73,6 @@ fn load_config(flags: &DaemonFlags) -> Result<Config> {
     Ok(cfg)
 }
 
-fn mode_name(cfg: &Config) -> &'static str {
-    match cfg.tailscale.mode {
-        Mode::Host => "host",
-        Mode::Daemon => "daemon",
-    }
-}
-
 fn lock<T>(m: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
     m.write().unwrap_or_else(|e| e.into_inner())
 }
@@ -213,7 +206,8 @@ async fn reconcile(
     lock(state).masquerade_ready = dp.is_ok();
 
     let t = Instant::now();
-    let written = cniconf::ensure(cfg, pod_cidrs, mtu);
+    let conflist = cniconf::render_for(cfg, pod_cidrs, mtu);
+    let written = cniconf::write_if_changed(&cfg.cni.conf_dir, &cfg.cni.conflist_name, &conflist);
     metrics.observe_reconcile("conflist", t.elapsed().as_secs_f64(), written.is_ok());
     match &written {
         Ok(true) => {
@@ -231,7 +225,7 @@ async fn reconcile(
         st.conflist = Some(cfg.cni.conflist_path().display().to_string());
     }
 
-    ipam_metrics(cfg, pod_cidrs, metrics);
+    ipam_metrics(&cfg.cni.network_name, &conflist, metrics);
 
     let t = Instant::now();
     let status: ControlPlaneStatus = match backend {
@@ -276,29 +270,26 @@ async fn reconcile(
     all_ok && ready
 }
 
-fn ipam_metrics(cfg: &Config, pod_cidrs: &[IpNetwork], metrics: &Metrics) {
-    let ranges: Vec<serde_json::Value> = pod_cidrs
-        .iter()
-        .map(|c| serde_json::json!([{"subnet": c.to_string()}]))
-        .collect();
-    let conf = serde_json::json!({
-        "type": "headcni-ipam",
-        "ranges": ranges,
-        "dataDir": cfg.cni.data_dir,
-        "strategy": cfg.cni.ipam_strategy,
-    });
-    let Ok(ipam) = serde_json::from_value::<IpamConf>(conf) else {
+/// IPAM usage per range set of the store the conflist's `ipam` section points at (the same
+/// rendering the conflist was written from, so the metrics always describe the pods' store).
+fn ipam_metrics(network: &str, conflist: &serde_json::Value, metrics: &Metrics) {
+    let Ok(ipam) = IpamConf::parse(&conflist["plugins"][0]["ipam"]) else {
         return;
     };
-    let Ok(plugin) = headcni_ipam::plugin::IpamPlugin::from_ipam(ipam, &cfg.cni.network_name, &[])
-    else {
+    let subnets: Vec<String> = ipam
+        .ranges
+        .iter()
+        .filter_map(|set| set.first())
+        .map(|r| r.subnet.to_string())
+        .collect();
+    let Ok(plugin) = headcni_ipam::plugin::IpamPlugin::from_ipam(ipam, network, &[]) else {
         return;
     };
     if let Ok(usage) = plugin.usage() {
-        for (u, cidr) in usage.iter().zip(pod_cidrs) {
+        for (u, subnet) in usage.iter().zip(&subnets) {
             let size = u64::try_from(u.size).unwrap_or(u64::MAX);
             let allocated = u64::try_from(u.allocated).unwrap_or(u64::MAX);
-            metrics.set_ipam(&cidr.to_string(), allocated, size.saturating_sub(allocated));
+            metrics.set_ipam(subnet, allocated, size.saturating_sub(allocated));
         }
     }
 }
@@ -374,12 +365,12 @@ async fn run_async(flags: DaemonFlags) -> Result<()> {
     init_logging(&cfg);
     let state: SharedState = Arc::new(RwLock::new(DaemonState::new(
         cfg.node_name(),
-        mode_name(&cfg),
+        cfg.tailscale.mode.as_str(),
     )));
     let metrics = Arc::new(Metrics::new());
     let cancel = CancellationToken::new();
     let reload = Arc::new(Notify::new());
-    tracing::info!(node = %cfg.node_name(), mode = mode_name(&cfg), "headcni daemon starting");
+    tracing::info!(node = %cfg.node_name(), mode = cfg.tailscale.mode.as_str(), "headcni daemon starting");
 
     let listener = http::bind(cfg.daemon.listen).await?;
     let mut tasks = tokio::task::JoinSet::new();

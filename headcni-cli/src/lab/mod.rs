@@ -59,7 +59,7 @@ enum LabCmd {
     Down,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 struct Pod {
     name: String,
     netns: String,
@@ -190,7 +190,7 @@ fn up(n: usize, subnet: ipnetwork::IpNetwork, strategy: &str) -> Result<()> {
             });
             save(&State {
                 conf: conf.clone(),
-                pods: pods.iter().map(Pod::clone_ref).collect(),
+                pods: pods.clone(),
             })?;
         }
         for (i, pod) in pods.iter_mut().enumerate() {
@@ -230,7 +230,7 @@ fn up(n: usize, subnet: ipnetwork::IpNetwork, strategy: &str) -> Result<()> {
     };
     save(&State {
         conf,
-        pods: pods.iter().map(Pod::clone_ref).collect(),
+        pods: pods.clone(),
     })?;
     progress(
         total,
@@ -246,18 +246,6 @@ fn up(n: usize, subnet: ipnetwork::IpNetwork, strategy: &str) -> Result<()> {
         Ok(())
     } else {
         Err(anyhow!("some pods cannot reach each other or the gateway"))
-    }
-}
-
-impl Pod {
-    fn clone_ref(&self) -> Pod {
-        Pod {
-            name: self.name.clone(),
-            netns: self.netns.clone(),
-            ip: self.ip,
-            gateway: self.gateway,
-            mac: self.mac.clone(),
-        }
     }
 }
 

@@ -93,8 +93,8 @@ pub struct AddRequest<'a> {
     pub dns: Option<&'a Dns>,
 }
 
-fn tracing_note(msg: &str, err: &dyn std::fmt::Display) {
-    // Rollback and best-effort errors go to stderr; stdout carries only the protocol.
+/// Rollback and best-effort errors go to stderr; stdout carries only the protocol.
+fn note_on_stderr(msg: &str, err: &dyn std::fmt::Display) {
     eprintln!("headcni: {msg}: {err}");
 }
 
@@ -192,14 +192,14 @@ where
                 match ns.host().await {
                     Ok(h) => {
                         if let Err(e) = h.delete_link(&host_name).await {
-                            tracing_note("rollback: deleting the host veth failed", &e);
+                            note_on_stderr("rollback: deleting the host veth failed", &e);
                         }
                     }
-                    Err(e) => tracing_note("rollback: opening the host namespace failed", &e),
+                    Err(e) => note_on_stderr("rollback: opening the host namespace failed", &e),
                 }
             }
             if fresh && let Err(e) = ipam.del().await {
-                tracing_note("rollback: releasing the IP reservation failed", &e);
+                note_on_stderr("rollback: releasing the IP reservation failed", &e);
             }
             Err(err)
         }

@@ -13,9 +13,13 @@ if [[ $EUID -ne 0 ]]; then
 fi
 
 # Debian packages: reference CNI plugins (interop and chaining tests), iproute2, nftables,
-# iptables (used by the reference portmap plugin), iputils-ping (pod-to-pod checks), prometheus (promtool).
+# iptables (used by the reference portmap plugin), iputils-ping (pod-to-pod checks), prometheus
+# (promtool); for the multi-node lab wireguard-go + wireguard-tools (userspace WireGuard: the
+# kernel may have no module) and iperf3; for the real-runtime tests podman, runc, containerd and
+# busybox-static (the rootfs of locally built images; no registry is used).
 need=()
-for pkg in containernetworking-plugins iproute2 nftables iptables iputils-ping prometheus; do
+for pkg in containernetworking-plugins iproute2 nftables iptables iputils-ping prometheus \
+    wireguard-go wireguard-tools iperf3 podman runc containerd busybox-static; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need+=("$pkg")
 done
 if ((${#need[@]})); then

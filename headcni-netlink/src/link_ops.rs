@@ -151,19 +151,6 @@ impl NetlinkHandle {
         self.ack(RouteNetlinkMessage::NewLink(msg), 0).await
     }
 
-    /// Sets an existing link administratively up (`RTM_NEWLINK` with `IFF_UP`, as
-    /// `ip link set NAME up`), e.g. `lo` of a fresh namespace.
-    ///
-    /// Errors: [`LinkError::NotFound`] when no link has that name, [`LinkError::Netlink`]
-    /// otherwise.
-    pub async fn set_link_up(&self, name: &str) -> Result<(), LinkError> {
-        let op = format!("set link {name} up");
-        let link = self.require_link(name, &op).await?;
-        self.change_link(link.index, None, true)
-            .await
-            .map_err(|e| e.on_link(op, name))
-    }
-
     /// Like [`LinkManager::create_veth`], but uses `container`, an already open handle of
     /// the container namespace, both as the `IFLA_NET_NS_FD` target of the peer and to read
     /// back the container end, instead of opening `spec.container_netns` again. Saves a

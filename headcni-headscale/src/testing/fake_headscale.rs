@@ -16,7 +16,9 @@ use std::time::Duration;
 
 use http::{Method, StatusCode, header};
 use ipnetwork::IpNetwork;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
+use tokio::sync::watch;
 
 use super::server::{BoxFut, Handler, Req, Resp, json as json_resp, respond, tcp_loop, text};
 use crate::time::{format_unix, parse_rfc3339, unix_now};
@@ -138,6 +140,8 @@ pub struct FakeHeadscaleOptions {
     pub listen: SocketAddr,
     /// The valid API key; `None` generates one in the version's format.
     pub api_key: Option<String>,
+    /// Record every exchange (default true; a long-running stand-in turns it off).
+    pub record_exchanges: bool,
 }
 
 impl Default for FakeHeadscaleOptions {
@@ -147,18 +151,19 @@ impl Default for FakeHeadscaleOptions {
             auto_approvers: Vec::new(),
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             api_key: None,
+            record_exchanges: true,
         }
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 struct FUser {
     id: u64,
     name: String,
     created_at: String,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 struct FNode {
     id: u64,
     name: String,
@@ -171,10 +176,10 @@ struct FNode {
     online: bool,
     created_at: String,
     pre_auth_key: Option<u64>,
-    register_method: &'static str,
+    register_method: String,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 struct FKey {
     id: u64,
     key: String,
@@ -187,7 +192,7 @@ struct FKey {
     acl_tags: Vec<String>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 struct FRoute {
     id: u64,
     node_id: u64,
@@ -211,6 +216,22 @@ struct State {
     faults: VecDeque<Fault>,
     exchanges: Vec<Exchange>,
     healthy: bool,
+    next_id: u64,
+    record_exchanges: bool,
+}
+
+/// The durable part of a fake Headscale's state (users, nodes with keys and routes, pre-auth
+/// keys, API keys, route rows, primaries, autoApprovers, the id counter), as JSON-serializable
+/// data: what a stand-in persists and reloads. Opaque to callers.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PersistedState {
+    api_keys: Vec<String>,
+    users: Vec<FUser>,
+    nodes: Vec<FNode>,
+    keys: Vec<FKey>,
+    rows: Vec<FRoute>,
+    primaries: Vec<(IpNetwork, u64)>,
+    auto_approvers: Vec<IpNetwork>,
     next_id: u64,
 }
 
@@ -287,7 +308,32 @@ impl State {
             exchanges: Vec::new(),
             healthy: true,
             next_id: 1,
+            record_exchanges: opts.record_exchanges,
         }
+    }
+
+    fn export(&self) -> PersistedState {
+        PersistedState {
+            api_keys: self.api_keys.clone(),
+            users: self.users.clone(),
+            nodes: self.nodes.values().cloned().collect(),
+            keys: self.keys.clone(),
+            rows: self.rows.clone(),
+            primaries: self.primaries.iter().map(|(p, n)| (*p, *n)).collect(),
+            auto_approvers: self.auto_approvers.clone(),
+            next_id: self.next_id,
+        }
+    }
+
+    fn import(&mut self, p: PersistedState) {
+        self.api_keys = p.api_keys;
+        self.users = p.users;
+        self.nodes = p.nodes.into_iter().map(|n| (n.id, n)).collect();
+        self.keys = p.keys;
+        self.rows = p.rows;
+        self.primaries = p.primaries.into_iter().collect();
+        self.auto_approvers = p.auto_approvers;
+        self.next_id = p.next_id.max(1);
     }
 
     fn id(&mut self) -> u64 {
@@ -448,7 +494,8 @@ impl State {
                     "REGISTER_METHOD_AUTH_KEY"
                 } else {
                     "REGISTER_METHOD_CLI"
-                },
+                }
+                .to_string(),
             },
         );
         id
@@ -896,11 +943,127 @@ impl State {
 pub struct HeadscaleControl {
     state: Arc<Mutex<State>>,
     url: String,
+    changes: Arc<watch::Sender<u64>>,
 }
 
 impl HeadscaleControl {
+    /// A control state without a server (the caller serves [`HeadscaleControl::handle`],
+    /// e.g. a stand-in process on its own listener): `url` is what [`HeadscaleControl::url`]
+    /// reports; `persisted` (from [`HeadscaleControl::export_state`]) is loaded when given.
+    /// The API key `opts.api_key` (generated in the version's format when `None`) is added to
+    /// the valid keys and returned.
+    pub fn new(
+        opts: &FakeHeadscaleOptions,
+        persisted: Option<PersistedState>,
+        url: String,
+    ) -> (HeadscaleControl, String) {
+        let api_key = match (&opts.api_key, opts.version) {
+            (Some(k), _) => k.clone(),
+            (None, FakeApiVersion::V0_29) => {
+                format!("hskey-api-{}-{}", rand_hex(6), rand_hex(24))
+            }
+            (None, _) => format!("{}.{}", rand_hex(5), rand_hex(24)),
+        };
+        let mut state = State::new(opts);
+        if let Some(p) = persisted {
+            state.import(p);
+        }
+        if !state.api_keys.contains(&api_key) {
+            state.api_keys.push(api_key.clone());
+        }
+        let (tx, _rx) = watch::channel(0u64);
+        let control = HeadscaleControl {
+            state: Arc::new(Mutex::new(state)),
+            url,
+            changes: Arc::new(tx),
+        };
+        (control, api_key)
+    }
+
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Bumps the change generation (see [`HeadscaleControl::subscribe`]).
+    fn changed(&self) {
+        self.changes.send_modify(|g| *g = g.wrapping_add(1));
+    }
+
+    /// A receiver of the change generation: bumped after every state change (any non-GET
+    /// REST request, and every mutating method of this handle). Stand-ins use it to persist
+    /// the state and to wake map long-polls.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
+    /// The current change generation.
+    pub fn generation(&self) -> u64 {
+        *self.changes.borrow()
+    }
+
+    /// The durable state (see [`PersistedState`]).
+    pub fn export_state(&self) -> PersistedState {
+        self.lock().export()
+    }
+
+    /// The node whose `nodeKey` is `node_key`, if registered.
+    pub fn node_by_key(&self, node_key: &str) -> Option<NodeView> {
+        let s = self.lock();
+        s.nodes
+            .values()
+            .find(|n| n.node_key == node_key)
+            .map(|n| s.view(n))
+    }
+
+    /// Makes sure the pre-auth key `key` exists (a key read from a file: inserted when the
+    /// state does not know it) for user `user` (created when missing), with these flags and
+    /// `expiration` (Unix seconds). An existing key is left as it is. Returns its id.
+    pub fn ensure_preauth_key(
+        &self,
+        key: &str,
+        user: &str,
+        reusable: bool,
+        ephemeral: bool,
+        expiration: i64,
+    ) -> u64 {
+        let mut s = self.lock();
+        if let Some(k) = s.keys.iter().find(|k| k.key == key) {
+            return k.id;
+        }
+        let uid = s.user_id_by_name(user);
+        let id = s.id();
+        s.keys.push(FKey {
+            id,
+            key: key.to_string(),
+            user_id: Some(uid),
+            reusable,
+            ephemeral,
+            used: false,
+            expiration: format_unix(expiration),
+            created_at: now(),
+            acl_tags: Vec::new(),
+        });
+        drop(s);
+        self.changed();
+        id
+    }
+
+    /// A fresh pre-auth key string in the imitated version's format (`hskey-auth-…` for
+    /// 0.29, 48 hex digits before); not stored (see [`HeadscaleControl::ensure_preauth_key`]).
+    pub fn generate_preauth_key(&self) -> String {
+        match self.lock().version {
+            FakeApiVersion::V0_29 => format!("hskey-auth-{}-{}", rand_hex(6), rand_hex(24)),
+            _ => rand_hex(24),
+        }
+    }
+
+    /// A request handler serving the REST API (for [`super::server::tcp_loop`]).
+    pub fn handler(&self) -> Handler {
+        let c2 = self.clone();
+        Arc::new(move |req: Req| -> BoxFut {
+            let c = c2.clone();
+            Box::pin(c.handle(req))
+        })
     }
 
     /// The fake's base URL (`http://127.0.0.1:<port>`).
@@ -915,7 +1078,9 @@ impl HeadscaleControl {
 
     /// Creates (or finds) a user; returns its id.
     pub fn create_user(&self, name: &str) -> u64 {
-        self.lock().user_id_by_name(name)
+        let id = self.lock().user_id_by_name(name);
+        self.changed();
+        id
     }
 
     /// Registers a node directly (as `headscale nodes register` would); the user is created
@@ -925,7 +1090,10 @@ impl HeadscaleControl {
         let uid = s.user_id_by_name(user);
         let id = s.add_node(hostname, uid, node_key.to_string(), None);
         let n = s.nodes.get(&id).cloned();
-        n.map(|n| s.view(&n)).unwrap_or_else(|| empty_view(id))
+        let v = n.map(|n| s.view(&n)).unwrap_or_else(|| empty_view(id));
+        drop(s);
+        self.changed();
+        v
     }
 
     /// Registers a node with a pre-auth key, as the control protocol does: the key must exist,
@@ -955,13 +1123,17 @@ impl HeadscaleControl {
         };
         let id = s.add_node(hostname, uid, node_key.to_string(), Some(k.id));
         let n = s.nodes.get(&id).cloned();
-        Ok(n.map(|n| s.view(&n)).unwrap_or_else(|| empty_view(id)))
+        let v = n.map(|n| s.view(&n)).unwrap_or_else(|| empty_view(id));
+        drop(s);
+        self.changed();
+        Ok(v)
     }
 
     /// The node announces `routes` (its `Hostinfo.RoutableIPs`, i.e. tailscaled's
     /// `AdvertiseRoutes`). Runs auto-approval and primary election.
     pub fn announce_routes(&self, node_id: u64, routes: &[IpNetwork]) {
         self.lock().announce(node_id, routes);
+        self.changed();
     }
 
     /// Admin approval outside the API (≥ 0.26: replaces `approvedRoutes`; ≤ 0.25: enables the
@@ -978,6 +1150,8 @@ impl HeadscaleControl {
             }
         }
         s.recompute();
+        drop(s);
+        self.changed();
     }
 
     /// Marks a node online/offline (offline nodes lose their primaries).
@@ -987,6 +1161,8 @@ impl HeadscaleControl {
             n.online = online;
         }
         s.recompute();
+        drop(s);
+        self.changed();
     }
 
     /// Replaces the policy's `autoApprovers.routes` and re-runs auto-approval for every node
@@ -999,6 +1175,8 @@ impl HeadscaleControl {
             s.auto_approve(id);
         }
         s.recompute();
+        drop(s);
+        self.changed();
     }
 
     /// A node snapshot.
@@ -1067,11 +1245,13 @@ impl HeadscaleControl {
     /// Adds a valid API key.
     pub fn add_api_key(&self, key: &str) {
         self.lock().api_keys.push(key.to_string());
+        self.changed();
     }
 
     /// Revokes every API key (all authenticated calls answer 401 afterwards).
     pub fn revoke_api_keys(&self) {
         self.lock().api_keys.clear();
+        self.changed();
     }
 
     /// Database health for `/health` and `/api/v1/health`.
@@ -1079,7 +1259,10 @@ impl HeadscaleControl {
         self.lock().healthy = healthy;
     }
 
-    async fn handle(self, req: Req) -> Resp {
+    /// Answers one REST request (`/health`, `/version`, `/api/v1/…`) exactly as the fake's
+    /// own server does; records the exchange when enabled; bumps the change generation after
+    /// every non-GET request.
+    pub async fn handle(self, req: Req) -> Resp {
         let fault = self.lock().faults.pop_front();
         let path = req.uri.path().to_string();
         let query = req.uri.query().map(String::from);
@@ -1126,7 +1309,15 @@ impl HeadscaleControl {
         if ex.injected && resp.status() == StatusCode::INTERNAL_SERVER_ERROR {
             ex.response_json = Some(rpc(2, "injected failure"));
         }
-        self.lock().exchanges.push(ex);
+        {
+            let mut s = self.lock();
+            if s.record_exchanges {
+                s.exchanges.push(ex);
+            }
+        }
+        if req.method != Method::GET {
+            self.changed();
+        }
         resp
     }
 
@@ -1283,25 +1474,8 @@ impl FakeHeadscale {
     pub async fn start(opts: FakeHeadscaleOptions) -> std::io::Result<Self> {
         let listener = tokio::net::TcpListener::bind(opts.listen).await?;
         let addr = listener.local_addr()?;
-        let api_key = match (&opts.api_key, opts.version) {
-            (Some(k), _) => k.clone(),
-            (None, FakeApiVersion::V0_29) => {
-                format!("hskey-api-{}-{}", rand_hex(6), rand_hex(24))
-            }
-            (None, _) => format!("{}.{}", rand_hex(5), rand_hex(24)),
-        };
-        let mut state = State::new(&opts);
-        state.api_keys.push(api_key.clone());
-        let control = HeadscaleControl {
-            state: Arc::new(Mutex::new(state)),
-            url: format!("http://{addr}"),
-        };
-        let c2 = control.clone();
-        let handler: Handler = Arc::new(move |req: Req| -> BoxFut {
-            let c = c2.clone();
-            Box::pin(c.handle(req))
-        });
-        let task = tokio::spawn(tcp_loop(listener, handler));
+        let (control, api_key) = HeadscaleControl::new(&opts, None, format!("http://{addr}"));
+        let task = tokio::spawn(tcp_loop(listener, control.handler()));
         Ok(FakeHeadscale {
             control,
             addr,

@@ -7,6 +7,10 @@
 //! unmasked `AdvertiseRoutes` prefix; `start` replaces all prefs except the identity; status
 //! reports `Self.ID`/`PublicKey`/`PrimaryRoutes` and peers from the attached
 //! [`super::FakeHeadscale`].
+//!
+//! The rules live in [`LocalApi`] (a request handler over shared state and a
+//! [`TailnetControl`]), so the lab's tailscaled stand-in process serves exactly the same
+//! LocalAPI as [`FakeTailscaled`].
 
 use std::collections::{BTreeMap, VecDeque};
 use std::path::{Path, PathBuf};
@@ -16,10 +20,79 @@ use std::time::Duration;
 use http::{Method, StatusCode, header};
 use ipnetwork::IpNetwork;
 use serde_json::{Value, json};
+use tokio::sync::watch;
 
-use super::fake_headscale::{HeadscaleControl, random_node_key};
+use super::fake_headscale::{HeadscaleControl, NodeView, random_node_key};
 use super::server::{BoxFut, Handler, Req, Resp, json as json_resp, no_content, text, unix_loop};
 use crate::localapi::{NetfilterMode, OptBool, Prefs};
+
+/// How many [`LocalApiRequest`]s a [`LocalApi`] keeps (the oldest are dropped).
+const MAX_RECORDED: usize = 10_000;
+
+/// The result of [`TailnetControl::login`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LoginOutcome {
+    /// Registered synchronously: this is the node.
+    Registered(NodeView),
+    /// Registration runs in the background; the control reports through
+    /// [`LocalApi::complete_login`] (`BackendState` is `Starting` meanwhile).
+    Pending,
+    /// Refused (Headscale's message, e.g. `invalid authkey`).
+    Failed(String),
+}
+
+/// What a LocalAPI needs from the coordination server: in-process for [`FakeTailscaled`]
+/// ([`HeadscaleControl`]), over the lab's coordination protocol for the tailscaled stand-in.
+/// Every method is called with the LocalAPI's state locked: it must not block on I/O.
+pub trait TailnetControl: Send + Sync + std::fmt::Debug {
+    /// Log in with a pre-auth key as `hostname` with `node_key` (`nodekey:<hex>`) at
+    /// `control_url` (the `ControlURL` pref).
+    fn login(
+        &self,
+        control_url: &str,
+        auth_key: &str,
+        hostname: &str,
+        node_key: &str,
+    ) -> LoginOutcome;
+    /// The node's hostinfo routable IPs changed (`AdvertiseRoutes` while `WantRunning`).
+    fn announce_routes(&self, node_id: u64, routes: &[IpNetwork]);
+    /// Logout: withdraw routes and go offline.
+    fn logout(&self, node_id: u64);
+    /// The latest view of the node itself.
+    fn node(&self, id: u64) -> Option<NodeView>;
+    /// The latest view of its peers.
+    fn peers_of(&self, id: u64) -> Vec<NodeView>;
+    /// A fresh node key after a logout (default: a random `nodekey:`).
+    fn new_node_key(&self) -> String {
+        random_node_key()
+    }
+}
+
+impl TailnetControl for HeadscaleControl {
+    fn login(&self, _url: &str, auth_key: &str, hostname: &str, node_key: &str) -> LoginOutcome {
+        match self.register_with_auth_key(auth_key, hostname, node_key) {
+            Ok(n) => LoginOutcome::Registered(n),
+            Err(e) => LoginOutcome::Failed(e),
+        }
+    }
+
+    fn announce_routes(&self, node_id: u64, routes: &[IpNetwork]) {
+        HeadscaleControl::announce_routes(self, node_id, routes);
+    }
+
+    fn logout(&self, node_id: u64) {
+        HeadscaleControl::announce_routes(self, node_id, &[]);
+        self.set_online(node_id, false);
+    }
+
+    fn node(&self, id: u64) -> Option<NodeView> {
+        HeadscaleControl::node(self, id)
+    }
+
+    fn peers_of(&self, id: u64) -> Vec<NodeView> {
+        HeadscaleControl::peers_of(self, id)
+    }
+}
 
 /// One LocalAPI request as the fake saw it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -45,7 +118,7 @@ struct TsState {
     node_key: String,
     node_id: Option<u64>,
     hostname: String,
-    headscale: Option<HeadscaleControl>,
+    headscale: Option<Arc<dyn TailnetControl>>,
     pending_auth_key: Option<String>,
     health: Vec<String>,
     requests: Vec<LocalApiRequest>,
@@ -208,7 +281,7 @@ impl TsState {
     }
 }
 
-fn peer_json(n: &super::NodeView, online: bool) -> Value {
+fn peer_json(n: &NodeView, online: bool) -> Value {
     let mut v = json!({
         "ID": n.id.to_string(), "PublicKey": n.node_key, "HostName": n.name,
         "DNSName": format!("{}.tailnet.example.", n.name), "OS": "linux", "UserID": 1,
@@ -237,75 +310,48 @@ fn peer_json(n: &super::NodeView, online: bool) -> Value {
     v
 }
 
-/// A fake tailscaled LocalAPI on a unix socket (test double). Stops and removes the socket
-/// when dropped.
-pub struct FakeTailscaled {
+/// How a [`LocalApi`] starts (identity and prefs as a tailscaled loads them from its state).
+#[derive(Debug)]
+pub struct LocalApiInit {
+    /// Prefs (e.g. [`default_prefs`], or the ones persisted by a previous run).
+    pub prefs: Prefs,
+    /// `nodekey:<hex>` of this node.
+    pub node_key: String,
+    /// The Headscale node id when already registered (then `HaveNodeKey` is true).
+    pub node_id: Option<u64>,
+    /// `BackendState` to start in (`NeedsLogin`, `Starting`, `Running`, ...).
+    pub backend_state: String,
+    /// OS hostname (used when the `Hostname` pref is empty).
+    pub hostname: String,
+    /// The coordination server, if any.
+    pub control: Option<Arc<dyn TailnetControl>>,
+}
+
+/// The LocalAPI rules over shared state: a cloneable handle serving requests
+/// ([`LocalApi::handler`]) and exposing the state to the process that embeds it (the data
+/// plane of the tailscaled stand-in subscribes to changes with [`LocalApi::subscribe`]).
+#[derive(Clone)]
+pub struct LocalApi {
     state: Arc<Mutex<TsState>>,
-    socket: PathBuf,
-    task: tokio::task::JoinHandle<()>,
+    changes: Arc<watch::Sender<u64>>,
 }
 
-impl std::fmt::Debug for FakeTailscaled {
+impl std::fmt::Debug for LocalApi {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("FakeTailscaled")
-            .field("socket", &self.socket)
-            .finish()
+        f.debug_struct("LocalApi").finish_non_exhaustive()
     }
 }
 
-impl Drop for FakeTailscaled {
-    fn drop(&mut self) {
-        self.task.abort();
-        let _ = std::fs::remove_file(&self.socket);
-    }
-}
-
-impl FakeTailscaled {
-    /// A fresh tailscaled (`NeedsLogin`, no node key, [`default_prefs`]) listening on `socket`
-    /// (a stale socket file is replaced), coordinated by `headscale` when given.
-    pub async fn start(
-        socket: impl AsRef<Path>,
-        headscale: Option<HeadscaleControl>,
-    ) -> std::io::Result<Self> {
+impl LocalApi {
+    /// A LocalAPI in the state `init` describes. Announces the routes when logged in.
+    pub fn new(init: LocalApiInit) -> LocalApi {
         let state = TsState {
-            prefs: default_prefs(),
-            backend_state: "NeedsLogin".to_string(),
-            node_key: random_node_key(),
-            node_id: None,
-            hostname: "fake-node".to_string(),
-            headscale,
-            pending_auth_key: None,
-            health: Vec::new(),
-            requests: Vec::new(),
-            concurrent_writes: VecDeque::new(),
-            overwrite_after_patch: VecDeque::new(),
-            write_denied: false,
-            delay: None,
-        };
-        Self::serve(socket.as_ref(), state)
-    }
-
-    /// A tailscaled already logged in to `headscale` as `hostname` (user `user`), `Running`,
-    /// with `prefs` (its `ControlURL` is set to the fake's URL) and announcing
-    /// `prefs.AdvertiseRoutes`.
-    pub async fn start_logged_in(
-        socket: impl AsRef<Path>,
-        headscale: HeadscaleControl,
-        hostname: &str,
-        user: &str,
-        mut prefs: Prefs,
-    ) -> std::io::Result<Self> {
-        let node_key = random_node_key();
-        let node = headscale.register_node(hostname, user, &node_key);
-        prefs.control_url = headscale.url().to_string();
-        prefs.want_running = true;
-        let state = TsState {
-            prefs,
-            backend_state: "Running".to_string(),
-            node_key,
-            node_id: Some(node.id),
-            hostname: hostname.to_string(),
-            headscale: Some(headscale),
+            prefs: init.prefs,
+            backend_state: init.backend_state,
+            node_key: init.node_key,
+            node_id: init.node_id,
+            hostname: init.hostname,
+            headscale: init.control,
             pending_auth_key: None,
             health: Vec::new(),
             requests: Vec::new(),
@@ -315,33 +361,44 @@ impl FakeTailscaled {
             delay: None,
         };
         state.announce();
-        Self::serve(socket.as_ref(), state)
-    }
-
-    fn serve(socket: &Path, state: TsState) -> std::io::Result<Self> {
-        let _ = std::fs::remove_file(socket);
-        let listener = tokio::net::UnixListener::bind(socket)?;
-        let state = Arc::new(Mutex::new(state));
-        let st = state.clone();
-        let handler: Handler = Arc::new(move |req: Req| -> BoxFut {
-            let st = st.clone();
-            Box::pin(handle(st, req))
-        });
-        let task = tokio::spawn(unix_loop(listener, handler));
-        Ok(FakeTailscaled {
-            state,
-            socket: socket.to_path_buf(),
-            task,
-        })
+        let (tx, _rx) = watch::channel(0u64);
+        LocalApi {
+            state: Arc::new(Mutex::new(state)),
+            changes: Arc::new(tx),
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, TsState> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The socket path.
-    pub fn socket(&self) -> &Path {
-        &self.socket
+    fn changed(&self) {
+        self.changes.send_modify(|g| *g = g.wrapping_add(1));
+    }
+
+    /// A receiver of the change generation, bumped after every write request (PATCH prefs,
+    /// start, login-interactive, logout) and every state change made through this handle.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
+    /// The request handler (for [`super::server::unix_loop`]).
+    pub fn handler(&self) -> Handler {
+        let api = self.clone();
+        Arc::new(move |req: Req| -> BoxFut {
+            let api = api.clone();
+            Box::pin(async move { api.handle(req).await })
+        })
+    }
+
+    /// Answers one LocalAPI request (`/localapi/v0/...`) with the tailscaled rules.
+    pub async fn handle(&self, req: Req) -> Resp {
+        let write = req.method != Method::GET;
+        let resp = handle(self.state.clone(), req).await;
+        if write {
+            self.changed();
+        }
+        resp
     }
 
     /// Current prefs.
@@ -351,9 +408,12 @@ impl FakeTailscaled {
 
     /// Replaces the prefs out of band (as `tailscale set` by an admin would) and announces.
     pub fn set_prefs(&self, prefs: Prefs) {
-        let mut s = self.lock();
-        s.prefs = prefs;
-        s.announce();
+        {
+            let mut s = self.lock();
+            s.prefs = prefs;
+            s.announce();
+        }
+        self.changed();
     }
 
     /// The Headscale node id once logged in.
@@ -374,33 +434,152 @@ impl FakeTailscaled {
     /// Forces `BackendState` (e.g. `Stopped`).
     pub fn set_backend_state(&self, state: &str) {
         self.lock().backend_state = state.to_string();
+        self.changed();
+    }
+
+    /// Ends a [`LoginOutcome::Pending`] login (or a re-attach): `Ok(id)` makes the node
+    /// logged in (`Running` when `WantRunning`, else `Stopped`) and announces its routes;
+    /// `Err(msg)` returns to `NeedsLogin` with `login failed: msg` in `Health`.
+    pub fn complete_login(&self, result: Result<u64, String>) {
+        {
+            let mut s = self.lock();
+            match result {
+                Ok(id) => {
+                    s.node_id = Some(id);
+                    s.health.clear();
+                    s.backend_state = if s.prefs.want_running {
+                        "Running"
+                    } else {
+                        "Stopped"
+                    }
+                    .to_string();
+                    s.announce();
+                }
+                Err(e) => {
+                    s.node_id = None;
+                    s.backend_state = "NeedsLogin".to_string();
+                    s.health = vec![format!("login failed: {e}")];
+                }
+            }
+        }
+        self.changed();
+    }
+
+    /// Requests seen so far (the last 10 000).
+    pub fn requests(&self) -> Vec<LocalApiRequest> {
+        self.lock().requests.clone()
+    }
+}
+
+/// A fake tailscaled LocalAPI on a unix socket (test double). Stops and removes the socket
+/// when dropped.
+pub struct FakeTailscaled {
+    api: LocalApi,
+    socket: PathBuf,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl std::fmt::Debug for FakeTailscaled {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FakeTailscaled")
+            .field("socket", &self.socket)
+            .finish()
+    }
+}
+
+impl Drop for FakeTailscaled {
+    fn drop(&mut self) {
+        self.task.abort();
+        let _ = std::fs::remove_file(&self.socket);
+    }
+}
+
+impl std::ops::Deref for FakeTailscaled {
+    type Target = LocalApi;
+    fn deref(&self) -> &LocalApi {
+        &self.api
+    }
+}
+
+impl FakeTailscaled {
+    /// A fresh tailscaled (`NeedsLogin`, no node key, [`default_prefs`]) listening on `socket`
+    /// (a stale socket file is replaced), coordinated by `headscale` when given.
+    pub async fn start(
+        socket: impl AsRef<Path>,
+        headscale: Option<HeadscaleControl>,
+    ) -> std::io::Result<Self> {
+        let api = LocalApi::new(LocalApiInit {
+            prefs: default_prefs(),
+            node_key: random_node_key(),
+            node_id: None,
+            backend_state: "NeedsLogin".to_string(),
+            hostname: "fake-node".to_string(),
+            control: headscale.map(|h| Arc::new(h) as Arc<dyn TailnetControl>),
+        });
+        Self::serve(socket.as_ref(), api)
+    }
+
+    /// A tailscaled already logged in to `headscale` as `hostname` (user `user`), `Running`,
+    /// with `prefs` (its `ControlURL` is set to the fake's URL) and announcing
+    /// `prefs.AdvertiseRoutes`.
+    pub async fn start_logged_in(
+        socket: impl AsRef<Path>,
+        headscale: HeadscaleControl,
+        hostname: &str,
+        user: &str,
+        mut prefs: Prefs,
+    ) -> std::io::Result<Self> {
+        let node_key = random_node_key();
+        let node = headscale.register_node(hostname, user, &node_key);
+        prefs.control_url = headscale.url().to_string();
+        prefs.want_running = true;
+        let api = LocalApi::new(LocalApiInit {
+            prefs,
+            node_key,
+            node_id: Some(node.id),
+            backend_state: "Running".to_string(),
+            hostname: hostname.to_string(),
+            control: Some(Arc::new(headscale)),
+        });
+        Self::serve(socket.as_ref(), api)
+    }
+
+    fn serve(socket: &Path, api: LocalApi) -> std::io::Result<Self> {
+        let _ = std::fs::remove_file(socket);
+        let listener = tokio::net::UnixListener::bind(socket)?;
+        let task = tokio::spawn(unix_loop(listener, api.handler()));
+        Ok(FakeTailscaled {
+            api,
+            socket: socket.to_path_buf(),
+            task,
+        })
+    }
+
+    /// The socket path.
+    pub fn socket(&self) -> &Path {
+        &self.socket
     }
 
     /// Simulates another writer: right after the next `GET prefs` is answered, `routes` are
     /// appended to `AdvertiseRoutes` (and announced).
     pub fn inject_concurrent_route_write(&self, routes: Vec<IpNetwork>) {
-        self.lock().concurrent_writes.push_back(routes);
+        self.api.lock().concurrent_writes.push_back(routes);
     }
 
     /// Simulates a writer racing a PATCH: right after the next successful `PATCH prefs`,
     /// `AdvertiseRoutes` is replaced with `routes` (dropping whatever the PATCH added).
     pub fn inject_overwrite_after_patch(&self, routes: Vec<IpNetwork>) {
-        self.lock().overwrite_after_patch.push_back(routes);
+        self.api.lock().overwrite_after_patch.push_back(routes);
     }
 
     /// Refuse writes with 403 `prefs write access denied` (a non-root caller).
     pub fn set_write_denied(&self, denied: bool) {
-        self.lock().write_denied = denied;
+        self.api.lock().write_denied = denied;
     }
 
     /// Delay every answer (drives client timeouts); `None` to stop.
     pub fn set_delay(&self, delay: Option<Duration>) {
-        self.lock().delay = delay;
-    }
-
-    /// Requests seen so far.
-    pub fn requests(&self) -> Vec<LocalApiRequest> {
-        self.lock().requests.clone()
+        self.api.lock().delay = delay;
     }
 }
 
@@ -430,6 +609,9 @@ async fn handle(state: Arc<Mutex<TsState>>, req: Req) -> Resp {
         .map(|p| p.as_str().to_string())
         .unwrap_or_default();
     let resp = route(&mut s, &req, &host, had_ro, body.as_ref());
+    if s.requests.len() >= MAX_RECORDED {
+        s.requests.remove(0);
+    }
     s.requests.push(LocalApiRequest {
         method: req.method.to_string(),
         path: path_q,
@@ -566,8 +748,12 @@ fn route(s: &mut TsState, req: &Req, host: &str, had_ro: bool, body: Option<&Val
                         } else {
                             s.prefs.hostname.clone()
                         };
-                        match hs.register_with_auth_key(&key, &hostname, &s.node_key) {
-                            Ok(node) => {
+                        let url = s.prefs.control_url.clone();
+                        match hs.login(&url, &key, &hostname, &s.node_key) {
+                            LoginOutcome::Pending => {
+                                s.backend_state = "Starting".to_string();
+                            }
+                            LoginOutcome::Registered(node) => {
                                 s.node_id = Some(node.id);
                                 s.health.clear();
                                 s.backend_state = if s.prefs.want_running {
@@ -578,7 +764,7 @@ fn route(s: &mut TsState, req: &Req, host: &str, had_ro: bool, body: Option<&Val
                                 .to_string();
                                 s.announce();
                             }
-                            Err(e) => {
+                            LoginOutcome::Failed(e) => {
                                 s.backend_state = "NeedsLogin".to_string();
                                 s.health = vec![format!("login failed: {e}")];
                             }
@@ -591,11 +777,13 @@ fn route(s: &mut TsState, req: &Req, host: &str, had_ro: bool, body: Option<&Val
         }
         ("POST", "logout") => {
             if let (Some(hs), Some(id)) = (s.headscale.clone(), s.node_id) {
-                hs.announce_routes(id, &[]);
-                hs.set_online(id, false);
+                hs.logout(id);
             }
             s.node_id = None;
-            s.node_key = random_node_key();
+            s.node_key = match &s.headscale {
+                Some(hs) => hs.new_node_key(),
+                None => random_node_key(),
+            };
             s.backend_state = "NeedsLogin".to_string();
             no_content()
         }

@@ -9,14 +9,20 @@
 //!   the MaskedPrefs semantics, coordinated with a [`FakeHeadscale`] through
 //!   [`HeadscaleControl`].
 //!
+//! - [`LocalApi`], [`HeadscaleControl::handle`] and [`server`]: the same rules as request
+//!   handlers, for the lab's stand-in processes (crate headcni-lab).
+//!
 //! Both stop when dropped. They need a tokio runtime (they spawn their accept loop).
 
 mod fake_headscale;
 mod fake_tailscaled;
-mod server;
+pub mod server;
 
 pub use fake_headscale::{
     Exchange, FakeApiVersion, FakeHeadscale, FakeHeadscaleOptions, Fault, HeadscaleControl,
-    NodeView, PreAuthKeyView, random_node_key,
+    NodeView, PersistedState, PreAuthKeyView, random_node_key,
 };
-pub use fake_tailscaled::{FakeTailscaled, LocalApiRequest, default_prefs};
+pub use fake_tailscaled::{
+    FakeTailscaled, LocalApi, LocalApiInit, LocalApiRequest, LoginOutcome, TailnetControl,
+    default_prefs,
+};

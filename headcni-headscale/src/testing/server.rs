@@ -1,4 +1,6 @@
-//! Minimal hyper 1 server plumbing shared by the fakes.
+//! Minimal hyper 1 server plumbing shared by the fakes and the lab's stand-in processes: a
+//! request with its whole body ([`Req`]), response helpers, and accept loops on TCP and unix
+//! sockets that serve HTTP/1.1 with a [`Handler`].
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -15,18 +17,26 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::task::JoinSet;
 
 /// A request as the fakes see it: head plus the whole body.
-pub(crate) struct Req {
+pub struct Req {
+    /// Method.
     pub method: Method,
+    /// Request target (path and query; absolute-form keeps the authority).
     pub uri: Uri,
+    /// Headers.
     pub headers: HeaderMap,
+    /// The whole body (empty when none).
     pub body: Bytes,
 }
 
-pub(crate) type Resp = Response<Full<Bytes>>;
-pub(crate) type BoxFut = Pin<Box<dyn Future<Output = Resp> + Send>>;
-pub(crate) type Handler = Arc<dyn Fn(Req) -> BoxFut + Send + Sync>;
+/// A response with its whole body.
+pub type Resp = Response<Full<Bytes>>;
+/// The future a [`Handler`] returns.
+pub type BoxFut = Pin<Box<dyn Future<Output = Resp> + Send>>;
+/// A request handler (cloned into every connection).
+pub type Handler = Arc<dyn Fn(Req) -> BoxFut + Send + Sync>;
 
-pub(crate) fn respond(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Resp {
+/// A response with `status`, `Content-Type: content_type` and `body`.
+pub fn respond(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Resp {
     let mut r = Response::new(Full::new(body.into()));
     *r.status_mut() = status;
     if let Ok(v) = content_type.parse() {
@@ -35,20 +45,23 @@ pub(crate) fn respond(status: StatusCode, content_type: &str, body: impl Into<By
     r
 }
 
-pub(crate) fn json(status: StatusCode, v: &serde_json::Value) -> Resp {
+/// A JSON response.
+pub fn json(status: StatusCode, v: &serde_json::Value) -> Resp {
     respond(status, "application/json", v.to_string())
 }
 
-pub(crate) fn text(status: StatusCode, t: &str) -> Resp {
+/// A plain-text response (`text` plus a newline, as Go's `http.Error`).
+pub fn text(status: StatusCode, t: &str) -> Resp {
     respond(status, "text/plain; charset=utf-8", format!("{t}\n"))
 }
 
-pub(crate) fn no_content() -> Resp {
+/// HTTP 204 without a body.
+pub fn no_content() -> Resp {
     respond(StatusCode::NO_CONTENT, "text/plain", Bytes::new())
 }
 
 /// Serves HTTP/1.1 on `io` with `handler`.
-pub(crate) async fn serve_conn<I>(io: I, handler: Handler)
+pub async fn serve_conn<I>(io: I, handler: Handler)
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -101,11 +114,11 @@ macro_rules! accept_loop {
 }
 
 /// Accept loop on TCP; connections live in a `JoinSet`, so aborting the loop task ends them.
-pub(crate) async fn tcp_loop(listener: tokio::net::TcpListener, handler: Handler) {
+pub async fn tcp_loop(listener: tokio::net::TcpListener, handler: Handler) {
     accept_loop!(listener, handler)
 }
 
 /// Accept loop on a unix socket; same life cycle as [`tcp_loop`].
-pub(crate) async fn unix_loop(listener: tokio::net::UnixListener, handler: Handler) {
+pub async fn unix_loop(listener: tokio::net::UnixListener, handler: Handler) {
     accept_loop!(listener, handler)
 }

@@ -3,7 +3,6 @@
 //! (`headcni-core`, `headcni-netlink`, `headcni-ipam`, `headcni-headscale`).
 //!
 //! - [`cni`]: CNI plugin mode (`headcni`, and `headcni-ipam` by argv[0]).
-//! - [`lab`]: `headcni lab`, a one-node lab in network namespaces.
 //! - [`daemon`]: `headcni daemon` and its parts (config, PodCIDR, conflist, data plane,
 //!   control plane, metrics/health, the plugin event socket, `headcni status`).
 //! - [`install`]: `headcni install` (binaries into the CNI bin dir).
@@ -13,4 +12,3 @@ pub mod cni;
 pub mod daemon;
 pub mod events;
 pub mod install;
-pub mod lab;

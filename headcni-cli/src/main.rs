@@ -6,7 +6,7 @@
 
 use std::path::Path;
 
-use headcni_cli::{cni, install, lab};
+use headcni_cli::{cni, install};
 
 use clap::{Parser, Subcommand};
 
@@ -20,8 +20,13 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Cmd {
-    /// A one-node lab in network namespaces, attached through the real CNI protocol.
-    Lab(lab::LabArgs),
+    /// A multi-node lab on this machine: nodes joined by WireGuard, the real daemon and
+    /// plugin, Headscale/tailscaled stand-ins (runs `headcni-lab`; `headcni lab --help`).
+    #[command(disable_help_flag = true)]
+    Lab {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<std::ffi::OsString>,
+    },
     /// The node daemon: PodCIDR, conflist, bridge and masquerade, tailnet route
     /// (runs `headcni-daemon`; `headcni daemon --help` lists its options).
     #[command(disable_help_flag = true)]
@@ -64,24 +69,37 @@ fn init_logging() {
     }
 }
 
-/// The companion binary that holds the daemon: next to this executable, else in `PATH`.
-fn daemon_binary() -> std::path::PathBuf {
-    const NAME: &str = "headcni-daemon";
+/// A companion binary (`headcni-daemon`, `headcni-lab`): next to this executable, else in
+/// `PATH`.
+fn companion(name: &str) -> std::path::PathBuf {
     std::env::current_exe()
         .ok()
-        .and_then(|p| p.parent().map(|d| d.join(NAME)))
+        .and_then(|p| p.parent().map(|d| d.join(name)))
         .filter(|p| p.is_file())
-        .unwrap_or_else(|| std::path::PathBuf::from(NAME))
+        .unwrap_or_else(|| std::path::PathBuf::from(name))
 }
 
 /// Replaces this process with `headcni-daemon <sub> <args>` (same pid, so signals sent to
 /// `headcni daemon` reach the daemon directly).
 fn exec_daemon(sub: &str, args: &[std::ffi::OsString]) -> anyhow::Result<()> {
     use std::os::unix::process::CommandExt;
-    let bin = daemon_binary();
+    let bin = companion("headcni-daemon");
     let err = std::process::Command::new(&bin).arg(sub).args(args).exec();
     Err(anyhow::anyhow!(
         "cannot run {}: {err} (it ships next to headcni)",
+        bin.display()
+    ))
+}
+
+/// Replaces this process with `headcni-lab <args>`. The lab and its Headscale/tailscaled
+/// stand-ins are test doubles built from the workspace's `headcni-lab` crate; they are never
+/// linked into the production binaries.
+fn exec_lab(args: &[std::ffi::OsString]) -> anyhow::Result<()> {
+    use std::os::unix::process::CommandExt;
+    let bin = companion("headcni-lab");
+    let err = std::process::Command::new(&bin).args(args).exec();
+    Err(anyhow::anyhow!(
+        "cannot run {}: {err} (build the lab with `cargo build --release --workspace`)",
         bin.display()
     ))
 }
@@ -113,7 +131,7 @@ fn main() {
     }
     let cli = Cli::parse();
     let result = match cli.command {
-        Cmd::Lab(args) => lab::run(args),
+        Cmd::Lab { args } => exec_lab(&args),
         Cmd::Daemon { args } => exec_daemon("daemon", &args),
         Cmd::Status { args } => exec_daemon("status", &args),
         Cmd::Config { args } => exec_daemon("config", &args),

@@ -1,0 +1,213 @@
+//! Runs a conflist the way libcni does (CNI spec 1.1.0 §"Network configuration lists",
+//! §"Execution of Network Configurations"): ADD runs the plugins in order, each getting the
+//! previous result as `prevResult`; DEL runs them in reverse with the cached ADD result;
+//! `runtimeConfig` carries only the capabilities a plugin declares.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+
+use serde_json::{Map, Value, json};
+
+use super::ns::Ctx;
+
+/// One plugin exec's outcome.
+#[derive(Debug, Clone)]
+pub struct Exec {
+    /// Plugin `type`.
+    pub plugin: String,
+    /// Exit code (-1 when killed by a signal).
+    pub code: i32,
+    /// Stdout parsed as JSON, if it was JSON.
+    pub stdout: Option<Value>,
+    /// Stderr, lossily decoded.
+    pub stderr: String,
+}
+
+/// A chain failure: which plugin, and what it answered.
+#[derive(Debug, thiserror::Error)]
+pub enum ChainError {
+    /// The conflist has no `plugins` array or a plugin lacks `type`.
+    #[error("invalid conflist: {0}")]
+    Conflist(String),
+    /// The plugin could not be started.
+    #[error("exec {plugin}: {source}")]
+    Spawn {
+        /// Plugin type.
+        plugin: String,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// The plugin exited non-zero (its CNI error JSON is in `exec.stdout`).
+    #[error("{} failed with exit code {}: {}", .0.plugin, .0.code, describe(.0))]
+    Plugin(Box<Exec>),
+}
+
+fn describe(e: &Exec) -> String {
+    e.stdout
+        .as_ref()
+        .map(|v| v.to_string())
+        .unwrap_or_else(|| e.stderr.trim().to_string())
+}
+
+/// What identifies an attachment (`CNI_CONTAINERID`, `CNI_NETNS`, `CNI_IFNAME`, `CNI_ARGS`).
+#[derive(Debug, Clone)]
+pub struct Attachment {
+    /// Container id.
+    pub container_id: String,
+    /// Netns path as the plugin sees it (inside the node's mount namespace); empty for a DEL
+    /// after the netns is gone.
+    pub netns: String,
+    /// Interface name in the pod.
+    pub ifname: String,
+    /// `CNI_ARGS`.
+    pub args: String,
+    /// Runtime capabilities (`portMappings`, `bandwidth`, ...).
+    pub runtime_config: Value,
+}
+
+fn plugin_conf(list: &Value, plugin: &Value, prev: Option<&Value>, rc: &Value) -> Value {
+    let mut conf: Map<String, Value> = plugin.as_object().cloned().unwrap_or_default();
+    conf.insert("cniVersion".into(), list["cniVersion"].clone());
+    conf.insert("name".into(), list["name"].clone());
+    if let Some(p) = prev {
+        conf.insert("prevResult".into(), p.clone());
+    }
+    if let Some(caps) = plugin.get("capabilities").and_then(Value::as_object) {
+        let mut runtime = Map::new();
+        for (cap, on) in caps {
+            if on.as_bool() == Some(true)
+                && let Some(v) = rc.get(cap)
+            {
+                runtime.insert(cap.clone(), v.clone());
+            }
+        }
+        if !runtime.is_empty() {
+            conf.insert("runtimeConfig".into(), Value::Object(runtime));
+        }
+    }
+    Value::Object(conf)
+}
+
+fn find_plugin(cni_path: &[PathBuf], ty: &str) -> Option<PathBuf> {
+    cni_path.iter().map(|d| d.join(ty)).find(|p| p.is_file())
+}
+
+fn exec_one(
+    ctx: &Ctx,
+    cni_path: &[PathBuf],
+    command: &str,
+    att: &Attachment,
+    conf: &Value,
+) -> Result<Exec, ChainError> {
+    let ty = conf["type"].as_str().unwrap_or_default().to_string();
+    let bin = find_plugin(cni_path, &ty).ok_or_else(|| ChainError::Spawn {
+        plugin: ty.clone(),
+        source: std::io::Error::new(std::io::ErrorKind::NotFound, "not in CNI_PATH"),
+    })?;
+    let spawn_err = |source| ChainError::Spawn {
+        plugin: ty.clone(),
+        source,
+    };
+    let (mut cmd, fds) = ctx.command(&bin, false).map_err(spawn_err)?;
+    let path = std::env::join_paths(cni_path).map_err(|e| spawn_err(std::io::Error::other(e)))?;
+    cmd.env_clear()
+        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+        .env("CNI_COMMAND", command)
+        .env("CNI_CONTAINERID", &att.container_id)
+        .env("CNI_NETNS", &att.netns)
+        .env("CNI_IFNAME", &att.ifname)
+        .env("CNI_ARGS", &att.args)
+        .env("CNI_PATH", path)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().map_err(spawn_err)?;
+    drop(fds);
+    if let Some(mut stdin) = child.stdin.take() {
+        let _ = stdin.write_all(conf.to_string().as_bytes());
+    }
+    let out = child.wait_with_output().map_err(spawn_err)?;
+    let exec = Exec {
+        plugin: ty,
+        code: out.status.code().unwrap_or(-1),
+        stdout: serde_json::from_slice(&out.stdout).ok(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    };
+    if exec.code != 0 {
+        return Err(ChainError::Plugin(Box::new(exec)));
+    }
+    Ok(exec)
+}
+
+fn plugins(list: &Value) -> Result<&Vec<Value>, ChainError> {
+    let plugins = list["plugins"]
+        .as_array()
+        .ok_or_else(|| ChainError::Conflist("no plugins array".into()))?;
+    if plugins.iter().any(|p| p["type"].as_str().is_none()) {
+        return Err(ChainError::Conflist("a plugin has no type".into()));
+    }
+    Ok(plugins)
+}
+
+/// CNI ADD of the whole conflist inside `ctx` (the node); returns the last plugin's result.
+/// On failure, DEL of the whole chain is run (as libcni's callers do) and the error returned.
+pub fn add(
+    ctx: &Ctx,
+    cni_path: &[PathBuf],
+    list: &Value,
+    att: &Attachment,
+) -> Result<Value, ChainError> {
+    let mut prev: Option<Value> = None;
+    for p in plugins(list)? {
+        let conf = plugin_conf(list, p, prev.as_ref(), &att.runtime_config);
+        match exec_one(ctx, cni_path, "ADD", att, &conf) {
+            Ok(e) => prev = e.stdout,
+            Err(e) => {
+                let _ = del(ctx, cni_path, list, att, None);
+                return Err(e);
+            }
+        }
+    }
+    prev.ok_or_else(|| ChainError::Conflist("the chain returned no result".into()))
+}
+
+/// CNI DEL of the whole conflist (reverse order) with `prev` as `prevResult` when known.
+pub fn del(
+    ctx: &Ctx,
+    cni_path: &[PathBuf],
+    list: &Value,
+    att: &Attachment,
+    prev: Option<&Value>,
+) -> Result<(), ChainError> {
+    let mut first_err = None;
+    for p in plugins(list)?.iter().rev() {
+        let conf = plugin_conf(list, p, prev, &att.runtime_config);
+        if let Err(e) = exec_one(ctx, cni_path, "DEL", att, &conf) {
+            first_err.get_or_insert(e);
+        }
+    }
+    first_err.map_or(Ok(()), Err)
+}
+
+/// The `CNI_PATH` the lab uses: the directory of the HeadCNI binaries, then Debian's reference
+/// plugins (for chained `portmap`/`bandwidth`).
+pub fn cni_path(bin_dir: &Path) -> Vec<PathBuf> {
+    vec![bin_dir.to_path_buf(), PathBuf::from("/usr/lib/cni")]
+}
+
+/// The first IPv4 address (without prefix) of a CNI result's `ips`, if any.
+pub fn first_ipv4(result: &Value) -> Option<std::net::Ipv4Addr> {
+    result["ips"].as_array()?.iter().find_map(|ip| {
+        let net: ipnetwork::IpNetwork = ip["address"].as_str()?.parse().ok()?;
+        match net {
+            ipnetwork::IpNetwork::V4(v4) => Some(v4.ip()),
+            ipnetwork::IpNetwork::V6(_) => None,
+        }
+    })
+}
+
+/// An empty runtime config.
+pub fn no_capabilities() -> Value {
+    json!({})
+}

@@ -405,9 +405,14 @@ fn headscale_outage() {
         std::thread::sleep(Duration::from_secs(1));
     }
     lab.start_headscale().unwrap();
+    let back = Instant::now();
     for n in [1, 2] {
-        lab.wait_ready(n, Duration::from_secs(30)).unwrap();
+        lab.wait_ready(n, Duration::from_secs(60)).unwrap();
     }
+    eprintln!(
+        "daemons ready again {:.1} s after Headscale came back",
+        back.elapsed().as_secs_f64()
+    );
     // The pod added during the outage reaches the other node.
     wait_for(
         Duration::from_secs(10),

@@ -2,7 +2,7 @@
 //! plugin first, then the configured chained plugins in the order given.
 //!
 //! ```json
-//! {"cniVersion": "1.1.0", "cniVersions": ["0.3.1", "0.4.0", "1.0.0", "1.1.0"],
+//! {"cniVersion": "1.0.0", "cniVersions": ["0.3.1", "0.4.0", "1.0.0", "1.1.0"],
 //!  "name": "headcni",
 //!  "plugins": [
 //!    {"type": "headcni", "bridge": "headcni0", "mtu": 1280, "isGateway": true,
@@ -15,7 +15,10 @@
 //! ```
 //!
 //! `cniVersions` (libcni ≥ 1.2) lets a runtime pick the highest version it knows; older
-//! runtimes (containerd 1.6, podman 4.3) read `cniVersion`. Both are supported by the plugin.
+//! runtimes (containerd 1.6, podman 4.3: libcni 1.1) read `cniVersion` only, and it must be
+//! 1.0.0: libcni 1.1 cannot decode a 1.1.0 result ("unsupported CNI result version"), and
+//! Debian bookworm's reference portmap/bandwidth (1.1.1) refuse a 1.1.0 configuration
+//! (observed in headcni-cli/tests/runtime_podman.rs and runtime_containerd.rs).
 
 use std::path::Path;
 
@@ -24,8 +27,9 @@ use serde_json::{Value, json};
 
 use crate::ipam::Strategy;
 
-/// The conflist's `cniVersion`.
-pub const CONFLIST_VERSION: &str = "1.1.0";
+/// The conflist's `cniVersion`: 1.0.0, the newest version libcni 1.1 (containerd 1.6,
+/// podman 4.3) and the reference plugins ≤ 1.4 accept; newer runtimes use `cniVersions`.
+pub const CONFLIST_VERSION: &str = "1.0.0";
 /// The conflist's `cniVersions`: every version the plugin implements, ascending.
 pub const CONFLIST_VERSIONS: [&str; 4] = ["0.3.1", "0.4.0", "1.0.0", "1.1.0"];
 /// The main plugin's type.
@@ -158,7 +162,7 @@ mod tests {
         assert_eq!(
             v,
             json!({
-                "cniVersion": "1.1.0",
+                "cniVersion": "1.0.0",
                 "cniVersions": ["0.3.1", "0.4.0", "1.0.0", "1.1.0"],
                 "name": "headcni",
                 "plugins": [

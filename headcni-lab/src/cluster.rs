@@ -352,6 +352,7 @@ impl Lab {
             Ok(()) => Ok(lab),
             Err(e) => {
                 progress(format!("failed: {e:#}; tearing down"));
+                eprint!("{}", lab.log_tails(20));
                 let _ = Lab::down(&spec.name);
                 Err(e)
             }
@@ -480,6 +481,26 @@ impl Lab {
             spec.api.flag()
         ));
         Ok(())
+    }
+
+    /// The last `lines` lines of every log in `shared/logs` (for failure reports: the logs
+    /// go away with the lab).
+    pub fn log_tails(&self, lines: usize) -> String {
+        let mut out = String::new();
+        let mut logs: Vec<PathBuf> = std::fs::read_dir(self.shared().join("logs"))
+            .map(|d| d.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default();
+        logs.sort();
+        for p in logs {
+            let text = std::fs::read_to_string(&p).unwrap_or_default();
+            let all: Vec<&str> = text.lines().collect();
+            out.push_str(&format!("---- {} (last {lines} lines)\n", p.display()));
+            for l in &all[all.len().saturating_sub(lines)..] {
+                out.push_str(l);
+                out.push('\n');
+            }
+        }
+        out
     }
 
     /// Stops the Headscale stand-in (SIGTERM).

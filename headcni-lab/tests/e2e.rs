@@ -20,6 +20,11 @@ struct Guard(String);
 
 impl Drop for Guard {
     fn drop(&mut self) {
+        if std::thread::panicking()
+            && let Ok(lab) = Lab::load(&self.0)
+        {
+            eprint!("{}", lab.log_tails(40));
+        }
         if let Err(e) = Lab::down(&self.0) {
             eprintln!("lab down {}: {e:#}", self.0);
         }

@@ -429,6 +429,10 @@ fn containerd_cri_runs_pods_on_headcni() {
         1,
         "no ADD on restart"
     );
+    assert!(
+        node.calls_of("headcni", "DEL").is_empty(),
+        "no DEL on restart"
+    );
     let other_cfg = ctd.pod_config("other", None);
     let other = ctd.run_pod(&other_cfg);
     let (_, other_ip) = ctd.pod_status(&other);

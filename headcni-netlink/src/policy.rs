@@ -284,3 +284,31 @@ impl NetlinkHandle {
         }
     }
 }
+
+impl NetlinkHandle {
+    /// Every configured address with the name of its link (`ip addr show`), both families.
+    ///
+    /// Errors: [`LinkError::Netlink`].
+    pub async fn all_addresses(&self) -> Result<Vec<(String, IpNetwork)>, LinkError> {
+        use rtnetlink::packet_route::address::AddressMessage;
+        let replies = self
+            .dump(RouteNetlinkMessage::GetAddress(AddressMessage::default()))
+            .await
+            .map_err(|e| e.into_link_error("dump addresses"))?;
+        let mut out = Vec::new();
+        for m in replies {
+            let RouteNetlinkMessage::NewAddress(a) = m else {
+                continue;
+            };
+            let Some(net) = convert::configured_address(&a) else {
+                continue;
+            };
+            let name = self
+                .link_name_by_index(a.header.index)
+                .await
+                .unwrap_or_default();
+            out.push((name, net));
+        }
+        Ok(out)
+    }
+}

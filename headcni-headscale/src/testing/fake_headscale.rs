@@ -217,6 +217,9 @@ struct State {
     exchanges: Vec<Exchange>,
     healthy: bool,
     next_id: u64,
+    /// Node ids have their own sequence (a table of their own in Headscale): node N gets
+    /// 100.64.0.N.
+    next_node_id: u64,
     record_exchanges: bool,
 }
 
@@ -233,6 +236,8 @@ pub struct PersistedState {
     primaries: Vec<(IpNetwork, u64)>,
     auto_approvers: Vec<IpNetwork>,
     next_id: u64,
+    #[serde(default)]
+    next_node_id: u64,
 }
 
 const ZERO_TIME: &str = "0001-01-01T00:00:00Z";
@@ -308,6 +313,7 @@ impl State {
             exchanges: Vec::new(),
             healthy: true,
             next_id: 1,
+            next_node_id: 1,
             record_exchanges: opts.record_exchanges,
         }
     }
@@ -322,6 +328,7 @@ impl State {
             primaries: self.primaries.iter().map(|(p, n)| (*p, *n)).collect(),
             auto_approvers: self.auto_approvers.clone(),
             next_id: self.next_id,
+            next_node_id: self.next_node_id,
         }
     }
 
@@ -334,6 +341,8 @@ impl State {
         self.primaries = p.primaries.into_iter().collect();
         self.auto_approvers = p.auto_approvers;
         self.next_id = p.next_id.max(1);
+        let after_nodes = self.nodes.keys().max().map_or(1, |m| m + 1);
+        self.next_node_id = p.next_node_id.max(after_nodes);
     }
 
     fn id(&mut self) -> u64 {
@@ -475,7 +484,8 @@ impl State {
     }
 
     fn add_node(&mut self, name: &str, user_id: u64, node_key: String, key: Option<u64>) -> u64 {
-        let id = self.id();
+        let id = self.next_node_id;
+        self.next_node_id += 1;
         self.nodes.insert(
             id,
             FNode {

@@ -353,6 +353,10 @@ impl Lab {
             Err(e) => {
                 progress(format!("failed: {e:#}; tearing down"));
                 eprint!("{}", lab.log_tails(20));
+                if std::env::var_os("HEADCNI_LAB_KEEP_ON_FAILURE").is_some() {
+                    progress("HEADCNI_LAB_KEEP_ON_FAILURE set: leaving the lab up for inspection");
+                    return Err(e);
+                }
                 let _ = Lab::down(&spec.name);
                 Err(e)
             }

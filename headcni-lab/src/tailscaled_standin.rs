@@ -25,7 +25,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use anyhow::Context;
-use headcni_core::link::LinkManager;
+use headcni_core::link::{LinkManager, RouteManager};
 use headcni_headscale::localapi::{NetfilterMode, Prefs};
 use headcni_headscale::testing::server::{Req, unix_loop};
 use headcni_headscale::testing::{
@@ -229,13 +229,28 @@ impl Standin {
         }
     }
 
-    /// The node's underlay IPv4 addresses with the WireGuard port.
+    /// The node's IPv4 addresses with the WireGuard port (not the tun's, not loopback, not
+    /// CGNAT), those of the default route's interface first: peers use the first endpoint
+    /// (the stand-in has no disco to find a working path, as tailscaled's magicsock does), and
+    /// a subnet router's other addresses (e.g. its pod bridge) are not reachable from peers.
     async fn endpoints(&self) -> Vec<SocketAddr> {
         let cgnat: IpNetwork = IpNetwork::V4(
             ipnetwork::Ipv4Network::new(std::net::Ipv4Addr::new(100, 64, 0, 0), 10)
                 .unwrap_or_else(|_| ipnetwork::Ipv4Network::from(std::net::Ipv4Addr::LOCALHOST)),
         );
-        let mut out: Vec<SocketAddr> = match self.nl.all_addresses().await {
+        let default_dev = match self.nl.routes(None).await {
+            Ok(routes) => routes
+                .into_iter()
+                .find(|r| {
+                    r.dst.is_ipv4() && r.dst.prefix() == 0 && r.table.is_none_or(|t| t == 254)
+                })
+                .and_then(|r| r.dev),
+            Err(e) => {
+                eprintln!("tailscaled-standin: listing routes failed: {e}");
+                None
+            }
+        };
+        let mut out: Vec<(bool, SocketAddr)> = match self.nl.all_addresses().await {
             Ok(a) => a
                 .into_iter()
                 .filter(|(dev, net)| {
@@ -243,7 +258,12 @@ impl Standin {
                         && matches!(net.ip(), IpAddr::V4(v4) if !v4.is_loopback())
                         && !cgnat.contains(net.ip())
                 })
-                .map(|(_, net)| SocketAddr::new(net.ip(), self.args.port))
+                .map(|(dev, net)| {
+                    (
+                        default_dev.as_deref() != Some(dev.as_str()),
+                        SocketAddr::new(net.ip(), self.args.port),
+                    )
+                })
                 .collect(),
             Err(e) => {
                 eprintln!("tailscaled-standin: listing addresses failed: {e}");
@@ -252,7 +272,7 @@ impl Standin {
         };
         out.sort();
         out.dedup();
-        out
+        out.into_iter().map(|(_, a)| a).collect()
     }
 
     async fn hostinfo(&self) -> Hostinfo {

@@ -610,7 +610,9 @@ impl Lab {
         })?;
         self.write_daemon_config(n)?;
         if self.state.spec.mode == Mode::Host {
+            // As on a real node, tailscaled is up before the DaemonSet starts.
             self.start_tailscaled(n)?;
+            self.wait_tailnet(n, Duration::from_secs(20))?;
         }
         self.start_daemon(n)?;
         Ok(())
@@ -693,6 +695,26 @@ impl Lab {
             "node-{n}: tailscaled stand-in on tailscale0, pid {pid}"
         ));
         self.save()
+    }
+
+    /// Waits until node N's tailscaled stand-in reports `Running` on its LocalAPI.
+    pub fn wait_tailnet(&self, n: u32, timeout: Duration) -> Result<()> {
+        wait_for(
+            timeout,
+            &format!("node-{n}'s tailscaled to be Running"),
+            || {
+                self.node_ctx(n).run(|| {
+                    block_on(async {
+                        let c = headcni_headscale::LocalApiClient::new(
+                            "/run/tailscale/tailscaled.sock",
+                        );
+                        Ok(c.status_without_peers()
+                            .await
+                            .is_ok_and(|s| s.backend_state == "Running"))
+                    })
+                })?
+            },
+        )
     }
 
     /// Starts node N's `headcni daemon` (the real one) with its lab configuration.
@@ -869,6 +891,9 @@ impl Lab {
     /// its route), the node deleted from Headscale, its processes stopped, its namespaces
     /// removed. Other nodes' routes and pods are not touched.
     pub fn remove_node(&mut self, n: u32) -> Result<()> {
+        let node_id = self.tailnet_node_id(n).ok();
+        // The daemon first, or its reconcile would advertise the route again.
+        self.stop_daemon(n)?;
         let ctx = self.node_ctx(n);
         let (mut cmd, fds) = ctx.command(self.bin("headcni"), false)?;
         let out = cmd
@@ -877,13 +902,11 @@ impl Lab {
             .output()?;
         drop(fds);
         if !out.status.success() {
-            progress(format!(
+            bail!(
                 "node-{n}: headcni uninstall failed: {}",
                 String::from_utf8_lossy(&out.stderr).trim()
-            ));
+            );
         }
-        self.stop_daemon(n)?;
-        let node_id = self.tailnet_node_id(n).ok();
         let ids = self.node_ns_inodes(n);
         ns::terminate(&ns::processes_in(&ids.0, &ids.1), Duration::from_secs(5));
         if let Some(id) = node_id {

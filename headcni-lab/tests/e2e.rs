@@ -218,8 +218,10 @@ fn pods_reach_each_other_across_nodes() {
         "50 MB pod-1-1 -> pod-2-1 across the tunnel: {:.1} Mbit/s",
         SIZE as f64 * 8.0 / started.elapsed().as_secs_f64() / 1e6
     );
-    let mtu = run_in(&lab, "pod-1-1", &["cat", "/sys/class/net/eth0/mtu"]);
-    assert_eq!(String::from_utf8_lossy(&mtu.stdout).trim(), "1280");
+    // (`ip`, not /sys: sysfs shows the namespace it was mounted in.)
+    let link = run_in(&lab, "pod-1-1", &["ip", "-o", "link", "show", "eth0"]);
+    let link = String::from_utf8_lossy(&link.stdout);
+    assert!(link.contains(" mtu 1280 "), "pod MTU must be the tunnel's: {link}");
 
     // Drift: someone runs `tailscale set --snat-subnet-routes=true --accept-routes=false`.
     localapi(&lab, 2, "/run/tailscale/tailscaled.sock", |c| {

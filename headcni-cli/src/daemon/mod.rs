@@ -158,10 +158,18 @@ fn try_backend(cfg: &Config, metrics: &Arc<Metrics>) -> (Backend, Option<Arc<Hea
     }
 }
 
-/// The pod MTU: the config's, else the tailnet interface's, else 1280.
+/// The pod MTU: the config's; in daemon mode the MTU the daemon gives its own tailscaled
+/// (`TS_DEBUG_MTU`, the same value); in host mode the tailnet interface's, else 1280.
+///
+/// Daemon mode never reads the interface: a TUN is visible before its owner has set the MTU
+/// (wireguard-go creates it at 1420), and a pod attached in that window would keep the wrong
+/// MTU for its lifetime.
 async fn pod_mtu(cfg: &Config) -> u32 {
     if let Some(m) = cfg.cni.mtu {
         return m;
+    }
+    if cfg.tailscale.mode == config::Mode::Daemon {
+        return DEFAULT_TAILNET_MTU;
     }
     match headcni_netlink::NetlinkHandle::current().await {
         Ok(h) => match h.link(&cfg.interface()).await {

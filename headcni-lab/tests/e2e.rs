@@ -221,7 +221,10 @@ fn pods_reach_each_other_across_nodes() {
     // (`ip`, not /sys: sysfs shows the namespace it was mounted in.)
     let link = run_in(&lab, "pod-1-1", &["ip", "-o", "link", "show", "eth0"]);
     let link = String::from_utf8_lossy(&link.stdout);
-    assert!(link.contains(" mtu 1280 "), "pod MTU must be the tunnel's: {link}");
+    assert!(
+        link.contains(" mtu 1280 "),
+        "pod MTU must be the tunnel's: {link}"
+    );
 
     // Drift: someone runs `tailscale set --snat-subnet-routes=true --accept-routes=false`.
     localapi(&lab, 2, "/run/tailscale/tailscaled.sock", |c| {
@@ -465,7 +468,7 @@ fn headscale_v025_api() {
 fn daemon_mode() {
     let mut s = spec("e2ef", 2, 1);
     s.mode = Mode::Daemon;
-    let (lab, _g) = up(s);
+    let (mut lab, _g) = up(s);
     let links = run_in(&lab, "node-1", &["ip", "-br", "link"]);
     let links = String::from_utf8_lossy(&links.stdout);
     assert!(links.contains("headcni01"), "{links}");
@@ -481,5 +484,40 @@ fn daemon_mode() {
             SocketAddr::new(IpAddr::V4(ip(&p11)), 0)
         ),
         IpAddr::V4(ip(&p21))
+    );
+    // A daemon restart restarts its tailscaled, which re-attaches with its saved node key:
+    // same node ids, same tailnet addresses, no second registration.
+    let before = lab.headscale_api("GET", "/api/v1/node", None).unwrap().1;
+    lab.stop_daemon(1).unwrap();
+    lab.start_daemon(1).unwrap();
+    lab.wait_ready(1, Duration::from_secs(30)).unwrap();
+    lab.wait_full_mesh(Duration::from_secs(20)).unwrap();
+    let after = lab.headscale_api("GET", "/api/v1/node", None).unwrap().1;
+    let ids = |v: &serde_json::Value| -> Vec<(String, String)> {
+        v["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| (n["id"].to_string(), n["ipAddresses"].to_string()))
+            .collect()
+    };
+    assert_eq!(ids(&before), ids(&after));
+}
+
+/// Approval by a Headscale policy's autoApprovers: the daemons only advertise, and the routes
+/// are approved by policy (and still verified).
+#[test]
+fn auto_approvers_policy() {
+    let mut s = spec("e2eg", 2, 1);
+    s.approval = headcni_lab::cluster::Approval::AutoApprovers;
+    let (lab, _g) = up(s);
+    let (_, nodes) = lab.headscale_api("GET", "/api/v1/node", None).unwrap();
+    for n in nodes["nodes"].as_array().unwrap() {
+        assert_eq!(n["approvedRoutes"].as_array().map(Vec::len), Some(1), "{n}");
+    }
+    let calls = std::fs::read_to_string(lab.shared().join("logs/headscale.log")).unwrap();
+    assert!(
+        !calls.contains("approve_routes"),
+        "auto-approvers mode must not call approve_routes:\n{calls}"
     );
 }

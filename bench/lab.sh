@@ -81,45 +81,46 @@ wg_pids() {
 }
 HZ="$(getconf CLK_TCK)"
 
-# iperf3: $1 label, $2 server address, SRV/CLI arrays: command prefixes entering the server's
-# and the client's namespace. Records bits/s, retransmits and CPU of the host and wireguard-go.
+# One iperf3 run: $1 label, $2 server address, $3 run number; SRV/CLI arrays: command
+# prefixes entering the server's and the client's namespace. Records Mbit/s, retransmits,
+# machine CPU busy (% of all cores) and wireguard-go CPU (% of one core) as a RESULT line.
 SRV=(); CLI=()
-iperf() {
-    local label="$1" addr="$2" i j sp ok wg c0 c1 w0 w1 busy idle
-    local vals=()
-    for i in $(seq 1 "$IPERF_RUNS"); do
-        "${SRV[@]}" timeout $((IPERF_SECS + 60)) iperf3 -s -1 -B "$addr" -p 5201 >/dev/null 2>&1 &
-        sp=$!
-        BG_PIDS+=("$sp")
-        read -r -a wg <<<"$(wg_pids | tr '\n' ' ')"
-        ok=0
-        for j in $(seq 1 50); do
-            read -r c0 <<<"$(cpu_total)"
-            w0="$(pid_ticks "${wg[@]}")"
-            if "${CLI[@]}" iperf3 -c "$addr" -p 5201 -t "$IPERF_SECS" -J >"$OUT/iperf-$label-$i.json" 2>/dev/null; then
-                ok=1; break
-            fi
-            sleep 0.2
-        done
-        ((ok)) || { echo "iperf3 $label run $i failed: $(cat "$OUT/iperf-$label-$i.json")" >&2; return 1; }
-        read -r c1 <<<"$(cpu_total)"
-        w1="$(pid_ticks "${wg[@]}")"
-        wait "$sp" || true
-        local bps retr hcpu rcpu
-        bps="$(jq '.end.sum_received.bits_per_second' "$OUT/iperf-$label-$i.json")"
-        retr="$(jq '.end.sum_sent.retransmits // 0' "$OUT/iperf-$label-$i.json")"
-        hcpu="$(jq '.end.cpu_utilization_percent.host_total' "$OUT/iperf-$label-$i.json")"
-        rcpu="$(jq '.end.cpu_utilization_percent.remote_total' "$OUT/iperf-$label-$i.json")"
-        # machine CPU busy over the run (% of all cores) and wireguard-go (% of one core)
-        busy="$(awk -v a="$c0" -v b="$c1" -v s="$IPERF_SECS" -v hz="$HZ" -v n="$(nproc)" 'BEGIN{printf "%.0f", (b-a)/hz/s/n*100}')"
-        wgcpu="$(awk -v a="$w0" -v b="$w1" -v s="$IPERF_SECS" -v hz="$HZ" 'BEGIN{printf "%.0f", (b-a)/hz/s*100}')"
-        printf '%s run %d: %.0f Mbit/s, %s retransmits, iperf3 CPU client %.0f%% server %.0f%%, machine busy %s%%, wireguard-go %s%% of a core\n' \
-            "$label" "$i" "$(awk -v b="$bps" 'BEGIN{print b/1e6}')" "$retr" "$hcpu" "$rcpu" "$busy" "$wgcpu" >&2
-        vals+=("$(awk -v b="$bps" 'BEGIN{printf "%.0f", b/1e6}')")
-        echo "RESULT iperf.$label.run$i.mbps $(awk -v b="$bps" 'BEGIN{printf "%.0f", b/1e6}') retr=$retr machine_busy_pct=$busy wg_pct_core=$wgcpu" >>"$RES"
+iperf_run() {
+    local label="$1" addr="$2" i="$3" j sp ok wg c0 c1 w0 w1 busy wgcpu json
+    json="$OUT/iperf-$label-$i.json"
+    "${SRV[@]}" timeout $((IPERF_SECS + 60)) iperf3 -s -1 -B "$addr" -p 5201 >/dev/null 2>&1 &
+    sp=$!
+    BG_PIDS+=("$sp")
+    read -r -a wg <<<"$(wg_pids | tr '\n' ' ')"
+    ok=0
+    for j in $(seq 1 50); do
+        c0="$(cpu_total)"
+        w0="$(pid_ticks "${wg[@]}")"
+        if "${CLI[@]}" iperf3 -c "$addr" -p 5201 -t "$IPERF_SECS" -J >"$json" 2>/dev/null; then
+            ok=1; break
+        fi
+        sleep 0.2   # the server is not listening yet
     done
-    res "iperf.$label.median_mbps" "$(printf '%s\n' "${vals[@]}" | sort -n | awk '{a[NR]=$1} END{print (NR%2)?a[(NR+1)/2]:(a[NR/2]+a[NR/2+1])/2}')"
+    ((ok)) || { echo "iperf3 $label run $i failed: $(cat "$json")" >&2; return 1; }
+    c1="$(cpu_total)"
+    w1="$(pid_ticks "${wg[@]}")"
+    wait "$sp" || true
+    local mbps retr hcpu rcpu
+    mbps="$(jq '.end.sum_received.bits_per_second / 1e6 | round' "$json")"
+    retr="$(jq '.end.sum_sent.retransmits // 0' "$json")"
+    hcpu="$(jq '.end.cpu_utilization_percent.host_total | round' "$json")"
+    rcpu="$(jq '.end.cpu_utilization_percent.remote_total | round' "$json")"
+    busy="$(awk -v a="$c0" -v b="$c1" -v s="$IPERF_SECS" -v hz="$HZ" -v n="$(nproc)" 'BEGIN{printf "%.0f", (b-a)/hz/s/n*100}')"
+    wgcpu="$(awk -v a="$w0" -v b="$w1" -v s="$IPERF_SECS" -v hz="$HZ" 'BEGIN{printf "%.0f", (b-a)/hz/s*100}')"
+    echo "$label run $i: $mbps Mbit/s, $retr retransmits, iperf3 CPU client $hcpu% server $rcpu%, machine busy $busy%, wireguard-go $wgcpu% of a core" >&2
+    echo "RESULT iperf.$label.run$i.mbps $mbps retr=$retr machine_busy_pct=$busy wg_pct_core=$wgcpu" >>"$RES"
 }
+# Median Mbit/s of a label's runs.
+iperf_median() {
+    sed -n "s/^RESULT iperf\.$1\.run[0-9]*\.mbps \([0-9]*\).*/\1/p" "$RES" | sort -n |
+        awk '{a[NR]=$1} END{ if (NR==0) print ""; else print (NR%2)?a[(NR+1)/2]:(a[NR/2]+a[NR/2+1])/2}'
+}
+set_raw() { SRV=(ip netns exec "$BASE-b"); CLI=(ip netns exec "$BASE-a"); }
 
 {
     echo "date: $(date -u +%Y-%m-%dT%H:%MZ)"
@@ -129,7 +130,7 @@ iperf() {
     echo "CPU pressure at start: $(head -1 /proc/pressure/cpu 2>/dev/null || echo n/a)"
 } | tee "$OUT/machine.txt" >&2
 
-# --- 3a baseline: raw veth + bridge (no lab needed) -------------------------------------------
+# --- 3a baseline: raw veth + bridge (no lab needed; kept until the end, runs interleaved) -----
 log "baseline: $BASE-a <-> bridge in $BASE-br <-> $BASE-b, MTU $MTU"
 ip netns add "$BASE-br"
 ip netns add "$BASE-a"
@@ -145,11 +146,9 @@ for x in a b; do
 done
 ip -n "$BASE-a" addr add 10.255.0.1/24 dev eth0
 ip -n "$BASE-b" addr add 10.255.0.2/24 dev eth0
-SRV=(ip netns exec "$BASE-b"); CLI=(ip netns exec "$BASE-a")
-iperf raw-bridge 10.255.0.2
-for ns in "$BASE-a" "$BASE-b" "$BASE-br"; do ip netns del "$ns"; done
 if [[ "${ONLY:-}" == baseline ]]; then
-    cat "$RES"
+    for i in $(seq 1 "$IPERF_RUNS"); do set_raw; iperf_run raw-bridge 10.255.0.2 "$i"; done
+    res iperf.raw-bridge.median_mbps "$(iperf_median raw-bridge)"
     exit 0
 fi
 
@@ -177,18 +176,24 @@ bench_ex converge --name "$NAME" --reps "$REPS" | tee -a "$RES" >&2
 P12="$(addr_of pod-1-2 eth0)"; P21="$(addr_of pod-2-1 eth0)"
 N1="$(addr_of node-1 tailscale0)"; N2="$(addr_of node-2 tailscale0)"
 log "iperf3: pod-1-2 $P12, pod-2-1 $P21, node-1 $N1, node-2 $N2"
-pod_mtu="$(lab pod-1-1 -- cat /sys/class/net/eth0/mtu)"
-ts_mtu="$(lab node-1 -- cat /sys/class/net/tailscale0/mtu)"
+# (not /sys/class/net: a node's mount namespace has the host's sysfs)
+mtu_of() { lab "$1" -- ip -o link show dev "$2" | sed -n 's/.* mtu \([0-9]*\).*/\1/p'; }
+pod_mtu="$(mtu_of pod-1-1 eth0)"
+ts_mtu="$(mtu_of node-1 tailscale0)"
 res mtu.pod "$pod_mtu"
 res mtu.tailscale0 "$ts_mtu"
 [[ "$pod_mtu" == "$MTU" ]] || echo "note: the pods' MTU is $pod_mtu, the baseline used $MTU" >&2
 
-SRV=(lab pod-1-2 --); CLI=(lab pod-1-1 --)
-iperf pod-same-node "$P12"
-SRV=(lab node-2 --); CLI=(lab node-1 --)
-iperf node-tunnel "$N2"
-SRV=(lab pod-2-1 --); CLI=(lab pod-1-1 --)
-iperf pod-cross-node "$P21"
+# Interleaved run by run, so the shared machine's load spreads over all four paths alike.
+for i in $(seq 1 "$IPERF_RUNS"); do
+    set_raw;                              iperf_run raw-bridge 10.255.0.2 "$i"
+    SRV=(lab pod-1-2 --); CLI=(lab pod-1-1 --); iperf_run pod-same-node "$P12" "$i"
+    SRV=(lab node-2 --);  CLI=(lab node-1 --);  iperf_run node-tunnel "$N2" "$i"
+    SRV=(lab pod-2-1 --); CLI=(lab pod-1-1 --); iperf_run pod-cross-node "$P21" "$i"
+done
+for l in raw-bridge pod-same-node node-tunnel pod-cross-node; do
+    res "iperf.$l.median_mbps" "$(iperf_median "$l")"
+done
 
 # --- summary ------------------------------------------------------------------------------------
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN{ if (b>0) printf "%.2f", a/b; else print "n/a" }'; }
@@ -200,7 +205,7 @@ kib2mib() { awk -v k="$1" 'BEGIN{ if (k=="") print "n/a"; else printf "%.1f", k/
     echo
     echo "| measurement | median | max | n |"
     echo "| --- | --- | --- | --- |"
-    for k in daemon_to_ready_ms daemon_to_reach_ms pod_add_to_reach_ms daemon_to_approved_ms approved_to_peer_table52_ms remove_to_withdrawn_ms add_node_ms; do
+    for k in daemon_to_ready_ms daemon_to_reach_ms pod_add_to_reach_ms daemon_to_approved_ms approved_to_peer_table52_ms daemon_to_peer_table52_ms remove_to_withdrawn_ms add_node_ms; do
         echo "| $k | $(get "$k.median") | $(get "$k.max") | $(get "$k.n") |"
     done
     echo

@@ -295,6 +295,10 @@ fn converge(name: &str, reps: u32, first: u32, poll: Duration, timeout: Duration
                 {
                     let d = ms(last.saturating_duration_since(a));
                     series.push("approved_to_peer_table52_ms", d);
+                    series.push(
+                        "daemon_to_peer_table52_ms",
+                        ms(last.saturating_duration_since(t0)),
+                    );
                     line.push_str(&format!(
                         "; approved at {:.0} ms, in every peer's table 52 {d:.0} ms later",
                         ms(a.saturating_duration_since(t0))

@@ -266,8 +266,16 @@ impl TsState {
             .as_ref()
             .map(|n| n.ips.iter().map(|i| i.to_string()).collect())
             .unwrap_or(Value::Null);
+        // tailscaled goes Starting → Running when its first netmap arrives: "Running" always
+        // comes with a Self node (a remote control may not have answered yet).
+        let backend_state =
+            if self.backend_state == "Running" && me.is_none() && self.headscale.is_some() {
+                "Starting"
+            } else {
+                self.backend_state.as_str()
+            };
         let mut v = json!({
-            "Version": "1.102.3-fake", "TUN": true, "BackendState": self.backend_state,
+            "Version": "1.102.3-fake", "TUN": true, "BackendState": backend_state,
             "AuthURL": "", "TailscaleIPs": ips, "Self": self_json, "Health": health,
             "MagicDNSSuffix": "", "CurrentTailnet": null, "CertDomains": null, "Peer": peers,
             "User": null, "ClientVersion": null

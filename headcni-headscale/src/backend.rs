@@ -46,7 +46,9 @@ pub struct BackendOptions {
     /// Bound on waiting for approval and primary status (and for a ≤ 0.25 route row).
     /// Default 60 s.
     pub approval_timeout: Duration,
-    /// Poll interval while waiting. Default 1 s.
+    /// Longest poll interval while waiting. Default 1 s. Polls start at 50 ms (or this, if
+    /// shorter) and double up to it: Headscale usually distributes a change within tens of
+    /// milliseconds, so the first checks come quickly without polling fast for long.
     pub poll_interval: Duration,
     /// Read-modify-write cycles of the prefs before giving up on concurrent writers. Default 5.
     pub prefs_write_attempts: u32,
@@ -405,52 +407,66 @@ impl TailnetBackend {
                 }
                 Ok(updated.approved_routes)
             }
-            ApiGeneration::RouteRows => loop {
-                let rows = self
-                    .hs("headscale node routes", || client.node_routes(node_id))
-                    .await?;
-                let mut pending = Vec::new();
-                for p in routes {
-                    let row = rows.iter().find(|r| {
-                        r.prefix.as_ref() == Some(p)
-                            && r.node.as_ref().is_none_or(|n| n.id == node_id)
-                    });
-                    match row {
-                        Some(r) if r.advertised && r.enabled => {}
-                        Some(r) if r.advertised => {
-                            tracing::info!(node_id, route = %p, route_id = r.id, "enabling route row");
-                            let rid = r.id;
-                            self.hs("headscale enable route", || client.enable_route(rid))
-                                .await?;
-                        }
-                        _ => pending.push(*p),
-                    }
-                }
-                if pending.is_empty() {
+            ApiGeneration::RouteRows => {
+                let mut delay = self.first_poll();
+                loop {
                     let rows = self
                         .hs("headscale node routes", || client.node_routes(node_id))
                         .await?;
-                    return Ok(rows
-                        .iter()
-                        .filter(|r| r.enabled)
-                        .filter_map(|r| r.prefix)
-                        .collect());
+                    let mut pending = Vec::new();
+                    for p in routes {
+                        let row = rows.iter().find(|r| {
+                            r.prefix.as_ref() == Some(p)
+                                && r.node.as_ref().is_none_or(|n| n.id == node_id)
+                        });
+                        match row {
+                            Some(r) if r.advertised && r.enabled => {}
+                            Some(r) if r.advertised => {
+                                tracing::info!(node_id, route = %p, route_id = r.id, "enabling route row");
+                                let rid = r.id;
+                                self.hs("headscale enable route", || client.enable_route(rid))
+                                    .await?;
+                            }
+                            _ => pending.push(*p),
+                        }
+                    }
+                    if pending.is_empty() {
+                        let rows = self
+                            .hs("headscale node routes", || client.node_routes(node_id))
+                            .await?;
+                        return Ok(rows
+                            .iter()
+                            .filter(|r| r.enabled)
+                            .filter_map(|r| r.prefix)
+                            .collect());
+                    }
+                    if Instant::now() >= deadline {
+                        return Err(Failure {
+                            err: ControlPlaneError::NotApproved {
+                                routes: pending,
+                                reason: format!(
+                                    "headscale shows no advertised route row for node {node_id} within {:?} (is tailscaled announcing it?)",
+                                    self.opts.approval_timeout
+                                ),
+                            },
+                            reason: NotReadyReason::NotAdvertised,
+                        });
+                    }
+                    tokio::time::sleep(delay).await;
+                    delay = self.next_poll(delay);
                 }
-                if Instant::now() >= deadline {
-                    return Err(Failure {
-                        err: ControlPlaneError::NotApproved {
-                            routes: pending,
-                            reason: format!(
-                                "headscale shows no advertised route row for node {node_id} within {:?} (is tailscaled announcing it?)",
-                                self.opts.approval_timeout
-                            ),
-                        },
-                        reason: NotReadyReason::NotAdvertised,
-                    });
-                }
-                tokio::time::sleep(self.opts.poll_interval).await;
-            },
+            }
         }
+    }
+
+    /// The first wait of a poll loop: 50 ms, or [`BackendOptions::poll_interval`] if shorter.
+    fn first_poll(&self) -> Duration {
+        self.opts.poll_interval.min(Duration::from_millis(50))
+    }
+
+    /// The wait after `delay`: doubled, capped at [`BackendOptions::poll_interval`].
+    fn next_poll(&self, delay: Duration) -> Duration {
+        (delay * 2).min(self.opts.poll_interval)
     }
 
     /// Polls `Self.PrimaryRoutes` until it contains `routes` or `deadline` passes.
@@ -459,6 +475,7 @@ impl TailnetBackend {
         routes: &[IpNetwork],
         deadline: Instant,
     ) -> Result<Status, (Status, ControlPlaneError)> {
+        let mut delay = self.first_poll();
         loop {
             let st = match self
                 .la("localapi status", || self.localapi.status_without_peers())
@@ -485,7 +502,8 @@ impl TailnetBackend {
                     },
                 ));
             }
-            tokio::time::sleep(self.opts.poll_interval).await;
+            tokio::time::sleep(delay).await;
+            delay = self.next_poll(delay);
         }
     }
 

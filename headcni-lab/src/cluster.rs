@@ -102,7 +102,7 @@ pub enum Approval {
 /// What to build.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct LabSpec {
-    /// Prefix of every namespace (≤ 8 bytes: interface names derive from it).
+    /// Prefix of every namespace and of the lab's directory (1-24 ASCII letters or digits).
     pub name: String,
     /// Nodes at start.
     pub nodes: u32,
@@ -309,10 +309,10 @@ impl Lab {
     /// other. On failure everything is torn down again.
     pub fn up(spec: LabSpec) -> Result<Lab> {
         if spec.name.is_empty()
-            || spec.name.len() > 8
+            || spec.name.len() > 24
             || !spec.name.chars().all(|c| c.is_ascii_alphanumeric())
         {
-            bail!("lab name {:?}: 1-8 ASCII letters or digits", spec.name);
+            bail!("lab name {:?}: 1-24 ASCII letters or digits", spec.name);
         }
         if !(1..=200).contains(&spec.nodes) {
             bail!("--nodes must be 1..=200");

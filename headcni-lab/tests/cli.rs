@@ -7,7 +7,10 @@ use std::process::{Command, Output};
 
 use headcni_lab::cluster::{Lab, default_bin_dir};
 
-const NAME: &str = "e2ecli";
+/// The lab's name: unique to this run (several runs may share the machine).
+fn name() -> String {
+    format!("e2ecli{}", std::process::id())
+}
 
 fn lab(args: &[&str]) -> Output {
     let bin = default_bin_dir().expect("bin dir").join("headcni");
@@ -21,7 +24,7 @@ fn lab(args: &[&str]) -> Output {
 struct Down;
 impl Drop for Down {
     fn drop(&mut self) {
-        let _ = Lab::down(NAME);
+        let _ = Lab::down(&name());
     }
 }
 
@@ -41,7 +44,7 @@ fn leftovers() -> Vec<String> {
         .map(|d| {
             d.flatten()
                 .map(|e| e.file_name().to_string_lossy().into_owned())
-                .filter(|n| n.starts_with(&format!("{NAME}-")))
+                .filter(|n| n.starts_with(&format!("{}-", name())))
                 .collect()
         })
         .unwrap_or_default();
@@ -49,10 +52,10 @@ fn leftovers() -> Vec<String> {
     left.extend(
         mounts
             .lines()
-            .filter(|l| l.contains(&format!("headcni-lab/{NAME}")))
+            .filter(|l| l.contains(&format!("headcni-lab/{}", name())))
             .map(String::from),
     );
-    let needle = format!("headcni-lab/{NAME}/");
+    let needle = format!("headcni-lab/{}/", name());
     for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
         if let Ok(cmd) = std::fs::read(e.path().join("cmdline"))
             && String::from_utf8_lossy(&cmd).contains(&needle)
@@ -60,22 +63,24 @@ fn leftovers() -> Vec<String> {
             left.push(format!("process {}", e.file_name().to_string_lossy()));
         }
     }
-    if Lab::root(NAME).exists() {
-        left.push(Lab::root(NAME).display().to_string());
+    if Lab::root(&name()).exists() {
+        left.push(Lab::root(&name()).display().to_string());
     }
     left
 }
 
 #[test]
 fn lab_up_status_exec_down() {
-    let _ = Lab::down(NAME);
+    let lab_name = name();
+    let name = lab_name.as_str();
+    let _ = Lab::down(name);
     let links_before = host_links();
     let wg_before = Path::new("/run/wireguard")
         .read_dir()
         .map(|d| d.count())
         .ok();
     let _guard = Down;
-    let up = lab(&["up", "--name", NAME]);
+    let up = lab(&["up", "--name", name]);
     let table = String::from_utf8_lossy(&up.stdout).into_owned();
     assert!(
         up.status.success(),
@@ -97,7 +102,7 @@ fn lab_up_status_exec_down() {
         assert!(p.contains(" 3/3 ") && p.ends_with("ok"), "{p}");
     }
 
-    let status = lab(&["status", "--name", NAME]);
+    let status = lab(&["status", "--name", name]);
     assert!(status.status.success());
     assert_eq!(
         String::from_utf8_lossy(&status.stdout)
@@ -107,11 +112,11 @@ fn lab_up_status_exec_down() {
         4
     );
     let exec = lab(&[
-        "exec", "--name", NAME, "pod-1-1", "--", "ip", "-4", "-o", "addr", "show", "eth0",
+        "exec", "--name", name, "pod-1-1", "--", "ip", "-4", "-o", "addr", "show", "eth0",
     ]);
     assert!(exec.status.success());
     assert!(String::from_utf8_lossy(&exec.stdout).contains("10.244.1."));
-    let exec = lab(&["exec", "--name", NAME, "node-2", "--", "ls", "/run"]);
+    let exec = lab(&["exec", "--name", name, "node-2", "--", "ls", "/run"]);
     let run = String::from_utf8_lossy(&exec.stdout);
     assert!(
         run.contains("wireguard") && run.contains("tailscale"),
@@ -129,8 +134,8 @@ fn lab_up_status_exec_down() {
     );
 
     // A crash loses the state file: down still finds everything by name.
-    std::fs::remove_file(Lab::root(NAME).join("state.json")).expect("remove state");
-    let down = lab(&["down", "--name", NAME]);
+    std::fs::remove_file(Lab::root(name).join("state.json")).expect("remove state");
+    let down = lab(&["down", "--name", name]);
     assert!(
         down.status.success(),
         "{}",
@@ -138,6 +143,6 @@ fn lab_up_status_exec_down() {
     );
     assert_eq!(leftovers(), Vec::<String>::new());
     assert_eq!(host_links(), links_before);
-    let again = lab(&["down", "--name", NAME]);
+    let again = lab(&["down", "--name", name]);
     assert!(again.status.success(), "down twice");
 }

@@ -31,6 +31,11 @@ impl Drop for Guard {
     }
 }
 
+/// A lab name unique to this test and this run (several runs may share the machine).
+fn unique(test: &str) -> String {
+    format!("{test}{}", std::process::id())
+}
+
 fn spec(name: &str, nodes: u32, pods: u32) -> LabSpec {
     let mut s = LabSpec::new(name).expect("lab spec");
     s.nodes = nodes;
@@ -126,7 +131,7 @@ fn prefs(lab: &Lab, node: u32) -> Prefs {
 /// CIDRs; then drift (NoSNAT, RouteAll forced false in tailscaled) repaired by the daemon.
 #[test]
 fn pods_reach_each_other_across_nodes() {
-    let (lab, _g) = up(spec("e2ea", 2, 2));
+    let (lab, _g) = up(spec(&unique("e2ea"), 2, 2));
     let p11 = pod(&lab, "pod-1-1");
     let p12 = pod(&lab, "pod-1-2");
     let p21 = pod(&lab, "pod-2-1");
@@ -271,7 +276,7 @@ fn pods_reach_each_other_across_nodes() {
 /// to cross-node reachability is reported); removing it withdraws its route and nothing else.
 #[test]
 fn node_join_and_removal() {
-    let (mut lab, _g) = up(spec("e2eb", 2, 1));
+    let (mut lab, _g) = up(spec(&unique("e2eb"), 2, 1));
     let started = Instant::now();
     lab.add_node(3).unwrap();
     lab.wait_ready(3, Duration::from_secs(30)).unwrap();
@@ -337,7 +342,7 @@ fn node_join_and_removal() {
 /// Restarting a node's daemon does not interrupt an established cross-node TCP stream.
 #[test]
 fn daemon_restart_keeps_streams() {
-    let (mut lab, _g) = up(spec("e2ec", 2, 1));
+    let (mut lab, _g) = up(spec(&unique("e2ec"), 2, 1));
     let p21 = pod(&lab, "pod-2-1");
     let l = listen_in(&lab, "pod-2-1", SocketAddr::new(IpAddr::V4(ip(&p21)), 0));
     let to = l.local_addr().unwrap();
@@ -384,7 +389,7 @@ fn daemon_restart_keeps_streams() {
 /// reports not-ready; when Headscale is back the daemon recovers.
 #[test]
 fn headscale_outage() {
-    let (mut lab, _g) = up(spec("e2ed", 2, 1));
+    let (mut lab, _g) = up(spec(&unique("e2ed"), 2, 1));
     let p11 = pod(&lab, "pod-1-1");
     let p21 = pod(&lab, "pod-2-1");
     lab.stop_headscale().unwrap();
@@ -435,7 +440,7 @@ fn headscale_outage() {
 /// The v0.25 route API (`/api/v1/routes` enable) gives the same cluster.
 #[test]
 fn headscale_v025_api() {
-    let mut s = spec("e2ee", 2, 1);
+    let mut s = spec(&unique("e2ee"), 2, 1);
     s.api = Api::V0_25;
     let (lab, _g) = up(s);
     let (code, routes) = lab.headscale_api("GET", "/api/v1/routes", None).unwrap();
@@ -466,7 +471,7 @@ fn headscale_v025_api() {
 /// with a pre-auth key it created through the Headscale API.
 #[test]
 fn daemon_mode() {
-    let mut s = spec("e2ef", 2, 1);
+    let mut s = spec(&unique("e2ef"), 2, 1);
     s.mode = Mode::Daemon;
     let (mut lab, _g) = up(s);
     let links = run_in(&lab, "node-1", &["ip", "-br", "link"]);
@@ -508,7 +513,7 @@ fn daemon_mode() {
 /// are approved by policy (and still verified).
 #[test]
 fn auto_approvers_policy() {
-    let mut s = spec("e2eg", 2, 1);
+    let mut s = spec(&unique("e2eg"), 2, 1);
     s.approval = headcni_lab::cluster::Approval::AutoApprovers;
     let (lab, _g) = up(s);
     let (_, nodes) = lab.headscale_api("GET", "/api/v1/node", None).unwrap();

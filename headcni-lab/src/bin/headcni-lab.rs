@@ -36,7 +36,7 @@ enum Cmd {
         /// Route approval: through the REST API, or a policy's autoApprovers.
         #[arg(long, value_enum, default_value = "api")]
         approval: Approval,
-        /// Lab name (namespace prefix, 1-8 letters/digits).
+        /// Lab name (namespace prefix, 1-24 letters/digits).
         #[arg(long, default_value = "hclab")]
         name: String,
     },

@@ -45,6 +45,10 @@ pub struct NetlinkHandle {
     pub(crate) nl: rtnetlink::Handle,
     pub(crate) ns: Option<NsRef>,
     conn: tokio::task::JoinHandle<()>,
+    /// The kernel runs one dump per netlink socket at a time (a second `NLM_F_DUMP` while one
+    /// is in progress fails with `EBUSY`, `netlink_dump_start`), so concurrent callers of one
+    /// handle take turns.
+    dump_turn: tokio::sync::Mutex<()>,
 }
 
 impl std::fmt::Debug for NetlinkHandle {
@@ -139,7 +143,12 @@ impl NetlinkHandle {
         let tokio_sock = unsafe { TokioSocket::from_raw_fd(raw) };
         let (conn, nl, _unsolicited) = rtnetlink::from_socket(tokio_sock);
         let conn = rt.spawn(conn);
-        Ok(NetlinkHandle { nl, ns, conn })
+        Ok(NetlinkHandle {
+            nl,
+            ns,
+            conn,
+            dump_turn: tokio::sync::Mutex::new(()),
+        })
     }
 
     /// Sends `msg` with `flags` and collects the replies; a `NLMSG_ERROR` with a non-zero
@@ -198,6 +207,7 @@ impl NetlinkHandle {
         &self,
         msg: RouteNetlinkMessage,
     ) -> Result<Vec<RouteNetlinkMessage>, NlError> {
+        let _turn = self.dump_turn.lock().await;
         let mut attempt = 0;
         loop {
             let (out, interrupted) = self

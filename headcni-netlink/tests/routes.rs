@@ -198,3 +198,28 @@ async fn route_errors() {
     p.add_route(&host_bits).await.expect("normalized dst");
     assert!(p.delete_route(&host_bits).await.expect("delete"));
 }
+
+/// Concurrent dumps on one handle take turns: the kernel refuses a second `NLM_F_DUMP` on a
+/// socket while one is running (`EBUSY`), and `routes(None)` itself dumps both families.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_dumps_on_one_handle() {
+    let node = TestNs::new("dumpn");
+    let pod = TestNs::new("dumpp");
+    let p = std::sync::Arc::new(pod_with_eth0(&node, &pod).await);
+    let mut tasks = Vec::new();
+    for _ in 0..16 {
+        let p = p.clone();
+        tasks.push(tokio::spawn(async move {
+            let (routes, addrs) = tokio::join!(p.routes(None), p.addresses("eth0"));
+            (routes.map(|r| r.len()), addrs.map(|a| a.len()))
+        }));
+    }
+    for t in tasks {
+        let (routes, addrs) = t.await.expect("task");
+        assert!(
+            routes.expect("routes dump") >= 2,
+            "the connected v4 and v6 routes"
+        );
+        assert_eq!(addrs.expect("address dump"), 2);
+    }
+}

@@ -281,6 +281,13 @@ impl Standin {
             (node_key_of(&s.secret), s.routes.clone())
         };
         let prefs = self.api.prefs();
+        let mut endpoints = self.endpoints().await;
+        if endpoints.is_empty() {
+            // A failed address listing must not withdraw the endpoints peers are using.
+            if let Some((_, prev)) = &self.control.lock().pushed {
+                endpoints = prev.clone();
+            }
+        }
         Hostinfo {
             node_key,
             hostname: if prefs.hostname.is_empty() {
@@ -288,7 +295,7 @@ impl Standin {
             } else {
                 prefs.hostname
             },
-            endpoints: self.endpoints().await,
+            endpoints,
             routable_ips: routes,
         }
     }

@@ -16,10 +16,11 @@ fi
 # iptables (used by the reference portmap plugin), iputils-ping (pod-to-pod checks), prometheus
 # (promtool); for the multi-node lab wireguard-go + wireguard-tools (userspace WireGuard: the
 # kernel may have no module) and iperf3; for the real-runtime tests podman, runc, containerd and
-# busybox-static (the rootfs of locally built images; no registry is used).
+# busybox-static (the rootfs of locally built images; no registry is used), and
+# protobuf-compiler (protoc: the CRI client crate k8s-cri generates its gRPC code at build time).
 need=()
 for pkg in containernetworking-plugins iproute2 nftables iptables iputils-ping prometheus \
-    wireguard-go wireguard-tools iperf3 podman runc containerd busybox-static; do
+    wireguard-go wireguard-tools iperf3 podman runc containerd busybox-static protobuf-compiler; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need+=("$pkg")
 done
 if ((${#need[@]})); then

@@ -214,6 +214,32 @@ fn apply_masked(prefs: &Prefs, body: &Value) -> Result<Prefs, PatchError> {
 }
 
 impl TsState {
+    /// A logged-in node settles: `Running` when `WantRunning`, else `Stopped`, and its routes
+    /// are announced.
+    fn settle(&mut self) {
+        self.backend_state = if self.prefs.want_running {
+            "Running"
+        } else {
+            "Stopped"
+        }
+        .to_string();
+        self.announce();
+    }
+
+    /// A login (or re-attach) succeeded as node `id`.
+    fn logged_in(&mut self, id: u64) {
+        self.node_id = Some(id);
+        self.health.clear();
+        self.settle();
+    }
+
+    /// A login failed: back to `NeedsLogin`, the reason in `Health`.
+    fn login_failed(&mut self, e: &str) {
+        self.node_id = None;
+        self.backend_state = "NeedsLogin".to_string();
+        self.health = vec![format!("login failed: {e}")];
+    }
+
     fn announce(&self) {
         if let (Some(hs), Some(id)) = (&self.headscale, self.node_id) {
             let routes = if self.prefs.want_running {
@@ -452,22 +478,8 @@ impl LocalApi {
         {
             let mut s = self.lock();
             match result {
-                Ok(id) => {
-                    s.node_id = Some(id);
-                    s.health.clear();
-                    s.backend_state = if s.prefs.want_running {
-                        "Running"
-                    } else {
-                        "Stopped"
-                    }
-                    .to_string();
-                    s.announce();
-                }
-                Err(e) => {
-                    s.node_id = None;
-                    s.backend_state = "NeedsLogin".to_string();
-                    s.health = vec![format!("login failed: {e}")];
-                }
+                Ok(id) => s.logged_in(id),
+                Err(e) => s.login_failed(&e),
             }
         }
         self.changed();
@@ -735,13 +747,7 @@ fn route(s: &mut TsState, req: &Req, host: &str, had_ro: bool, body: Option<&Val
                 s.pending_auth_key = Some(key.to_string());
             }
             if s.node_id.is_some() {
-                s.backend_state = if s.prefs.want_running {
-                    "Running"
-                } else {
-                    "Stopped"
-                }
-                .to_string();
-                s.announce();
+                s.settle();
             } else {
                 s.backend_state = "NeedsLogin".to_string();
             }
@@ -761,21 +767,9 @@ fn route(s: &mut TsState, req: &Req, host: &str, had_ro: bool, body: Option<&Val
                             LoginOutcome::Pending => {
                                 s.backend_state = "Starting".to_string();
                             }
-                            LoginOutcome::Registered(node) => {
-                                s.node_id = Some(node.id);
-                                s.health.clear();
-                                s.backend_state = if s.prefs.want_running {
-                                    "Running"
-                                } else {
-                                    "Stopped"
-                                }
-                                .to_string();
-                                s.announce();
-                            }
-                            LoginOutcome::Failed(e) => {
-                                s.backend_state = "NeedsLogin".to_string();
-                                s.health = vec![format!("login failed: {e}")];
-                            }
+                            LoginOutcome::Registered(node) => s.logged_in(node.id),
+                            // node_id is None here (checked above), as login_failed leaves it.
+                            LoginOutcome::Failed(e) => s.login_failed(&e),
                         }
                     }
                     _ => s.backend_state = "NeedsLogin".to_string(),

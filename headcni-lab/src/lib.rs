@@ -14,3 +14,25 @@ pub mod cluster;
 pub mod coord;
 pub mod headscale_standin;
 pub mod tailscaled_standin;
+
+/// The stand-ins' process entry: `info` logs to stderr (`RUST_LOG` overrides), a two-worker
+/// tokio runtime, and `main`'s future driven on the calling (main) thread, so that a child's
+/// `PR_SET_PDEATHSIG` (wireguard-go under the tailscaled stand-in) follows the process.
+///
+/// Errors: the runtime cannot be built, or `main` fails.
+pub fn run_standin(
+    main: impl std::future::Future<Output = anyhow::Result<()>>,
+) -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?
+        .block_on(main)
+}

@@ -20,7 +20,6 @@ pub mod chain;
 pub mod ns;
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -934,7 +933,9 @@ impl Lab {
     /// Node N's Headscale node id, from its daemon's `/status`.
     pub fn tailnet_node_id(&self, n: u32) -> Result<u64> {
         let st = self.daemon_status(n)?;
-        find_u64(&st, &["node_id"])
+        st["control"]["node_id"]
+            .as_str()
+            .and_then(|id| id.parse().ok())
             .ok_or_else(|| anyhow!("node-{n}'s /status has no node id: {st}"))
     }
 
@@ -1186,25 +1187,6 @@ pub struct DownReport {
     pub namespaces_removed: usize,
 }
 
-fn find_u64(v: &Value, keys: &[&str]) -> Option<u64> {
-    match v {
-        Value::Object(m) => {
-            for k in keys {
-                if let Some(x) = m.get(*k) {
-                    if let Some(n) = x.as_u64() {
-                        return Some(n);
-                    }
-                    if let Some(n) = x.as_str().and_then(|s| s.parse().ok()) {
-                        return Some(n);
-                    }
-                }
-            }
-            m.values().find_map(|x| find_u64(x, keys))
-        }
-        _ => None,
-    }
-}
-
 fn set_mode(p: &Path, mode: u32) -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode))?;
@@ -1243,8 +1225,9 @@ pub fn wait_for(
     }
 }
 
-/// A minimal HTTP/1.1 request (`Connection: close`); returns (status, body). For the lab's
-/// own probes of the daemon and the Headscale stand-in.
+/// One HTTP/1.1 request to `addr` (hyper's client, as the coordination client uses), made
+/// from the calling thread's network namespace; returns (status, body). For the lab's own
+/// probes of the daemon and the Headscale stand-in. Bounded: 2 s to connect, 10 s in all.
 pub fn http_request(
     addr: SocketAddr,
     method: &str,
@@ -1252,58 +1235,36 @@ pub fn http_request(
     bearer: Option<&str>,
     body: Option<&str>,
 ) -> Result<(u16, String)> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
-    s.set_read_timeout(Some(Duration::from_secs(10)))?;
-    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
-    if let Some(k) = bearer {
-        req.push_str(&format!("Authorization: Bearer {k}\r\n"));
-    }
-    if let Some(b) = body {
-        req.push_str(&format!(
-            "Content-Type: application/json\r\nContent-Length: {}\r\n",
-            b.len()
-        ));
-    }
-    req.push_str("\r\n");
-    if let Some(b) = body {
-        req.push_str(b);
-    }
-    s.write_all(req.as_bytes())?;
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw)?;
-    let text = String::from_utf8_lossy(&raw);
-    let (head, rest) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let code: u16 = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .ok_or_else(|| anyhow!("malformed HTTP answer from {addr}"))?;
-    let chunked = head.lines().any(|l| {
-        let l = l.to_ascii_lowercase();
-        l.starts_with("transfer-encoding:") && l.contains("chunked")
-    });
-    let body = if chunked {
-        dechunk(rest)
-    } else {
-        rest.to_string()
-    };
-    Ok((code, body))
-}
+    use bytes::Bytes;
+    use http_body_util::{BodyExt, Full};
+    use hyper_util::client::legacy::Client;
+    use hyper_util::client::legacy::connect::HttpConnector;
+    use hyper_util::rt::TokioExecutor;
 
-fn dechunk(s: &str) -> String {
-    let mut out = String::new();
-    let mut rest = s;
-    while let Some((size, after)) = rest.split_once("\r\n") {
-        let Ok(n) = usize::from_str_radix(size.trim(), 16) else {
-            break;
-        };
-        if n == 0 || after.len() < n {
-            break;
-        }
-        out.push_str(&after[..n]);
-        rest = after[n..].trim_start_matches("\r\n");
+    let mut req = http::Request::builder()
+        .method(method)
+        .uri(format!("http://{addr}{path}"));
+    if let Some(k) = bearer {
+        req = req.header(http::header::AUTHORIZATION, format!("Bearer {k}"));
     }
-    out
+    if body.is_some() {
+        req = req.header(http::header::CONTENT_TYPE, "application/json");
+    }
+    let req = req.body(Full::new(Bytes::from(body.unwrap_or_default().to_owned())))?;
+    block_on(async move {
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(Duration::from_secs(2)));
+        let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build(connector);
+        let exchange = async {
+            let resp = client.request(req).await?;
+            let status = resp.status().as_u16();
+            let bytes = resp.into_body().collect().await?.to_bytes();
+            anyhow::Ok((status, String::from_utf8_lossy(&bytes).into_owned()))
+        };
+        tokio::time::timeout(Duration::from_secs(10), exchange)
+            .await
+            .map_err(|_| anyhow!("no answer from {addr} within 10 s"))?
+    })
 }
 
 /// `GET path` without authentication.

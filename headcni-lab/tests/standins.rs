@@ -344,6 +344,18 @@ impl Lab {
         })
     }
 
+    /// One ICMP echo from node `n` to `dst`, waiting up to `wait_secs`.
+    fn ping(&self, n: &str, dst: &str, wait_secs: u32) -> bool {
+        Command::new("ip")
+            .args(["netns", "exec", &self.ns(n), "ping", "-c1"])
+            .arg(format!("-W{wait_secs}"))
+            .arg(dst)
+            .stdout(Stdio::null())
+            .status()
+            .unwrap()
+            .success()
+    }
+
     fn table52(&self, n: &str) -> String {
         ns_out(&self.ns(n), &["ip", "route", "show", "table", "52"])
     }
@@ -426,23 +438,7 @@ fn two_nodes_tunnel_routes_restart_and_cleanup() {
     wait_for(
         "ping a → 100.64.0.2 over the tunnel",
         Duration::from_secs(10),
-        || {
-            Command::new("ip")
-                .args([
-                    "netns",
-                    "exec",
-                    &lab.ns("a"),
-                    "ping",
-                    "-c1",
-                    "-W1",
-                    "100.64.0.2",
-                ])
-                .stdout(Stdio::null())
-                .status()
-                .unwrap()
-                .success()
-                .then_some(())
-        },
+        || lab.ping("a", "100.64.0.2", 1).then_some(()),
     );
 
     // LocalAPI rules hold on the stand-in.
@@ -654,22 +650,7 @@ fn two_nodes_tunnel_routes_restart_and_cleanup() {
             (v["nodes"][0]["subnetRoutes"] == json!(["10.244.1.0/24"])).then_some(())
         },
     );
-    assert!(
-        Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &lab.ns("a"),
-                "ping",
-                "-c1",
-                "-W2",
-                "100.64.0.2"
-            ])
-            .stdout(Stdio::null())
-            .status()
-            .unwrap()
-            .success()
-    );
+    assert!(lab.ping("a", "100.64.0.2", 2));
 
     // SIGTERM leaves nothing behind in a's namespace.
     let mut ts_a = ts_a;

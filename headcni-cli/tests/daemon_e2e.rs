@@ -12,6 +12,7 @@
 //!
 //! Measured numbers are printed as `E2E-NUMBERS ...` lines (`cargo test -- --nocapture`).
 
+mod common;
 #[path = "daemon_e2e/harness.rs"]
 mod harness;
 
@@ -20,7 +21,7 @@ use std::process::Output;
 use std::time::{Duration, Instant};
 
 use harness::{
-    Cfg, Daemon, DirSnapshot, Fakes, FakesSpec, HttpResp, Netns, http_get, http_get_accept,
+    Cfg, Daemon, DirSnapshot, Fakes, FakesSpec, HttpResp, Ns, http_get, http_get_accept,
     masq_rules, openmetrics_to_text, plugin, promtool_check, run_cli, sample, show, snapshot_dir,
     write_mode,
 };
@@ -98,7 +99,7 @@ impl Default for NodeOpts {
 /// the daemon's TOML. Field order = drop order: fakes, namespace, temp dir.
 struct Node {
     fakes: Fakes,
-    ns: Netns,
+    ns: Ns,
     name: String,
     cfg: Cfg,
     cfg_path: PathBuf,
@@ -110,7 +111,7 @@ impl Node {
     fn new(tag: &str, o: NodeOpts) -> Node {
         assert!(tag.len() <= 8, "tag {tag} too long for a bridge name");
         let name = format!("hce2e-{tag}-{}", std::process::id());
-        let ns = Netns::new(&name);
+        let ns = Ns::named(&name);
         ns.exec_ok(&["ip", "link", "set", "lo", "up"]);
         // A TUN named like tailscaled's (no process attached: the MTU is what matters).
         ns.exec_ok(&["ip", "tuntap", "add", "dev", "tailscale0", "mode", "tun"]);
@@ -690,7 +691,7 @@ fn plugin_events_reach_the_daemon_and_add_never_waits_on_it() {
     let mut conf = cl["plugins"][0].clone();
     conf["name"] = cl["name"].clone();
     conf["cniVersion"] = cl["cniVersion"].clone();
-    let pod = Netns::new(&format!("{}-pod", node.name));
+    let pod = Ns::named(&format!("{}-pod", node.name));
     let bin = node.cfg.bin_dir.clone();
     let pod_path = pod.path_str();
     let args = "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=web-1";

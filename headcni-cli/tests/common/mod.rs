@@ -55,11 +55,55 @@ impl Ns {
     /// Creates `hct-<tag>-<pid>-<suffix>` (a leftover of a crashed run with the same pid is
     /// removed first).
     pub fn new(tag: &str, suffix: &str) -> Ns {
-        let name = format!("hct-{tag}-{}-{suffix}", std::process::id());
-        let _ = netns::delete_named(&name);
-        let path = netns::create_named(&name)
-            .unwrap_or_else(|e| panic!("creating test netns {name}: {e}"));
-        Ns { name, path }
+        Ns::named(&format!("hct-{tag}-{}-{suffix}", std::process::id()))
+    }
+
+    /// Creates `/run/netns/<name>` under exactly this name (a leftover of a crashed run is
+    /// removed first).
+    pub fn named(name: &str) -> Ns {
+        let _ = netns::delete_named(name);
+        let path =
+            netns::create_named(name).unwrap_or_else(|e| panic!("creating test netns {name}: {e}"));
+        Ns {
+            name: name.to_owned(),
+            path,
+        }
+    }
+
+    /// A command whose child enters this namespace before exec (`pre_exec` + `setns`).
+    /// The returned file must stay open until the child is spawned.
+    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> (Command, File) {
+        let file = File::open(&self.path)
+            .unwrap_or_else(|e| panic!("opening netns {}: {e}", self.path.display()));
+        let fd = file.as_raw_fd();
+        let mut cmd = Command::new(program);
+        // SAFETY: setns(2) is async-signal-safe; `fd` belongs to `file`, which the caller
+        // keeps open until `spawn` has returned.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        (cmd, file)
+    }
+
+    /// Runs `f` on a fresh thread inside this namespace and returns its result.
+    pub fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
+        netns::run_in_netns(&self.path, f)
+            .unwrap_or_else(|e| panic!("running inside netns {}: {e}", self.name))
+    }
+
+    /// `nft -j list table inet <table>` in this namespace: `Ok(json)` or `Err(stderr)` when
+    /// the table does not exist.
+    pub fn nft_table(&self, table: &str) -> Result<Value, String> {
+        let out = self.exec(&["nft", "-j", "list", "table", "inet", table]);
+        if !out.status.success() {
+            return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+        }
+        serde_json::from_slice(&out.stdout).map_err(|e| format!("nft -j output is not JSON: {e}"))
     }
 
     /// `CNI_NETNS` for this namespace.
@@ -347,10 +391,7 @@ impl std::fmt::Display for Out {
 /// Spawns `binary` (with `argv0` as its argv[0]) inside the network namespace `node` with
 /// the given CNI environment, and writes `stdin` to it (then closes it).
 pub fn spawn_in(node: &Ns, binary: &Path, env: &CniEnv, stdin: &[u8]) -> (Child, Instant) {
-    let node_file = File::open(&node.path)
-        .unwrap_or_else(|e| panic!("opening node netns {}: {e}", node.path.display()));
-    let node_fd = node_file.as_raw_fd();
-    let mut cmd = Command::new(binary);
+    let (mut cmd, node_file) = node.command(binary);
     for (k, v) in env.pairs() {
         cmd.env(k, v);
     }
@@ -358,16 +399,6 @@ pub fn spawn_in(node: &Ns, binary: &Path, env: &CniEnv, stdin: &[u8]) -> (Child,
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    // SAFETY: setns(2) is async-signal-safe; the closure only uses a raw fd owned by
-    // `node_file`, which stays open until `spawn` has returned (the child has exec'ed).
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::setns(node_fd, libc::CLONE_NEWNET) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
     let started = Instant::now();
     let mut child = cmd
         .spawn()

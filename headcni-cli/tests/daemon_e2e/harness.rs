@@ -24,7 +24,6 @@ use headcni_headscale::localapi::Prefs;
 use headcni_headscale::testing::{
     FakeHeadscale, FakeHeadscaleOptions, FakeTailscaled, HeadscaleControl,
 };
-use headcni_netlink::netns;
 use serde_json::Value;
 
 /// The binary under test.
@@ -134,138 +133,7 @@ pub fn fake_host_tailscale_dir(cmd: &mut Command, dir: &Path) {
 // Namespaces
 // ---------------------------------------------------------------------------------------
 
-/// A named network namespace `/run/netns/<name>`, deleted on drop.
-pub struct Netns {
-    pub name: String,
-    pub path: PathBuf,
-}
-
-impl Netns {
-    /// Creates `/run/netns/<name>` (a leftover of a crashed run is removed first).
-    pub fn new(name: &str) -> Netns {
-        let _ = netns::delete_named(name);
-        let path =
-            netns::create_named(name).unwrap_or_else(|e| panic!("creating test netns {name}: {e}"));
-        Netns {
-            name: name.to_owned(),
-            path,
-        }
-    }
-
-    /// `CNI_NETNS` of this namespace.
-    pub fn path_str(&self) -> String {
-        self.path.display().to_string()
-    }
-
-    /// `ip netns exec <name> <args...>`.
-    pub fn exec(&self, args: &[&str]) -> Output {
-        Command::new("ip")
-            .args(["netns", "exec", &self.name])
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .unwrap_or_else(|e| panic!("ip netns exec {} {args:?}: {e}", self.name))
-    }
-
-    /// `ip netns exec`, stdout; panics with the output when it fails.
-    pub fn exec_ok(&self, args: &[&str]) -> String {
-        let out = self.exec(args);
-        assert!(
-            out.status.success(),
-            "ip netns exec {} {args:?} failed ({}): {} {}",
-            self.name,
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    /// A command whose child enters this namespace before exec (`pre_exec` + `setns`).
-    /// The returned file must stay open until the child is spawned.
-    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> (Command, File) {
-        let file = File::open(&self.path)
-            .unwrap_or_else(|e| panic!("opening netns {}: {e}", self.path.display()));
-        let fd = file.as_raw_fd();
-        let mut cmd = Command::new(program);
-        // SAFETY: setns(2) is async-signal-safe; `fd` belongs to `file`, which the caller
-        // keeps open until `spawn` has returned.
-        unsafe {
-            cmd.pre_exec(move || {
-                if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        (cmd, file)
-    }
-
-    /// Runs `f` on a fresh thread inside this namespace and returns its result.
-    pub fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
-        netns::run_in_netns(&self.path, f)
-            .unwrap_or_else(|e| panic!("running inside netns {}: {e}", self.name))
-    }
-
-    /// The global-scope addresses (`a.b.c.d/len`) of `dev`, `None` when it does not exist.
-    pub fn addresses(&self, dev: &str) -> Option<Vec<String>> {
-        let out = self.exec(&["ip", "-j", "addr", "show", "dev", dev]);
-        if !out.status.success() {
-            return None;
-        }
-        let v: Value = serde_json::from_slice(&out.stdout).ok()?;
-        let mut addrs = Vec::new();
-        for l in v.as_array()? {
-            for a in l["addr_info"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter(|a| a["scope"] == "global")
-            {
-                addrs.push(format!(
-                    "{}/{}",
-                    a["local"].as_str().unwrap_or_default(),
-                    a["prefixlen"]
-                ));
-            }
-        }
-        Some(addrs)
-    }
-
-    /// `ip -j -d link show dev <dev>` (first entry), if the link exists.
-    pub fn link(&self, dev: &str) -> Option<Value> {
-        let out = self.exec(&["ip", "-j", "-d", "link", "show", "dev", dev]);
-        if !out.status.success() {
-            return None;
-        }
-        let v: Value = serde_json::from_slice(&out.stdout).ok()?;
-        v.as_array().and_then(|a| a.first().cloned())
-    }
-
-    /// `nft -j list table inet <table>` in this namespace: `Ok(json)` or `Err(stderr)` when
-    /// the table does not exist.
-    pub fn nft_table(&self, table: &str) -> Result<Value, String> {
-        let out = self.exec(&["nft", "-j", "list", "table", "inet", table]);
-        if !out.status.success() {
-            return Err(String::from_utf8_lossy(&out.stderr).into_owned());
-        }
-        serde_json::from_slice(&out.stdout).map_err(|e| format!("nft -j output is not JSON: {e}"))
-    }
-
-    /// Reads a sysctl inside this namespace.
-    pub fn sysctl(&self, key: &str) -> String {
-        let p = format!("/proc/sys/{}", key.replace('.', "/"));
-        self.exec_ok(&["cat", &p]).trim().to_owned()
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        if let Err(e) = netns::delete_named(&self.name) {
-            eprintln!("cleanup of netns {} failed: {e}", self.name);
-        }
-    }
-}
+pub use crate::common::Ns;
 
 // ---------------------------------------------------------------------------------------
 // The fakes, served from a thread inside the node namespace
@@ -302,7 +170,7 @@ pub struct Fakes {
 type Started = Result<(HeadscaleControl, String, Arc<FakeTailscaled>), String>;
 
 impl Fakes {
-    pub fn start(ns: &Netns, spec: FakesSpec) -> Fakes {
+    pub fn start(ns: &Ns, spec: FakesSpec) -> Fakes {
         let file = File::open(&ns.path)
             .unwrap_or_else(|e| panic!("opening netns {}: {e}", ns.path.display()));
         let (tx, rx) = std::sync::mpsc::channel::<Started>();
@@ -457,12 +325,12 @@ fn dechunk(mut s: &str) -> Result<String, String> {
 }
 
 /// `GET path` on the daemon's endpoint, from a thread inside `ns`.
-pub fn http_get(ns: &Netns, path: &str) -> Result<HttpResp, String> {
+pub fn http_get(ns: &Ns, path: &str) -> Result<HttpResp, String> {
     http_get_accept(ns, path, None)
 }
 
 /// `GET path` with an `Accept` header.
-pub fn http_get_accept(ns: &Netns, path: &str, accept: Option<&str>) -> Result<HttpResp, String> {
+pub fn http_get_accept(ns: &Ns, path: &str, accept: Option<&str>) -> Result<HttpResp, String> {
     ns.run(|| get_inner(listen(), path, accept))
 }
 
@@ -603,14 +471,14 @@ pub struct Daemon {
 impl Daemon {
     /// Spawns `headcni <args...>` inside `ns` with stdout+stderr into `log` and `env` added to
     /// a scrubbed environment.
-    pub fn spawn(ns: &Netns, args: &[&str], env: &[(&str, &str)], log: &Path) -> Daemon {
+    pub fn spawn(ns: &Ns, args: &[&str], env: &[(&str, &str)], log: &Path) -> Daemon {
         Daemon::spawn_with(ns, args, env, log, None)
     }
 
     /// [`Daemon::spawn`], optionally showing `host_tailscale_dir` as `/run/tailscale` to the
     /// daemon only ([`fake_host_tailscale_dir`]).
     pub fn spawn_with(
-        ns: &Netns,
+        ns: &Ns,
         args: &[&str],
         env: &[(&str, &str)],
         log: &Path,
@@ -725,7 +593,7 @@ impl Drop for Daemon {
 }
 
 /// Runs `headcni <args...>` inside `ns` to completion (scrubbed environment).
-pub fn run_cli(ns: &Netns, args: &[&str], env: &[(&str, &str)]) -> Output {
+pub fn run_cli(ns: &Ns, args: &[&str], env: &[(&str, &str)]) -> Output {
     let (mut cmd, nsfile) = ns.command(EXE);
     cmd.args(args);
     scrub(&mut cmd);
@@ -781,7 +649,7 @@ impl PluginOut {
 /// Execs `headcni` as the CNI plugin inside `node` (all six `CNI_*` variables set, the
 /// configuration on stdin).
 pub fn plugin(
-    node: &Netns,
+    node: &Ns,
     command: &str,
     cid: &str,
     pod_netns: &str,

@@ -1658,6 +1658,60 @@ mod tests {
     }
 
     #[test]
+    fn at_helpers_never_follow_block_or_overread() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = File::open(d.path()).unwrap();
+        fs::write(d.path().join("target"), "precious").unwrap();
+        std::os::unix::fs::symlink(d.path().join("target"), d.path().join("link")).unwrap();
+        nix::unistd::mkfifo(&d.path().join("fifo"), FILE_MODE).unwrap();
+        fs::create_dir(d.path().join("sub")).unwrap();
+        fs::write(d.path().join("big"), [b'x'; 11]).unwrap();
+        assert_eq!(
+            read_at(&dir, "target", 8).unwrap().as_deref(),
+            Some(&b"precious"[..])
+        );
+        assert_eq!(read_at(&dir, "missing", 8).unwrap(), None);
+        for bad in ["link", "fifo", "sub", "big"] {
+            let e = read_at(&dir, bad, 10).unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::InvalidData, "{bad}: {e}");
+        }
+        // A non-directory in place of an index directory is removed (a link, not its
+        // target) and replaced; a real directory is kept.
+        for name in ["link", "fifo", "big"] {
+            ensure_dir_at(&dir, name).unwrap();
+            assert!(fs::symlink_metadata(d.path().join(name)).unwrap().is_dir());
+        }
+        fs::write(d.path().join("sub").join("f"), "x").unwrap();
+        ensure_dir_at(&dir, "sub").unwrap();
+        assert!(d.path().join("sub").join("f").exists());
+        assert_eq!(fs::read(d.path().join("target")).unwrap(), b"precious");
+        // Temp names are unpredictable and never reused.
+        let (a, _) = create_tmp_at(&dir).unwrap();
+        let (b, _) = create_tmp_at(&dir).unwrap();
+        assert!(a.starts_with(".tmp.") && a != b);
+    }
+
+    #[test]
+    fn non_regular_reservation_entries_count_as_taken() {
+        let d = tempfile::tempdir().unwrap();
+        let s = open(d.path(), Strategy::Sequential);
+        let victim = d.path().join("victim");
+        fs::write(&victim, "x\r\neth0").unwrap();
+        std::os::unix::fs::symlink(&victim, s.dir().join("10.0.0.2")).unwrap();
+        nix::unistd::mkfifo(&s.dir().join("10.0.0.3"), FILE_MODE).unwrap();
+        s.rebuild().unwrap();
+        assert_eq!(s.usage().unwrap()[0].allocated, 2);
+        // Never read for their owner: the link's target does not make "x" an owner.
+        assert!(s.find(&att("x", "eth0")).unwrap().is_empty());
+        let r = s.allocate(&att("c", "eth0"), &[]).unwrap();
+        assert_eq!(r[0].address.ip(), ip("10.0.0.4"));
+        // GC leaves entries it cannot attribute.
+        assert!(s.gc(&[]).unwrap().iter().all(|i| *i != ip("10.0.0.2")));
+        assert!(fs::symlink_metadata(s.dir().join("10.0.0.2")).is_ok());
+        assert_eq!(fs::read(&victim).unwrap(), b"x\r\neth0");
+    }
+
+    #[test]
     fn bad_network_names() {
         let d = tempfile::tempdir().unwrap();
         for n in ["", ".", "..", "a/b"] {

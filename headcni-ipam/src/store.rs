@@ -176,10 +176,13 @@ fn read_at(dir: &File, name: &str, max: u64) -> std::io::Result<Option<Vec<u8>>>
         Err(Errno::ELOOP) => return Err(not_regular()),
         Err(e) => return Err(e.into()),
     };
-    if !f.metadata()?.is_file() {
+    let m = f.metadata()?;
+    if !m.is_file() {
         return Err(not_regular());
     }
-    let mut buf = Vec::new();
+    // Sized from fstat (one read for the content, one for EOF), still bounded by `max` if
+    // the file grows meanwhile.
+    let mut buf = Vec::with_capacity(usize::try_from(m.len().min(max) + 1).unwrap_or(0));
     f.take(max + 1).read_to_end(&mut buf)?;
     if buf.len() as u64 > max {
         return Err(std::io::Error::new(
@@ -847,9 +850,13 @@ impl Store {
                 Some((key, _)) => {
                     seen.insert(key);
                 }
-                None => {
-                    unlink_at(&l.att, &name).map_err(|e| io_err(&self.att_dir.join(&name), e))?
-                }
+                None => match unlink_at(&l.att, &name) {
+                    // A directory the file system did not type in readdir: not ours, left.
+                    Err(e) if e.raw_os_error() != Some(libc::EISDIR) => {
+                        return Err(io_err(&self.att_dir.join(&name), e));
+                    }
+                    _ => {}
+                },
             }
         }
         for (key, ips) in &map {

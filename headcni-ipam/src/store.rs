@@ -39,21 +39,47 @@
 //! Cost: with a current index, ADD and DEL read and write a constant number of small files
 //! (the summary is `len / 8` bytes for a dense set: 8 KiB for a /16), independent of the
 //! number of reservations. Only a rebuild and GC are O(reservations).
+//!
+//! # No path is followed below the network directory
+//!
+//! `<dataDir>` itself may contain symlinked components (`/var/run` → `/run`), but the network
+//! directory is opened once with `O_DIRECTORY|O_NOFOLLOW` and everything below it is reached
+//! relative to that descriptor (`openat`, `linkat`, `renameat`, `unlinkat`, `mkdirat`,
+//! `readdir` on the descriptor), every last component with `O_NOFOLLOW|O_NONBLOCK`, and only
+//! regular files are read or written. So a symlink, FIFO or device planted in the store never
+//! redirects a write, a delete or a read and never blocks an operation under the lock:
+//! - `.headcni` or `.headcni/att` not being a directory: the entry (never its target) is
+//!   removed and the directory recreated (it is only an index; the next operation rebuilds).
+//! - temporary files: random names, created `O_CREAT|O_EXCL|O_NOFOLLOW`.
+//! - `last_reserved_ip.<i>` not a regular file: the hint is treated as absent and the entry
+//!   replaced by a regular file when the next address is recorded (host-local would block on a
+//!   FIFO or write through a symlink).
+//! - `lock` not a regular file, or the network directory a symlink: the operation fails with
+//!   [`IpamError::Store`] (replacing the lock could let two writers hold different locks).
+//! - reservation-named entries that are not regular files count as taken and are never opened
+//!   for their content.
+//!
+//! Reads are bounded: a reservation file is read up to [`MAX_RESERVATION_BYTES`], an att
+//! file up to 1 MiB, the index up to 64 MiB; a larger file is treated as unparseable.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fs::{self, File, OpenOptions};
-use std::io::{ErrorKind, Write};
+use std::fs::{self, File};
+use std::io::{ErrorKind, Read, Write};
 use std::net::IpAddr;
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use headcni_core::ipam::{
     AllocationStrategy, Attachment, IpRange, IpamError, IpamStore, PoolUsage, PoolView, RangeSet,
     Reservation, Strategy,
 };
 use ipnetwork::IpNetwork;
+use nix::dir::{Dir, Type};
+use nix::errno::Errno;
+use nix::fcntl::{AtFlags, OFlag, openat, renameat};
+use nix::sys::stat::{Mode, mkdirat};
+use nix::unistd::{UnlinkatFlags, linkat, unlinkat};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -68,11 +94,148 @@ const LAST_IP_PREFIX: &str = "last_reserved_ip.";
 const INDEX_MAGIC: &[u8] = b"\0HEADCNI-IPAM-INDEX-1\n";
 const ATT_MAGIC: &str = "\0headcni-att 1";
 
+/// Largest reservation file read, in bytes: above Linux's limit of one environment string
+/// (`MAX_ARG_STRLEN`, 128 KiB), so every `CNI_CONTAINERID` fits; a larger file is unparseable.
+pub const MAX_RESERVATION_BYTES: u64 = 256 * 1024;
+const MAX_ATT_BYTES: u64 = 1024 * 1024;
+const MAX_INDEX_BYTES: u64 = 64 * 1024 * 1024;
+/// `last_reserved_ip.<i>` holds one address (at most 45 characters plus whitespace).
+const MAX_LAST_IP_BYTES: u64 = 128;
+
+/// Added to every open below the network directory: never follow the last component, never
+/// block on a FIFO, never acquire a terminal, never leak into a child.
+const AT_FLAGS: OFlag = OFlag::O_NOFOLLOW
+    .union(OFlag::O_NONBLOCK)
+    .union(OFlag::O_NOCTTY)
+    .union(OFlag::O_CLOEXEC);
+/// Mode of every file and directory the store creates (before the umask).
+const FILE_MODE: Mode = Mode::S_IRUSR.union(Mode::S_IWUSR);
+const DIR_MODE: Mode = Mode::S_IRWXU;
+
 fn io_err(path: &Path, source: std::io::Error) -> IpamError {
     IpamError::Store {
         path: path.to_path_buf(),
         source,
     }
+}
+
+fn not_regular() -> std::io::Error {
+    std::io::Error::new(
+        ErrorKind::InvalidData,
+        "not a regular file (symlinks, FIFOs, devices and directories are refused)",
+    )
+}
+
+/// Opens the directory `name` in `parent` without following a symlink.
+fn open_dir_at(parent: &File, name: &str) -> nix::Result<File> {
+    openat(
+        parent,
+        name,
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | AT_FLAGS,
+        Mode::empty(),
+    )
+    .map(File::from)
+}
+
+/// Opens the index directory `name` in `parent`, creating it (mode 0700) when missing and
+/// removing whatever non-directory entry (a symlink, never its target; a file; a FIFO) is in
+/// its place first.
+fn ensure_dir_at(parent: &File, name: &str) -> nix::Result<File> {
+    let mut last = Errno::ENOENT;
+    for _ in 0..4 {
+        match open_dir_at(parent, name) {
+            Ok(d) => return Ok(d),
+            Err(Errno::ENOENT) => match mkdirat(parent, name, DIR_MODE) {
+                Ok(()) | Err(Errno::EEXIST) => {}
+                Err(e) => return Err(e),
+            },
+            Err(e @ (Errno::ELOOP | Errno::ENOTDIR)) => {
+                tracing::warn!(
+                    name,
+                    "ipam store: replacing a non-directory entry by the index directory"
+                );
+                match unlinkat(parent, name, UnlinkatFlags::NoRemoveDir) {
+                    Ok(()) | Err(Errno::ENOENT) => {}
+                    Err(e) => return Err(e),
+                }
+                last = e;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Err(last)
+}
+
+/// Reads the regular file `name` in `dir` without following a symlink or blocking on a FIFO.
+/// `Ok(None)` when it does not exist; [`ErrorKind::InvalidData`] when it is not a regular file
+/// or longer than `max` bytes.
+fn read_at(dir: &File, name: &str, max: u64) -> std::io::Result<Option<Vec<u8>>> {
+    let f = match openat(dir, name, OFlag::O_RDONLY | AT_FLAGS, Mode::empty()) {
+        Ok(fd) => File::from(fd),
+        Err(Errno::ENOENT) => return Ok(None),
+        Err(Errno::ELOOP) => return Err(not_regular()),
+        Err(e) => return Err(e.into()),
+    };
+    let m = f.metadata()?;
+    if !m.is_file() {
+        return Err(not_regular());
+    }
+    // Sized from fstat (one read for the content, one for EOF), still bounded by `max` if
+    // the file grows meanwhile.
+    let mut buf = Vec::with_capacity(usize::try_from(m.len().min(max) + 1).unwrap_or(0));
+    f.take(max + 1).read_to_end(&mut buf)?;
+    if buf.len() as u64 > max {
+        return Err(std::io::Error::new(
+            ErrorKind::InvalidData,
+            format!("longer than {max} bytes"),
+        ));
+    }
+    Ok(Some(buf))
+}
+
+/// Creates a temporary file in `dir` with an unpredictable name (`.tmp.<pid>.<64 random
+/// bits>`), `O_CREAT|O_EXCL|O_NOFOLLOW`, mode 0600: a planted entry is never opened.
+fn create_tmp_at(dir: &File) -> std::io::Result<(String, File)> {
+    for _ in 0..4 {
+        let name = format!(".tmp.{}.{:016x}", std::process::id(), rand::random::<u64>());
+        let flags = OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | AT_FLAGS;
+        match openat(dir, name.as_str(), flags, FILE_MODE) {
+            Ok(fd) => return Ok((name, File::from(fd))),
+            Err(Errno::EEXIST) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(ErrorKind::AlreadyExists.into())
+}
+
+/// `unlinkat(dir, name)` of a non-directory; a missing entry is fine.
+fn unlink_at(dir: &File, name: &str) -> std::io::Result<()> {
+    match unlinkat(dir, name, UnlinkatFlags::NoRemoveDir) {
+        Ok(()) | Err(Errno::ENOENT) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The entries of the directory `dir` (without `.` and `..`) and their types when the file
+/// system reports them; names that are not UTF-8 are skipped (no store file has one).
+fn list_at(dir: &File) -> std::io::Result<Vec<(String, Option<Type>)>> {
+    let mut d = Dir::openat(
+        dir,
+        ".",
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )?;
+    let mut out = Vec::new();
+    for ent in d.iter() {
+        let ent = ent?;
+        let Ok(name) = ent.file_name().to_str() else {
+            continue;
+        };
+        if name != "." && name != ".." {
+            out.push((name.to_owned(), ent.file_type()));
+        }
+    }
+    Ok(out)
 }
 
 fn fnv1a(data: &[u8]) -> u64 {
@@ -219,8 +382,9 @@ struct Stamp {
 }
 
 impl Stamp {
-    fn of(path: &Path) -> Result<Stamp, IpamError> {
-        let m = fs::metadata(path).map_err(|e| io_err(path, e))?;
+    /// The stamp of the open directory `dir` (`fstat`); `path` names it in errors.
+    fn of(dir: &File, path: &Path) -> Result<Stamp, IpamError> {
+        let m = dir.metadata().map_err(|e| io_err(path, e))?;
         Ok(Stamp {
             ino: m.ino(),
             mtime: m.mtime(),
@@ -299,11 +463,20 @@ type Scan = BTreeMap<IpAddr, Option<Owner>>;
 /// Attachment key `(cid, ifname)` (`ifname` empty for legacy files) → addresses, sorted.
 type AttMap = BTreeMap<(String, String), Vec<IpAddr>>;
 
-static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
+/// The store under its lock: the flocked `lock` file and the index directories, opened for
+/// this one operation (they may be replaced between operations).
+struct Locked {
+    _lock: File,
+    idx: File,
+    att: File,
+}
 
 /// HeadCNI's host-local-compatible store for one network (see the module documentation).
 pub struct Store {
     dir: PathBuf,
+    /// The network directory, opened `O_DIRECTORY|O_NOFOLLOW`; everything below is reached
+    /// relative to it.
+    fd: File,
     idx_dir: PathBuf,
     att_dir: PathBuf,
     sets: Vec<RangeSet>,
@@ -330,9 +503,13 @@ impl Store {
     /// validated `sets` (from [`headcni_core::ipam::IpamConf::range_sets`]), allocating with
     /// `strategy`. Random draws come from the OS entropy source ([`Store::with_seed`] for tests).
     ///
+    /// `data_dir` may contain symlinked components; the network directory must be a real
+    /// directory (it is opened with `O_NOFOLLOW` and everything below it relative to it).
+    ///
     /// Errors: [`IpamError::Config`] for a network name that is not a single path component
     /// (empty, `.`, `..`, containing `/` or NUL) or no range set; [`IpamError::Store`] when the
-    /// directories cannot be created.
+    /// directories cannot be created or opened, or the network directory is a symlink or not a
+    /// directory.
     pub fn open(
         data_dir: &Path,
         network: &str,
@@ -354,10 +531,34 @@ impl Store {
         fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
-            .create(&att_dir)
-            .map_err(|e| io_err(&att_dir, e))?;
+            .create(data_dir)
+            .map_err(|e| io_err(data_dir, e))?;
+        let data = nix::fcntl::open(
+            data_dir,
+            OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .map(File::from)
+        .map_err(|e| io_err(data_dir, e.into()))?;
+        match mkdirat(&data, network, DIR_MODE) {
+            Ok(()) | Err(Errno::EEXIST) => {}
+            Err(e) => return Err(io_err(&dir, e.into())),
+        }
+        let fd = open_dir_at(&data, network).map_err(|e| {
+            let e = match e {
+                Errno::ELOOP | Errno::ENOTDIR => std::io::Error::new(
+                    ErrorKind::InvalidData,
+                    "the network directory is a symlink or not a directory",
+                ),
+                e => e.into(),
+            };
+            io_err(&dir, e)
+        })?;
+        let idx = ensure_dir_at(&fd, INDEX_DIR).map_err(|e| io_err(&idx_dir, e.into()))?;
+        ensure_dir_at(&idx, ATT_DIR).map_err(|e| io_err(&att_dir, e.into()))?;
         Ok(Store {
             dir,
+            fd,
             idx_dir,
             att_dir,
             sets,
@@ -387,8 +588,8 @@ impl Store {
     /// Rescans the directory and rewrites the index now (normally done automatically when the
     /// index is stale). O(reservations).
     pub fn rebuild(&self) -> Result<(), IpamError> {
-        let _lock = self.lock()?;
-        self.rebuild_locked().map(|_| ())
+        let l = self.lock()?;
+        self.rebuild_locked(&l).map(|_| ())
     }
 
     fn random(&self) -> u128 {
@@ -396,42 +597,38 @@ impl Store {
         g.random::<u128>()
     }
 
-    fn lock(&self) -> Result<File, IpamError> {
+    /// Takes the store's lock (`flock(LOCK_EX)` on `lock`, host-local's protocol) and opens
+    /// the index directories for one operation.
+    ///
+    /// Errors: [`IpamError::Store`], also when `lock` is a symlink or not a regular file.
+    fn lock(&self) -> Result<Locked, IpamError> {
         let p = self.dir.join(LOCK_FILE);
-        let f = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .open(&p)
-            .map_err(|e| io_err(&p, e))?;
+        let flags = OFlag::O_RDWR | OFlag::O_CREAT | AT_FLAGS;
+        let f = match openat(&self.fd, LOCK_FILE, flags, FILE_MODE) {
+            Ok(fd) => File::from(fd),
+            Err(Errno::ELOOP) => return Err(io_err(&p, not_regular())),
+            Err(e) => return Err(io_err(&p, e.into())),
+        };
+        if !f.metadata().map_err(|e| io_err(&p, e))?.is_file() {
+            return Err(io_err(&p, not_regular()));
+        }
         f.lock().map_err(|e| io_err(&p, e))?;
-        Ok(f)
+        let idx =
+            ensure_dir_at(&self.fd, INDEX_DIR).map_err(|e| io_err(&self.idx_dir, e.into()))?;
+        let att = ensure_dir_at(&idx, ATT_DIR).map_err(|e| io_err(&self.att_dir, e.into()))?;
+        Ok(Locked { _lock: f, idx, att })
     }
 
-    fn tmp_path(&self, dir: &Path) -> PathBuf {
-        let n = TMP_COUNTER.fetch_add(1, Ordering::Relaxed);
-        dir.join(format!(".tmp.{}.{n}", std::process::id()))
-    }
-
-    /// Writes `data` to `path` atomically (temporary file in the same directory + rename).
-    fn write_atomic(&self, dir: &Path, path: &Path, data: &[u8]) -> Result<(), IpamError> {
-        let tmp = self.tmp_path(dir);
-        let res = (|| {
-            let mut f = OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(0o600)
-                .open(&tmp)?;
-            f.write_all(data)?;
-            drop(f);
-            fs::rename(&tmp, path)
-        })();
+    /// Writes `data` to `name` in `dir` atomically (temporary file in `dir` + `renameat`,
+    /// which replaces a planted entry instead of following it); `path` names `dir` in errors.
+    fn write_atomic(dir: &File, path: &Path, name: &str, data: &[u8]) -> Result<(), IpamError> {
+        let (tmp, mut f) = create_tmp_at(dir).map_err(|e| io_err(path, e))?;
+        let res = f
+            .write_all(data)
+            .and_then(|()| renameat(dir, tmp.as_str(), dir, name).map_err(Into::into));
         if let Err(e) = res {
-            let _ = fs::remove_file(&tmp);
-            return Err(io_err(path, e));
+            let _ = unlink_at(dir, &tmp);
+            return Err(io_err(&path.join(name), e));
         }
         Ok(())
     }
@@ -490,11 +687,13 @@ impl Store {
     }
 
     /// The index if it is intact, matches the configuration and the directories are unchanged.
-    fn load_index(&self) -> Result<Option<State>, IpamError> {
+    fn load_index(&self, l: &Locked) -> Result<Option<State>, IpamError> {
         let p = self.idx_dir.join(INDEX_FILE);
-        let data = match fs::read(&p) {
-            Ok(d) => d,
-            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
+        let data = match read_at(&l.idx, INDEX_FILE, MAX_INDEX_BYTES) {
+            Ok(Some(d)) => d,
+            Ok(None) => return Ok(None),
+            // Not a regular file or too large: rebuilt (the commit renames over it).
+            Err(e) if e.kind() == ErrorKind::InvalidData => return Ok(None),
             Err(e) => return Err(io_err(&p, e)),
         };
         let Some(body_len) = data.len().checked_sub(8) else {
@@ -509,7 +708,10 @@ impl Store {
         let (Some(sd), Some(sa)) = (Stamp::get(&mut r), Stamp::get(&mut r)) else {
             return Ok(None);
         };
-        if sd.ino == 0 || sd != Stamp::of(&self.dir)? || sa != Stamp::of(&self.att_dir)? {
+        if sd.ino == 0
+            || sd != Stamp::of(&self.fd, &self.dir)?
+            || sa != Stamp::of(&l.att, &self.att_dir)?
+        {
             return Ok(None);
         }
         if r.u64() != Some(self.sets.len() as u64) {
@@ -567,32 +769,41 @@ impl Store {
 
     /// Writes the index with the directories' current stamps (or an invalid stamp when the
     /// state is suspect, forcing the next operation to rebuild).
-    fn commit(&self, st: &State) -> Result<(), IpamError> {
+    fn commit(&self, l: &Locked, st: &State) -> Result<(), IpamError> {
         let stamps = if st.suspect {
             None
         } else {
-            Some((Stamp::of(&self.dir)?, Stamp::of(&self.att_dir)?))
+            Some((
+                Stamp::of(&self.fd, &self.dir)?,
+                Stamp::of(&l.att, &self.att_dir)?,
+            ))
         };
         let data = self.encode_index(st, stamps);
-        self.write_atomic(&self.idx_dir, &self.idx_dir.join(INDEX_FILE), &data)
+        Self::write_atomic(&l.idx, &self.idx_dir, INDEX_FILE, &data)
     }
 
     // ----- scanning and rebuilding --------------------------------------------------------
 
+    /// Every reservation-named entry of the network directory and its owner. An entry that
+    /// is not a regular file (a symlink, FIFO, directory) occupies its address (an `O_EXCL`
+    /// reservation of it would fail) but is never opened: its owner is `None`.
     fn scan(&self) -> Result<Scan, IpamError> {
         let mut out = Scan::new();
-        let rd = fs::read_dir(&self.dir).map_err(|e| io_err(&self.dir, e))?;
-        for ent in rd {
-            let ent = ent.map_err(|e| io_err(&self.dir, e))?;
-            let name = ent.file_name();
-            let Some(name) = name.to_str() else { continue };
+        let entries = list_at(&self.fd).map_err(|e| io_err(&self.dir, e))?;
+        for (name, kind) in entries {
             let Ok(ip) = name.parse::<IpAddr>() else {
                 continue;
             };
-            if ip.to_string() != name || !ent.file_type().is_ok_and(|t| t.is_file()) {
+            if ip.to_string() != name {
                 continue;
             }
-            let owner = fs::read(ent.path()).ok().and_then(|c| Owner::parse(&c));
+            let owner = match kind {
+                Some(Type::File) | None => read_at(&self.fd, &name, MAX_RESERVATION_BYTES)
+                    .ok()
+                    .flatten()
+                    .and_then(|c| Owner::parse(&c)),
+                Some(_) => None,
+            };
             out.insert(ip, owner);
         }
         Ok(out)
@@ -608,20 +819,15 @@ impl Store {
         m
     }
 
-    fn rebuild_locked(&self) -> Result<(State, AttMap), IpamError> {
+    fn rebuild_locked(&self, l: &Locked) -> Result<(State, AttMap), IpamError> {
         let scan = self.scan()?;
-        self.rebuild_from(&scan)
+        self.rebuild_from(l, &scan)
     }
 
     /// Rebuilds the pools from `scan`, brings the att files in line (rewriting only those that
     /// differ) and commits the index.
-    fn rebuild_from(&self, scan: &Scan) -> Result<(State, AttMap), IpamError> {
+    fn rebuild_from(&self, l: &Locked, scan: &Scan) -> Result<(State, AttMap), IpamError> {
         tracing::debug!(dir = %self.dir.display(), reservations = scan.len(), "rebuilding ipam index");
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&self.att_dir)
-            .map_err(|e| io_err(&self.att_dir, e))?;
         let mut pools: Vec<Pool> = self.sets.iter().map(|s| Pool::new(s.len())).collect();
         for ip in scan.keys() {
             if let Some((i, p)) = self.set_of(*ip) {
@@ -630,82 +836,82 @@ impl Store {
         }
         let map = Self::att_map(scan);
         let mut seen: BTreeSet<(String, String)> = BTreeSet::new();
-        let rd = fs::read_dir(&self.att_dir).map_err(|e| io_err(&self.att_dir, e))?;
-        for ent in rd {
-            let ent = ent.map_err(|e| io_err(&self.att_dir, e))?;
-            let path = ent.path();
-            let keep = fs::read(&path)
+        let entries = list_at(&l.att).map_err(|e| io_err(&self.att_dir, e))?;
+        for (name, kind) in entries {
+            if kind == Some(Type::Directory) {
+                continue; // not ours; never written through, never descended into
+            }
+            let keep = read_at(&l.att, &name, MAX_ATT_BYTES)
                 .ok()
+                .flatten()
                 .and_then(|c| parse_att(&c))
-                .filter(|(key, ips)| {
-                    ent.file_name().to_str() == Some(att_name(key).as_str())
-                        && map.get(key) == Some(ips)
-                });
+                .filter(|(key, ips)| name == att_name(key) && map.get(key) == Some(ips));
             match keep {
                 Some((key, _)) => {
                     seen.insert(key);
                 }
-                None => {
-                    if let Err(e) = fs::remove_file(&path)
-                        && e.kind() != ErrorKind::NotFound
-                    {
-                        return Err(io_err(&path, e));
+                None => match unlink_at(&l.att, &name) {
+                    // A directory the file system did not type in readdir: not ours, left.
+                    Err(e) if e.raw_os_error() != Some(libc::EISDIR) => {
+                        return Err(io_err(&self.att_dir.join(&name), e));
                     }
-                }
+                    _ => {}
+                },
             }
         }
         for (key, ips) in &map {
             if !seen.contains(key) {
-                self.write_att(key, ips)?;
+                self.write_att(l, key, ips)?;
             }
         }
         // Stray temporary files of crashed writers in .headcni/.
-        if let Ok(rd) = fs::read_dir(&self.idx_dir) {
-            for ent in rd.flatten() {
-                if ent
-                    .file_name()
-                    .to_str()
-                    .is_some_and(|n| n.starts_with(".tmp."))
-                {
-                    let _ = fs::remove_file(ent.path());
-                }
+        for (name, _) in list_at(&l.idx).unwrap_or_default() {
+            if name.starts_with(".tmp.") {
+                let _ = unlink_at(&l.idx, &name);
             }
         }
         let st = State {
             pools,
             suspect: false,
         };
-        self.commit(&st)?;
+        self.commit(l, &st)?;
         Ok((st, map))
     }
 
     /// The current state: the index, or a rebuild when it is stale.
-    fn state(&self) -> Result<State, IpamError> {
-        match self.load_index()? {
+    fn state(&self, l: &Locked) -> Result<State, IpamError> {
+        match self.load_index(l)? {
             Some(st) => Ok(st),
-            None => Ok(self.rebuild_locked()?.0),
+            None => Ok(self.rebuild_locked(l)?.0),
         }
     }
 
     // ----- att files ----------------------------------------------------------------------
 
-    fn write_att(&self, key: &(String, String), ips: &[IpAddr]) -> Result<(), IpamError> {
-        let path = self.att_dir.join(att_name(key));
+    fn write_att(
+        &self,
+        l: &Locked,
+        key: &(String, String),
+        ips: &[IpAddr],
+    ) -> Result<(), IpamError> {
+        let name = att_name(key);
         if ips.is_empty() {
-            return match fs::remove_file(&path) {
-                Err(e) if e.kind() != ErrorKind::NotFound => Err(io_err(&path, e)),
-                _ => Ok(()),
-            };
+            return unlink_at(&l.att, &name).map_err(|e| io_err(&self.att_dir.join(&name), e));
         }
-        self.write_atomic(&self.att_dir, &path, att_content(key, ips).as_bytes())
+        let data = att_content(key, ips);
+        Self::write_atomic(&l.att, &self.att_dir, &name, data.as_bytes())
     }
 
     /// The addresses of `key` from its att file, each verified against its reservation file.
-    fn lookup_key(&self, key: &(String, String), owner: &Owner) -> Result<Option<Vec<IpAddr>>, ()> {
-        let path = self.att_dir.join(att_name(key));
-        let data = match fs::read(&path) {
-            Ok(d) => d,
-            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
+    fn lookup_key(
+        &self,
+        l: &Locked,
+        key: &(String, String),
+        owner: &Owner,
+    ) -> Result<Option<Vec<IpAddr>>, ()> {
+        let data = match read_at(&l.att, &att_name(key), MAX_ATT_BYTES) {
+            Ok(Some(d)) => d,
+            Ok(None) => return Ok(None),
             Err(_) => return Err(()),
         };
         let Some((k, ips)) = parse_att(&data) else {
@@ -715,7 +921,10 @@ impl Store {
             return Err(());
         }
         for ip in &ips {
-            let c = fs::read(self.dir.join(ip.to_string())).map_err(|_| ())?;
+            let c = read_at(&self.fd, &ip.to_string(), MAX_RESERVATION_BYTES)
+                .ok()
+                .flatten()
+                .ok_or(())?;
             if Owner::parse(&c).as_ref() != Some(owner) {
                 return Err(());
             }
@@ -725,7 +934,7 @@ impl Store {
 
     /// The reservations of `att`: those written as `cid\r\nifname`, else the legacy cid-only
     /// ones (host-local `FindByID` / `ReleaseByID` order).
-    fn lookup(&self, att: &Attachment) -> Lookup {
+    fn lookup(&self, l: &Locked, att: &Attachment) -> Lookup {
         let cid = att.container_id.trim().to_owned();
         let full = Owner::Full {
             cid: cid.clone(),
@@ -733,7 +942,7 @@ impl Store {
         };
         let legacy = Owner::Legacy(cid);
         for owner in [full, legacy] {
-            match self.lookup_key(&owner.key(), &owner) {
+            match self.lookup_key(l, &owner.key(), &owner) {
                 Ok(Some(ips)) => return Lookup::Found(Some(owner), ips),
                 Ok(None) => {}
                 Err(()) => return Lookup::NeedRebuild,
@@ -745,13 +954,14 @@ impl Store {
     /// [`Store::lookup`], rebuilding once when the att file is missing its files or corrupt.
     fn held(
         &self,
+        l: &Locked,
         att: &Attachment,
         st: &mut State,
     ) -> Result<(Option<Owner>, Vec<IpAddr>), IpamError> {
-        match self.lookup(att) {
+        match self.lookup(l, att) {
             Lookup::Found(o, ips) => Ok((o, ips)),
             Lookup::NeedRebuild => {
-                let (new_st, map) = self.rebuild_locked()?;
+                let (new_st, map) = self.rebuild_locked(l)?;
                 *st = new_st;
                 let cid = att.container_id.trim().to_owned();
                 if let Some(ips) = map.get(&(cid.clone(), att.ifname.clone())) {
@@ -780,63 +990,87 @@ impl Store {
     /// against every writer (host-local included), and a crash can never leave an empty
     /// reservation file that no DEL or GC would match (at worst a stray temp file, removed by
     /// the next rebuild). `Ok(false)` when the address is taken.
-    fn reserve_file(&self, ip: IpAddr, content: &str) -> Result<bool, IpamError> {
-        let path = self.dir.join(ip.to_string());
-        let tmp = self.tmp_path(&self.idx_dir);
-        let written = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)
-            .and_then(|mut f| f.write_all(content.as_bytes()));
-        if let Err(e) = written {
-            let _ = fs::remove_file(&tmp);
-            return Err(io_err(&tmp, e));
+    fn reserve_file(&self, l: &Locked, ip: IpAddr, content: &str) -> Result<bool, IpamError> {
+        let name = ip.to_string();
+        let (tmp, mut f) = create_tmp_at(&l.idx).map_err(|e| io_err(&self.idx_dir, e))?;
+        if let Err(e) = f.write_all(content.as_bytes()) {
+            let _ = unlink_at(&l.idx, &tmp);
+            return Err(io_err(&self.idx_dir.join(&tmp), e));
         }
-        let linked = fs::hard_link(&tmp, &path);
-        let _ = fs::remove_file(&tmp);
+        drop(f);
+        // No AT_SYMLINK_FOLLOW: the temp entry itself is linked, and `linkat` never follows or
+        // replaces an existing target name.
+        let linked = linkat(
+            &l.idx,
+            tmp.as_str(),
+            &self.fd,
+            name.as_str(),
+            AtFlags::empty(),
+        );
+        let _ = unlink_at(&l.idx, &tmp);
         match linked {
             Ok(()) => Ok(true),
-            Err(e) if e.kind() == ErrorKind::AlreadyExists => Ok(false),
-            Err(e) => Err(io_err(&path, e)),
+            Err(Errno::EEXIST) => Ok(false),
+            Err(e) => Err(io_err(&self.dir.join(name), e.into())),
         }
     }
 
     /// `true` for a zero-length reservation file: what a writer killed between `O_EXCL`
     /// create and content write leaves (host-local does that too). Only meaningful under the
-    /// lock, where no live writer can be between those two steps.
+    /// lock, where no live writer can be between those two steps. Never follows a symlink.
     fn is_empty_reservation(&self, ip: IpAddr) -> bool {
-        fs::metadata(self.dir.join(ip.to_string())).is_ok_and(|m| m.is_file() && m.len() == 0)
+        matches!(read_at(&self.fd, &ip.to_string(), 0), Ok(Some(c)) if c.is_empty())
     }
 
     fn unlink(&self, ip: IpAddr) -> Result<(), IpamError> {
-        let path = self.dir.join(ip.to_string());
-        match fs::remove_file(&path) {
-            Err(e) if e.kind() != ErrorKind::NotFound => Err(io_err(&path, e)),
-            _ => Ok(()),
-        }
+        let name = ip.to_string();
+        unlink_at(&self.fd, &name).map_err(|e| io_err(&self.dir.join(name), e))
     }
 
+    /// Records `ip` in `last_reserved_ip.<set>` in place, as host-local does, but never
+    /// through a symlink and never blocking on a FIFO: an entry that is not a regular file is
+    /// removed and a regular file created in its place.
     fn write_last_reserved(&self, set: usize, ip: IpAddr) -> Result<(), IpamError> {
-        let path = self.dir.join(format!("{LAST_IP_PREFIX}{set}"));
-        let res = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&path)
-            .and_then(|mut f| f.write_all(ip.to_string().as_bytes()));
-        res.map_err(|e| io_err(&path, e))
+        let name = format!("{LAST_IP_PREFIX}{set}");
+        let path = self.dir.join(&name);
+        let open = || {
+            let flags = OFlag::O_WRONLY | OFlag::O_CREAT | AT_FLAGS;
+            let f = File::from(openat(&self.fd, name.as_str(), flags, FILE_MODE)?);
+            Ok::<_, std::io::Error>(f.metadata()?.is_file().then_some(f))
+        };
+        let replace = |e: &std::io::Error| {
+            // ELOOP: a symlink; ENXIO: a FIFO without a reader (or a socket).
+            matches!(e.raw_os_error(), Some(libc::ELOOP | libc::ENXIO))
+        };
+        let f = match open() {
+            Ok(Some(f)) => f,
+            Err(e) if !replace(&e) => return Err(io_err(&path, e)),
+            Ok(None) | Err(_) => {
+                tracing::warn!(path = %path.display(), "ipam store: replacing a non-regular last_reserved_ip file");
+                unlink_at(&self.fd, &name).map_err(|e| io_err(&path, e))?;
+                let flags = OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | AT_FLAGS;
+                openat(&self.fd, name.as_str(), flags, FILE_MODE)
+                    .map(File::from)
+                    .map_err(|e| io_err(&path, e.into()))?
+            }
+        };
+        f.set_len(0)
+            .and_then(|()| (&f).write_all(ip.to_string().as_bytes()))
+            .map_err(|e| io_err(&path, e))
     }
 
+    /// The resume position from `last_reserved_ip.<set>`; `None` when it is missing, not a
+    /// regular file, or not an address of the set (it is only a hint).
     fn last_reserved(&self, set: usize) -> Option<u128> {
-        let s = fs::read_to_string(self.dir.join(format!("{LAST_IP_PREFIX}{set}"))).ok()?;
-        let ip: IpAddr = s.trim().parse().ok()?;
+        let name = format!("{LAST_IP_PREFIX}{set}");
+        let c = read_at(&self.fd, &name, MAX_LAST_IP_BYTES).ok().flatten()?;
+        let ip: IpAddr = std::str::from_utf8(&c).ok()?.trim().parse().ok()?;
         self.sets[set].resume_position(ip)
     }
 
     fn reserve_in_set(
         &self,
+        l: &Locked,
         st: &mut State,
         set: usize,
         requested: Option<IpAddr>,
@@ -851,7 +1085,7 @@ impl Store {
                     ),
                 });
             };
-            if !self.reserve_file(ip, content)? {
+            if !self.reserve_file(l, ip, content)? {
                 if st.pools[set].insert(pos) {
                     st.suspect = true;
                 }
@@ -878,7 +1112,7 @@ impl Store {
                 continue;
             };
             st.pools[set].insert(pos);
-            if self.reserve_file(ip, content)? {
+            if self.reserve_file(l, ip, content)? {
                 return Ok(ip);
             }
             tracing::debug!(%ip, "address reserved by another writer; index was stale");
@@ -888,11 +1122,12 @@ impl Store {
 
     fn allocate_locked(
         &self,
+        l: &Locked,
         att: &Attachment,
         requested: &[IpAddr],
     ) -> Result<(Vec<Reservation>, bool), IpamError> {
-        let mut st = self.state()?;
-        let (owner, held) = self.held(att, &mut st)?;
+        let mut st = self.state(l)?;
+        let (owner, held) = self.held(l, att, &mut st)?;
         let mut per_set: Vec<Option<IpAddr>> = vec![None; self.sets.len()];
         for ip in &held {
             if let Some((i, _)) = self.set_of(*ip) {
@@ -940,7 +1175,7 @@ impl Store {
             if per_set[set].is_some() {
                 continue;
             }
-            match self.reserve_in_set(&mut st, set, req[set], &content) {
+            match self.reserve_in_set(l, &mut st, set, req[set], &content) {
                 Ok(ip) => {
                     new.push((set, ip));
                     if let Err(e) = self.write_last_reserved(set, ip) {
@@ -961,7 +1196,7 @@ impl Store {
                     st.pools[*set].remove(p);
                 }
             }
-            self.commit(&st)?;
+            self.commit(l, &st)?;
             return Err(e);
         }
         let key = (att.container_id.trim().to_owned(), att.ifname.clone());
@@ -972,8 +1207,8 @@ impl Store {
         };
         ips.extend(new.iter().map(|(_, ip)| *ip));
         ips.sort();
-        self.write_att(&key, &ips)?;
-        self.commit(&st)?;
+        self.write_att(l, &key, &ips)?;
+        self.commit(l, &st)?;
         for (set, ip) in new {
             per_set[set] = Some(ip);
         }
@@ -994,8 +1229,8 @@ impl Store {
         att: &Attachment,
         requested: &[IpAddr],
     ) -> Result<(Vec<Reservation>, bool), IpamError> {
-        let _lock = self.lock()?;
-        self.allocate_locked(att, requested)
+        let l = self.lock()?;
+        self.allocate_locked(&l, att, requested)
     }
 }
 
@@ -1019,9 +1254,9 @@ impl IpamStore for Store {
     /// The reservations of `att` inside the configured range sets (ifname-specific ones, else
     /// legacy cid-only ones).
     fn find(&self, att: &Attachment) -> Result<Vec<Reservation>, IpamError> {
-        let _lock = self.lock()?;
-        let mut st = self.state()?;
-        let (_, ips) = self.held(att, &mut st)?;
+        let l = self.lock()?;
+        let mut st = self.state(&l)?;
+        let (_, ips) = self.held(&l, att, &mut st)?;
         let mut out: Vec<Reservation> = ips
             .into_iter()
             .filter_map(|ip| self.reservation(ip))
@@ -1033,9 +1268,9 @@ impl IpamStore for Store {
     /// Releases the files written for `(cid, ifname)`, or when there are none the legacy
     /// cid-only files of `cid` (host-local `ReleaseByID`), whatever range set they are in.
     fn release(&self, att: &Attachment) -> Result<Vec<IpAddr>, IpamError> {
-        let _lock = self.lock()?;
-        let mut st = self.state()?;
-        let (owner, ips) = self.held(att, &mut st)?;
+        let l = self.lock()?;
+        let mut st = self.state(&l)?;
+        let (owner, ips) = self.held(&l, att, &mut st)?;
         let Some(owner) = owner else {
             return Ok(Vec::new());
         };
@@ -1045,8 +1280,8 @@ impl IpamStore for Store {
                 st.pools[i].remove(p);
             }
         }
-        self.write_att(&owner.key(), &[])?;
-        self.commit(&st)?;
+        self.write_att(&l, &owner.key(), &[])?;
+        self.commit(&l, &st)?;
         Ok(ips)
     }
 
@@ -1054,7 +1289,7 @@ impl IpamStore for Store {
     /// (a legacy cid-only file is kept when some valid attachment has its cid; a file whose
     /// content is not an attachment is left alone), then rebuilds the index. O(reservations).
     fn gc(&self, valid: &[Attachment]) -> Result<Vec<IpAddr>, IpamError> {
-        let _lock = self.lock()?;
+        let l = self.lock()?;
         let mut scan = self.scan()?;
         let keep_full: BTreeSet<(String, String)> = valid
             .iter()
@@ -1080,14 +1315,14 @@ impl IpamStore for Store {
         for ip in &released {
             scan.remove(ip);
         }
-        self.rebuild_from(&scan)?;
+        self.rebuild_from(&l, &scan)?;
         Ok(released)
     }
 
     /// Size and allocated count per range set, from the index.
     fn usage(&self) -> Result<Vec<PoolUsage>, IpamError> {
-        let _lock = self.lock()?;
-        let st = self.state()?;
+        let l = self.lock()?;
+        let st = self.state(&l)?;
         Ok(st
             .pools
             .iter()
@@ -1376,14 +1611,17 @@ mod tests {
         // costs a retry: the O_EXCL create fails, the address is marked, the next one is used,
         // and the index is flagged so that the next operation rebuilds.
         s.release(&att("b", "eth0")).unwrap();
-        let stale = s.state().unwrap();
-        fs::write(dir.join("10.0.0.2"), "g\r\neth0").unwrap();
-        s.commit(&stale).unwrap();
-        assert!(s.load_index().unwrap().is_some());
+        {
+            let l = s.lock().unwrap();
+            let stale = s.state(&l).unwrap();
+            fs::write(dir.join("10.0.0.2"), "g\r\neth0").unwrap();
+            s.commit(&l, &stale).unwrap();
+            assert!(s.load_index(&l).unwrap().is_some());
+        }
         let c = s.allocate(&att("c", "eth0"), &[]).unwrap();
         assert_eq!(c[0].address.ip(), ip("10.0.0.4"));
         assert!(
-            s.load_index().unwrap().is_none(),
+            s.load_index(&s.lock().unwrap()).unwrap().is_none(),
             "suspect state forces a rebuild"
         );
         assert_eq!(
@@ -1407,7 +1645,10 @@ mod tests {
                 assert_eq!(r[0].address.prefix(), 64);
             }
             s.release(&att("c3", "eth0")).unwrap();
-            let st = s.load_index().unwrap().expect("index is current");
+            let st = s
+                .load_index(&s.lock().unwrap())
+                .unwrap()
+                .expect("index is current");
             assert!(matches!(st.pools[0], Pool::Sparse(_)));
             assert_eq!(st.pools[0].allocated(), 19);
             assert_eq!(s.usage().unwrap()[0].size, (1u128 << 64) - 2);
@@ -1421,6 +1662,60 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn at_helpers_never_follow_block_or_overread() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = File::open(d.path()).unwrap();
+        fs::write(d.path().join("target"), "precious").unwrap();
+        std::os::unix::fs::symlink(d.path().join("target"), d.path().join("link")).unwrap();
+        nix::unistd::mkfifo(&d.path().join("fifo"), FILE_MODE).unwrap();
+        fs::create_dir(d.path().join("sub")).unwrap();
+        fs::write(d.path().join("big"), [b'x'; 11]).unwrap();
+        assert_eq!(
+            read_at(&dir, "target", 8).unwrap().as_deref(),
+            Some(&b"precious"[..])
+        );
+        assert_eq!(read_at(&dir, "missing", 8).unwrap(), None);
+        for bad in ["link", "fifo", "sub", "big"] {
+            let e = read_at(&dir, bad, 10).unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::InvalidData, "{bad}: {e}");
+        }
+        // A non-directory in place of an index directory is removed (a link, not its
+        // target) and replaced; a real directory is kept.
+        for name in ["link", "fifo", "big"] {
+            ensure_dir_at(&dir, name).unwrap();
+            assert!(fs::symlink_metadata(d.path().join(name)).unwrap().is_dir());
+        }
+        fs::write(d.path().join("sub").join("f"), "x").unwrap();
+        ensure_dir_at(&dir, "sub").unwrap();
+        assert!(d.path().join("sub").join("f").exists());
+        assert_eq!(fs::read(d.path().join("target")).unwrap(), b"precious");
+        // Temp names are unpredictable and never reused.
+        let (a, _) = create_tmp_at(&dir).unwrap();
+        let (b, _) = create_tmp_at(&dir).unwrap();
+        assert!(a.starts_with(".tmp.") && a != b);
+    }
+
+    #[test]
+    fn non_regular_reservation_entries_count_as_taken() {
+        let d = tempfile::tempdir().unwrap();
+        let s = open(d.path(), Strategy::Sequential);
+        let victim = d.path().join("victim");
+        fs::write(&victim, "x\r\neth0").unwrap();
+        std::os::unix::fs::symlink(&victim, s.dir().join("10.0.0.2")).unwrap();
+        nix::unistd::mkfifo(&s.dir().join("10.0.0.3"), FILE_MODE).unwrap();
+        s.rebuild().unwrap();
+        assert_eq!(s.usage().unwrap()[0].allocated, 2);
+        // Never read for their owner: the link's target does not make "x" an owner.
+        assert!(s.find(&att("x", "eth0")).unwrap().is_empty());
+        let r = s.allocate(&att("c", "eth0"), &[]).unwrap();
+        assert_eq!(r[0].address.ip(), ip("10.0.0.4"));
+        // GC leaves entries it cannot attribute.
+        assert!(s.gc(&[]).unwrap().iter().all(|i| *i != ip("10.0.0.2")));
+        assert!(fs::symlink_metadata(s.dir().join("10.0.0.2")).is_ok());
+        assert_eq!(fs::read(&victim).unwrap(), b"x\r\neth0");
     }
 
     #[test]

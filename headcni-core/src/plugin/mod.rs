@@ -642,8 +642,8 @@ where
 /// mark, or of an attachment in `valid` are never touched; with a delegated IPAM nothing is
 /// released that is known, so no link is deleted. A missing bridge means no ports.
 ///
-/// Errors: code 7 for an invalid `conf`, IPAM GC's error, code 11 when listing ports fails;
-/// a failed deletion is reported (code 11) after the others were tried.
+/// Errors: code 7 for an invalid `conf`, IPAM GC's error, code 103 when listing the ports
+/// fails; a failed deletion is reported (code 103) after the others were tried.
 pub async fn gc<N, I>(
     ns: &N,
     ipam: &I,

@@ -244,8 +244,10 @@ pub trait IpamStore {
     fn find(&self, att: &Attachment) -> Result<Vec<Reservation>, IpamError>;
     /// Releases every reservation of `att`; returns the released addresses (empty if none).
     fn release(&self, att: &Attachment) -> Result<Vec<IpAddr>, IpamError>;
-    /// Releases every reservation whose attachment is not in `valid`; returns them.
-    fn gc(&self, valid: &[Attachment]) -> Result<Vec<IpAddr>, IpamError>;
+    /// Releases every reservation whose attachment is not in `valid`; returns each released
+    /// address with the attachment that held it (`None` when its owner has no ifname, as a
+    /// legacy cid-only reservation, or is unknown), so GC can clean up after exactly those.
+    fn gc(&self, valid: &[Attachment]) -> Result<Vec<(IpAddr, Option<Attachment>)>, IpamError>;
     /// Per range set usage.
     fn usage(&self) -> Result<Vec<PoolUsage>, IpamError>;
 }

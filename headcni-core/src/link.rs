@@ -29,6 +29,15 @@ pub struct LinkInfo {
     pub master: Option<u32>,
     /// Link kind (`bridge`, `veth`, ...), if reported.
     pub kind: Option<String>,
+    /// The link's alias (`IFLA_IFALIAS`, at most 255 bytes), if set and not empty. HeadCNI marks the host
+    /// veth of an attachment with it (`headcni_core::plugin::attachment_mark`).
+    pub alias: Option<String>,
+    /// For a veth: the ifindex of its peer (`IFLA_LINK`), in the namespace named by
+    /// `link_netnsid` when that is set, else in this one.
+    pub peer_index: Option<u32>,
+    /// The peer's namespace as this namespace's id for it (`IFLA_LINK_NETNSID`); `None` when
+    /// the peer is in the same namespace or the link has no peer.
+    pub link_netnsid: Option<i32>,
 }
 
 /// A bridge to create or adopt.
@@ -177,6 +186,15 @@ pub trait LinkManager: Send + Sync {
     async fn create_veth(&self, spec: &VethSpec) -> Result<VethPair, LinkError>;
     /// Deletes a link; `Ok(false)` if it did not exist.
     async fn delete_link(&self, name: &str) -> Result<bool, LinkError>;
+    /// Sets the alias (`IFLA_IFALIAS`, rtnetlink(7); `ip link set NAME alias ALIAS`) of link
+    /// `name`: the ownership mark of an attachment's host veth. `alias` is 1–254 bytes
+    /// without NUL (the kernel's `IFALIASZ` is 256 with the request's and its own NUL),
+    /// else [`LinkError::Netlink`];
+    /// [`LinkError::NotFound`] if there is no such link. Needs `CAP_NET_ADMIN`.
+    async fn set_alias(&self, name: &str, alias: &str) -> Result<(), LinkError>;
+    /// Every link of this namespace whose alias is exactly `alias` (one `RTM_GETLINK` dump,
+    /// filtered here: the kernel has no alias filter). Empty if none.
+    async fn links_with_alias(&self, alias: &str) -> Result<Vec<LinkInfo>, LinkError>;
     /// Adds an address (with prefix) to a link; an identical existing address is not an error.
     async fn add_address(&self, link: &str, addr: IpNetwork) -> Result<(), LinkError>;
     /// The addresses of a link (with prefix), permanent ones only.

@@ -51,10 +51,16 @@ impl IpamClient for InProcessIpam {
     async fn check(&self, prev: &CniResult) -> Result<(), CniError> {
         self.plugin.check(&self.attachment, Some(prev))
     }
-    async fn gc(&self, valid: &[GcAttachment]) -> Result<(), CniError> {
-        self.plugin
-            .gc(&valid.iter().map(Attachment::from).collect::<Vec<_>>())
-            .map(|_| ())
+    /// Releases every reservation not in `valid`; returns the attachments that held them
+    /// (each once; legacy cid-only reservations name no ifname and are left out).
+    async fn gc(&self, valid: &[GcAttachment]) -> Result<Vec<Attachment>, CniError> {
+        let released = self
+            .plugin
+            .gc(&valid.iter().map(Attachment::from).collect::<Vec<_>>())?;
+        let mut out: Vec<Attachment> = released.into_iter().filter_map(|(_, a)| a).collect();
+        out.sort();
+        out.dedup();
+        Ok(out)
     }
     async fn status(&self) -> Result<(), CniError> {
         self.plugin.status()

@@ -227,9 +227,10 @@ impl IpamPlugin {
         Ok(())
     }
 
-    /// GC: releases every reservation whose attachment is not in `valid`; returns them.
+    /// GC: releases every reservation whose attachment is not in `valid`; returns each
+    /// released address with the attachment that held it (see [`IpamStore::gc`]).
     /// Errors: 104.
-    pub fn gc(&self, valid: &[Attachment]) -> Result<Vec<IpAddr>, CniError> {
+    pub fn gc(&self, valid: &[Attachment]) -> Result<Vec<(IpAddr, Option<Attachment>)>, CniError> {
         Ok(self.store.gc(valid)?)
     }
 
@@ -364,7 +365,7 @@ mod tests {
         p.add(&att("b"), &[]).unwrap();
         assert_eq!(
             p.gc(&[]).unwrap(),
-            vec!["10.5.0.2".parse::<IpAddr>().unwrap()]
+            vec![("10.5.0.2".parse::<IpAddr>().unwrap(), Some(att("b")))]
         );
     }
 

@@ -1288,7 +1288,7 @@ impl IpamStore for Store {
     /// Scans the directory and releases every reservation whose attachment is not in `valid`
     /// (a legacy cid-only file is kept when some valid attachment has its cid; a file whose
     /// content is not an attachment is left alone), then rebuilds the index. O(reservations).
-    fn gc(&self, valid: &[Attachment]) -> Result<Vec<IpAddr>, IpamError> {
+    fn gc(&self, valid: &[Attachment]) -> Result<Vec<(IpAddr, Option<Attachment>)>, IpamError> {
         let l = self.lock()?;
         let mut scan = self.scan()?;
         let keep_full: BTreeSet<(String, String)> = valid
@@ -1309,10 +1309,17 @@ impl IpamStore for Store {
             };
             if drop {
                 self.unlink(*ip)?;
-                released.push(*ip);
+                let att = match owner {
+                    Some(Owner::Full { cid, ifname }) => Some(Attachment {
+                        container_id: cid.clone(),
+                        ifname: ifname.clone(),
+                    }),
+                    _ => None,
+                };
+                released.push((*ip, att));
             }
         }
-        for ip in &released {
+        for (ip, _) in &released {
             scan.remove(ip);
         }
         self.rebuild_from(&l, &scan)?;
@@ -1567,7 +1574,15 @@ mod tests {
         let mut g = s.gc(&[att("x", "eth0"), att("y", "eth3")]).unwrap();
         g.sort();
         // z's addresses, and the empty file nobody can ever release otherwise
-        assert_eq!(g, vec![ip("10.0.0.3"), ip("10.0.0.4"), ip("fd00::3")]);
+        let z = Some(att("z", "eth0"));
+        assert_eq!(
+            g,
+            vec![
+                (ip("10.0.0.3"), z.clone()),
+                (ip("10.0.0.4"), None),
+                (ip("fd00::3"), z)
+            ]
+        );
         assert!(!dir.join("10.0.0.4").exists());
         assert!(dir.join("10.0.0.5").exists() && dir.join("10.0.0.2").exists());
         assert!(s.find(&att("z", "eth0")).unwrap().is_empty());
@@ -1713,7 +1728,7 @@ mod tests {
         let r = s.allocate(&att("c", "eth0"), &[]).unwrap();
         assert_eq!(r[0].address.ip(), ip("10.0.0.4"));
         // GC leaves entries it cannot attribute.
-        assert!(s.gc(&[]).unwrap().iter().all(|i| *i != ip("10.0.0.2")));
+        assert!(s.gc(&[]).unwrap().iter().all(|(i, _)| *i != ip("10.0.0.2")));
         assert!(fs::symlink_metadata(s.dir().join("10.0.0.2")).is_ok());
         assert_eq!(fs::read(&victim).unwrap(), b"x\r\neth0");
     }

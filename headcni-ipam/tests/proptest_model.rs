@@ -275,11 +275,11 @@ fn run(cfg: usize, strat: Strategy, ops: Vec<Op>) -> Result<(), TestCaseError> {
                     .collect();
                 let mut got = store.gc(&valid).unwrap();
                 got.sort();
-                let want: Vec<IpAddr> = model
+                let want: Vec<(IpAddr, Option<Attachment>)> = model
                     .held
                     .iter()
                     .filter(|(_, a)| !valid.contains(a))
-                    .map(|(ip, _)| *ip)
+                    .map(|(ip, a)| (*ip, Some(a.clone())))
                     .collect();
                 prop_assert_eq!(got, want);
                 model.held.retain(|_, a| valid.contains(a));

@@ -79,7 +79,9 @@ pub(crate) fn hairpin_of(msg: &LinkMessage) -> Option<bool> {
     })
 }
 
-/// Builds a [`LinkInfo`] from an `RTM_NEWLINK` reply.
+/// Builds a [`LinkInfo`] from an `RTM_NEWLINK` reply: `IFLA_IFNAME`, `IFLA_ADDRESS`,
+/// `IFLA_MTU`, `IFLA_MASTER`, `IFLA_IFALIAS` (an empty alias is none), `IFLA_LINK` (the
+/// peer's index, when it is not the link's own) and `IFLA_LINK_NETNSID`.
 pub(crate) fn link_info(msg: &LinkMessage) -> LinkInfo {
     let mut info = LinkInfo {
         index: msg.header.index,
@@ -89,6 +91,9 @@ pub(crate) fn link_info(msg: &LinkMessage) -> LinkInfo {
         up: msg.header.flags.contains(LinkFlags::Up),
         master: None,
         kind: None,
+        alias: None,
+        peer_index: None,
+        link_netnsid: None,
     };
     for attr in &msg.attributes {
         match attr {
@@ -96,6 +101,11 @@ pub(crate) fn link_info(msg: &LinkMessage) -> LinkInfo {
             LinkAttribute::Address(a) if !a.is_empty() => info.mac = Some(format_mac(a)),
             LinkAttribute::Mtu(m) => info.mtu = *m,
             LinkAttribute::Controller(m) if *m != 0 => info.master = Some(*m),
+            LinkAttribute::IfAlias(a) if !a.is_empty() => info.alias = Some(a.clone()),
+            LinkAttribute::Link(i) if *i != 0 && *i != msg.header.index => {
+                info.peer_index = Some(*i)
+            }
+            LinkAttribute::LinkNetNsId(id) if *id >= 0 => info.link_netnsid = Some(*id),
             _ => {}
         }
     }
@@ -218,6 +228,31 @@ pub(crate) fn route_spec(msg: &RouteMessage, dev: Option<String>) -> Option<Rout
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn link_info_reads_alias_and_peer() {
+        let mut m = LinkMessage::default();
+        m.header.index = 7;
+        m.attributes = vec![
+            LinkAttribute::IfName("veth0".into()),
+            LinkAttribute::IfAlias("headcni:v1:ab".into()),
+            LinkAttribute::Link(3),
+            LinkAttribute::LinkNetNsId(2),
+        ];
+        let i = link_info(&m);
+        assert_eq!(
+            (i.alias.as_deref(), i.peer_index, i.link_netnsid),
+            (Some("headcni:v1:ab"), Some(3), Some(2))
+        );
+        // a plain link: IFLA_LINK is its own index, no alias, netnsid -1 (none)
+        m.attributes = vec![
+            LinkAttribute::IfAlias(String::new()),
+            LinkAttribute::Link(7),
+            LinkAttribute::LinkNetNsId(-1),
+        ];
+        let i = link_info(&m);
+        assert_eq!((i.alias, i.peer_index, i.link_netnsid), (None, None, None));
+    }
 
     #[test]
     fn mac_round_trip() {

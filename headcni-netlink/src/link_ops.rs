@@ -42,6 +42,10 @@ fn check_ifname(name: &str, op: &str) -> Result<(), LinkError> {
     Ok(())
 }
 
+/// Longest alias in bytes: `IFALIASZ` (256) less the NUL the kernel appends and the NUL
+/// this crate's `IFLA_IFALIAS` attribute carries.
+const ALIAS_MAX: usize = 254;
+
 /// A link message that sets `IFF_UP`.
 fn up_message() -> LinkMessage {
     let mut msg = LinkMessage::default();
@@ -413,6 +417,42 @@ impl LinkManager for NetlinkHandle {
             Err(e) if e.is(libc::ENODEV) || e.is(libc::ENOENT) => Ok(false),
             Err(e) => Err(e.into_link_error(format!("delete link {name}"))),
         }
+    }
+
+    /// `RTM_NEWLINK` on the existing link (by name, no `NLM_F_CREATE`) carrying
+    /// `IFLA_IFALIAS`, as `ip link set NAME alias ALIAS`: the kernel applies an alias only to
+    /// an existing link (`do_setlink`), not at creation. `alias` is 1–254 bytes without NUL
+    /// (`IFALIASZ` 256 less this request's NUL and the kernel's), else
+    /// [`LinkError::Netlink`] before anything is sent; [`LinkError::NotFound`] on `ENODEV`.
+    async fn set_alias(&self, name: &str, alias: &str) -> Result<(), LinkError> {
+        let op = format!("set alias of {name}");
+        check_ifname(name, &op)?;
+        if alias.is_empty() || alias.len() > ALIAS_MAX || alias.contains('\0') {
+            return Err(LinkError::Netlink {
+                op,
+                reason: format!("invalid alias (1-{ALIAS_MAX} bytes, no NUL)"),
+            });
+        }
+        let mut msg = LinkMessage::default();
+        msg.attributes.push(LinkAttribute::IfName(name.to_owned()));
+        msg.attributes
+            .push(LinkAttribute::IfAlias(alias.to_owned()));
+        self.ack(RouteNetlinkMessage::NewLink(msg), 0)
+            .await
+            .map_err(|e| e.on_link(op, name))
+    }
+
+    /// `RTM_GETLINK` dump of every link, filtered here by `IFLA_IFALIAS` == `alias`.
+    async fn links_with_alias(&self, alias: &str) -> Result<Vec<LinkInfo>, LinkError> {
+        let links = self
+            .dump_links(None)
+            .await
+            .map_err(|e| e.into_link_error("list links by alias"))?;
+        Ok(links
+            .iter()
+            .map(convert::link_info)
+            .filter(|l| l.alias.as_deref() == Some(alias))
+            .collect())
     }
 
     /// `RTM_NEWADDR` (`NLM_F_EXCL`); `EEXIST` is success when the identical address is

@@ -410,3 +410,74 @@ async fn addresses_ipv4_ipv6_idempotent() {
         .expect("second v4");
     assert_eq!(p.addresses("eth0").await.expect("addresses").len(), 3);
 }
+
+/// The ownership mark operations: an alias set on an existing link, read back by `link`,
+/// found by `links_with_alias`; the veth peer's index and namespace id in `LinkInfo`.
+#[tokio::test(flavor = "current_thread")]
+async fn alias_mark_and_veth_peer() {
+    let node = TestNs::new("alias");
+    let pod = TestNs::new("alias-pod");
+    let h = NetlinkHandle::for_netns(&node.path).await.expect("handle");
+    let c = NetlinkHandle::for_netns(&pod.path)
+        .await
+        .expect("pod handle");
+    h.ensure_bridge(&bridge_spec("hcbr0"))
+        .await
+        .expect("bridge");
+    let pair = h
+        .create_veth(&veth_spec("vethhcal", &pod, Some("hcbr0"), false))
+        .await
+        .expect("veth");
+    assert_eq!(pair.host.alias, None);
+
+    let mark = format!("headcni:v1:{}", "ab".repeat(32));
+    h.set_alias("vethhcal", &mark).await.expect("set alias");
+    let host = h.link("vethhcal").await.expect("get").expect("exists");
+    assert_eq!(host.alias.as_deref(), Some(mark.as_str()));
+    assert!(
+        node.exec_out(&["ip", "link", "show", "vethhcal"])
+            .contains(&mark),
+        "ip link does not show the alias"
+    );
+    let found = h.links_with_alias(&mark).await.expect("dump");
+    assert_eq!(
+        found.iter().map(|l| l.name.as_str()).collect::<Vec<_>>(),
+        ["vethhcal"]
+    );
+    assert!(
+        h.links_with_alias("headcni:v1:none")
+            .await
+            .expect("dump")
+            .is_empty()
+    );
+    let ports = h.bridge_ports("hcbr0").await.expect("ports");
+    assert_eq!(ports[0].alias.as_deref(), Some(mark.as_str()));
+
+    // each end names the other as its peer, in another namespace
+    let eth0 = c.link("eth0").await.expect("get").expect("exists");
+    assert_eq!(host.peer_index, Some(eth0.index));
+    assert_eq!(eth0.peer_index, Some(host.index));
+    assert!(host.link_netnsid.is_some() && eth0.link_netnsid.is_some());
+    let bridge = h.link("hcbr0").await.expect("get").expect("exists");
+    assert_eq!((bridge.peer_index, bridge.link_netnsid), (None, None));
+
+    // the longest alias the kernel takes, and the bounds
+    let longest = "m".repeat(254);
+    h.set_alias("vethhcal", &longest).await.expect("254 bytes");
+    let got = h.link("vethhcal").await.expect("get").expect("exists");
+    assert_eq!(got.alias.as_deref(), Some(longest.as_str()));
+    for bad in [String::new(), "m".repeat(255), "a\0b".to_owned()] {
+        assert!(
+            matches!(
+                h.set_alias("vethhcal", &bad).await,
+                Err(LinkError::Netlink { .. })
+            ),
+            "alias of {} bytes accepted",
+            bad.len()
+        );
+    }
+    assert!(matches!(
+        h.set_alias("vethnone", &mark).await,
+        Err(LinkError::NotFound(n)) if n == "vethnone"
+    ));
+}

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use async_trait::async_trait;
 use headcni_core::cni::{CniError, CniResult, GcAttachment};
+use headcni_core::ipam::Attachment;
 use headcni_core::plugin::{IpamAdd, IpamClient};
 
 use super::delegate;
@@ -35,8 +36,11 @@ impl IpamClient for DelegatedIpam {
         // `config` already carries prevResult.
         delegate::exec(&self.binary, "CHECK", &self.config).map(|_| ())
     }
-    async fn gc(&self, _valid: &[GcAttachment]) -> Result<(), CniError> {
-        delegate::exec(&self.binary, "GC", &self.config).map(|_| ())
+    /// Execs the delegate's GC. A delegate's GC has no result (CNI spec 1.1.0 §GC), so
+    /// which attachments it released is unknown: returns none, and the main plugin's GC then
+    /// removes no host veth.
+    async fn gc(&self, _valid: &[GcAttachment]) -> Result<Vec<Attachment>, CniError> {
+        delegate::exec(&self.binary, "GC", &self.config).map(|_| Vec::new())
     }
     async fn status(&self) -> Result<(), CniError> {
         delegate::exec(&self.binary, "STATUS", &self.config).map(|_| ())

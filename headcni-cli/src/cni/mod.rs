@@ -265,7 +265,7 @@ fn main_verb(
         }
         Command::Gc => {
             let valid = conf.gc_valid_attachments().unwrap_or(&[]);
-            rt.block_on(ipam.gc(valid))?;
+            rt.block_on(plugin::gc(&ns, ipam.as_ref(), &conf.plugin, valid))?;
             Ok(None)
         }
         Command::Status => {

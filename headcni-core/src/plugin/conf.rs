@@ -101,6 +101,56 @@ pub fn host_veth_name(container_id: &str, ifname: &str) -> String {
     format!("veth{:011x}", h >> 20)
 }
 
+/// How many host veth names ADD tries for one attachment: [`host_veth_name`] and then
+/// [`host_veth_alt_name`] 1, 2 and 3, taking the first that is free. A name is skipped when
+/// another attachment's link holds it (a 44-bit hash collision), so a collision never makes
+/// one pod's ADD touch another pod's link.
+pub const HOST_VETH_NAMES: u32 = 4;
+
+/// The `salt`-th alternative host veth name of an attachment (`salt` ≥ 1): `veth` + 11 hex
+/// digits of the FNV-1a 64 hash of `<containerID>/<ifname>/<salt>` (decimal salt). Used
+/// only when [`host_veth_name`] is held by another attachment; DEL, CHECK and GC then find
+/// the link by its [`attachment_mark`], not by its name.
+pub fn host_veth_alt_name(container_id: &str, ifname: &str, salt: u32) -> String {
+    let salt = salt.to_string();
+    let h = crate::hash::fnv1a64(
+        container_id
+            .bytes()
+            .chain([b'/'])
+            .chain(ifname.bytes())
+            .chain([b'/'])
+            .chain(salt.bytes()),
+    );
+    format!("veth{:011x}", h >> 20)
+}
+
+/// The prefix of every [`attachment_mark`].
+pub const MARK_PREFIX: &str = "headcni:v1:";
+
+/// The ownership mark ADD puts on an attachment's host veth as its alias (`IFLA_IFALIAS`,
+/// `ip link show` prints it after `alias`), and that DEL, CHECK and GC require before they
+/// delete or accept a host link: `headcni:v1:` followed by the 64 lower-case hex digits of
+/// SHA-256 over `<containerID>\r\n<ifname>` (the same `\r\n` join as the IPAM reservation
+/// files). 75 bytes whatever the container ID's length (a container ID may be longer than
+/// the kernel's alias limit, `IFALIASZ` 256 with the NUL, so it is hashed, not copied). Only a process with `CAP_NET_ADMIN` in the
+/// node's network namespace can set or change it. An operator finds a pod's link with
+/// `printf '%s\r\n%s' "$CID" eth0 | sha256sum` and `ip -d link show | grep -B1 <digest>`.
+pub fn attachment_mark(container_id: &str, ifname: &str) -> String {
+    use sha2::{Digest, Sha256};
+    use std::fmt::Write as _;
+    let digest = Sha256::new()
+        .chain_update(container_id.as_bytes())
+        .chain_update(b"\r\n")
+        .chain_update(ifname.as_bytes())
+        .finalize();
+    let mut out = String::with_capacity(MARK_PREFIX.len() + 64);
+    out.push_str(MARK_PREFIX);
+    for b in digest {
+        let _ = write!(out, "{b:02x}");
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -118,6 +168,38 @@ mod tests {
         assert_ne!(a, host_veth_name("abd", "eth0"));
         assert_eq!(a.len(), 15);
         assert!(validate_ifname(&a).is_ok());
+    }
+
+    #[test]
+    fn alternative_names_and_marks() {
+        // the colliding pair of issue 8
+        let (a, b) = ("adv00000016cfeb", "adv00000096aa38");
+        assert_eq!(host_veth_name(a, "eth0"), "veth2874cfad024");
+        assert_eq!(host_veth_name(b, "eth0"), "veth2874cfad024");
+        let alts: Vec<String> = (1..HOST_VETH_NAMES)
+            .map(|n| host_veth_alt_name(b, "eth0", n))
+            .collect();
+        for n in &alts {
+            assert!(validate_ifname(n).is_ok() && n.len() == 15, "{n}");
+            assert_ne!(n, &host_veth_name(b, "eth0"));
+        }
+        assert_ne!(alts[0], alts[1]);
+        assert_ne!(host_veth_alt_name(a, "eth0", 1), alts[0]);
+
+        let ma = attachment_mark(a, "eth0");
+        assert_ne!(ma, attachment_mark(b, "eth0"));
+        assert_ne!(ma, attachment_mark(a, "eth1"));
+        assert!(ma.starts_with(MARK_PREFIX) && ma.len() == MARK_PREFIX.len() + 64);
+        // pinned: `printf 'abc\r\neth0' | sha256sum`
+        assert_eq!(
+            attachment_mark("abc", "eth0"),
+            format!(
+                "{MARK_PREFIX}{}",
+                "6a80fccff7fbbeebbab285026bc87c61e4c67674df3c59bec57c905b6b7abc00"
+            )
+        );
+        let long = "c".repeat(4096);
+        assert_eq!(attachment_mark(&long, "eth0").len(), ma.len());
     }
 
     #[test]

@@ -1,20 +1,30 @@
-//! The `headcni` main plugin's ADD, DEL and CHECK, written over the [`crate::link`] traits
+//! The `headcni` main plugin's ADD, DEL, CHECK and GC, written over the [`crate::link`] traits
 //! and an [`IpamClient`], so it runs on rtnetlink in production and on recording fakes in
 //! tests. The binary (`headcni-cli`) only parses the request and wires the implementations.
 //!
-//! Semantics (CNI spec 1.1.0 §"ADD", §"DEL", §"CHECK"; netavark's validate-then-mutate and
-//! reverse rollback):
+//! Semantics (CNI spec 1.1.0 §"ADD", §"DEL", §"CHECK", §"GC"; netavark's validate-then-mutate
+//! and reverse rollback):
 //! - ADD: IPAM ADD → bridge (with gateway addresses, forwarding) → veth with the peer
-//!   created in the container netns → container addresses → container routes. Any failure
+//!   created in the container netns → the host end marked with the attachment's
+//!   [`attachment_mark`] (its alias) → container addresses → container routes. Any failure
 //!   undoes, in reverse, what this ADD created (the veth, a fresh IP reservation) and
 //!   returns the original error. A repeated ADD for a live attachment fails with code 102
-//!   and leaves the live attachment untouched.
-//! - DEL: idempotent. Deletes the veth pair by its host end (named after the attachment, so
-//!   the container's netns need not be entered; CNI_IFNAME in the netns only if the host end
-//!   is missing), then releases the IPAM reservation; succeeds when everything is already gone.
-//! - CHECK: verifies the bridge, the host veth's port (master, hairpin), the container
+//!   and leaves the live attachment untouched. When the host veth name ([`host_veth_name`])
+//!   is held by another attachment's link (a hash collision), ADD uses the next
+//!   [`host_veth_alt_name`] and never touches that link.
+//! - Ownership: DEL, CHECK and GC delete or accept a host link only when it carries the
+//!   attachment's mark (found under [`host_veth_name`], else by a dump for the mark). A link
+//!   made by a version before the mark existed has no alias; DEL and CHECK accept it only if
+//!   the container's CNI_IFNAME is its veth peer (see [`owned_host_link`]); otherwise it is
+//!   left alone.
+//! - DEL: idempotent. Deletes the veth pair by its owned host end (so the container's netns
+//!   need not be entered; CNI_IFNAME in the netns only if no owned host end exists), then
+//!   releases the IPAM reservation; succeeds when everything is already gone.
+//! - CHECK: verifies the bridge, the owned host veth's port (master, hairpin), the container
 //!   interface (MAC, MTU), addresses and routes listed in `prevResult`, and the IPAM
 //!   reservation; reports every difference (code 106).
+//! - GC: IPAM GC, then deletes the ports of the bridge marked for an attachment whose
+//!   reservation IPAM GC released (see [`gc`]).
 
 mod conf;
 
@@ -24,10 +34,16 @@ use std::path::Path;
 use async_trait::async_trait;
 use ipnetwork::IpNetwork;
 
-pub use conf::{BridgeConf, DEFAULT_BRIDGE, MAX_MTU, MIN_MTU, host_veth_name};
+pub use conf::{
+    BridgeConf, DEFAULT_BRIDGE, HOST_VETH_NAMES, MARK_PREFIX, MAX_MTU, MIN_MTU, attachment_mark,
+    host_veth_alt_name, host_veth_name,
+};
 
 use crate::cni::{CniError, CniResult, Dns, ErrorCode, GcAttachment, Interface, IpConfig, Route};
-use crate::link::{BridgeSpec, LinkError, LinkManager, RouteManager, RouteSpec, VethSpec};
+use crate::ipam::Attachment;
+use crate::link::{
+    BridgeSpec, LinkError, LinkInfo, LinkManager, RouteManager, RouteSpec, VethPair, VethSpec,
+};
 
 /// Opens link/route managers for the host namespace and for container namespaces.
 #[async_trait]
@@ -72,8 +88,11 @@ pub trait IpamClient: Send + Sync {
     async fn del(&self) -> Result<(), CniError>;
     /// IPAM CHECK against the final ADD result.
     async fn check(&self, prev: &CniResult) -> Result<(), CniError>;
-    /// IPAM GC: release everything not in `valid`.
-    async fn gc(&self, valid: &[GcAttachment]) -> Result<(), CniError>;
+    /// IPAM GC: release everything not in `valid`. Returns the attachments whose
+    /// reservations this call released, as far as the IPAM knows them (the in-process IPAM
+    /// reads them from its reservation files; a delegated plugin's GC has no result, so it
+    /// returns none). [`gc`] removes the host veths of exactly these attachments.
+    async fn gc(&self, valid: &[GcAttachment]) -> Result<Vec<Attachment>, CniError>;
     /// IPAM STATUS: can ADD succeed?
     async fn status(&self) -> Result<(), CniError>;
 }
@@ -182,13 +201,12 @@ where
         result: ipam_res,
         fresh,
     } = ipam.add().await?;
-    let host_name = host_veth_name(req.container_id, req.ifname);
-    let mut veth_created = false;
-    let outcome = add_links(ns, conf, req, &ipam_res, &host_name, &mut veth_created).await;
+    let mut veth_created: Option<String> = None;
+    let outcome = add_links(ns, conf, req, &ipam_res, &mut veth_created).await;
     match outcome {
         Ok(r) => Ok(r),
         Err(err) => {
-            if veth_created {
+            if let Some(host_name) = veth_created {
                 match ns.host().await {
                     Ok(h) => {
                         if let Err(e) = h.delete_link(&host_name).await {
@@ -211,8 +229,7 @@ async fn add_links<N: Namespaces + ?Sized>(
     conf: &BridgeConf,
     req: &AddRequest<'_>,
     ipam_res: &CniResult,
-    host_name: &str,
-    veth_created: &mut bool,
+    veth_created: &mut Option<String>,
 ) -> Result<CniResult, CniError> {
     if ipam_res.ips.is_empty() {
         return Err(CniError::new(
@@ -242,7 +259,7 @@ async fn add_links<N: Namespaces + ?Sized>(
     }
     let container = ns.open(req.netns).await?;
     let spec = VethSpec {
-        host_name: host_name.to_owned(),
+        host_name: String::new(),
         container_name: req.ifname.to_owned(),
         container_netns: req.netns.to_path_buf(),
         mtu: conf.mtu,
@@ -250,21 +267,7 @@ async fn add_links<N: Namespaces + ?Sized>(
         master: Some(conf.bridge.clone()),
         hairpin: conf.hairpin_mode,
     };
-    let pair = ns
-        .create_veth(&host, &container, &spec)
-        .await
-        .map_err(|e| match e {
-            LinkError::Exists(name) => CniError::new(
-                ErrorCode::InterfaceExists,
-                format!("interface {name:?} already exists"),
-            )
-            .with_details(format!(
-                "container {:?} interface {:?} (host end {host_name:?})",
-                req.container_id, req.ifname
-            )),
-            other => other.into(),
-        })?;
-    *veth_created = true;
+    let pair = create_marked_veth(ns, &host, &container, spec, req, veth_created).await?;
 
     for ip in &ipam_res.ips {
         container.add_address(req.ifname, ip.address).await?;
@@ -316,6 +319,129 @@ async fn add_links<N: Namespaces + ?Sized>(
     })
 }
 
+/// Code 102 for a name clash at veth creation.
+fn interface_exists(name: &str, req: &AddRequest<'_>, host_name: &str) -> CniError {
+    CniError::new(
+        ErrorCode::InterfaceExists,
+        format!("interface {name:?} already exists"),
+    )
+    .with_details(format!(
+        "container {:?} interface {:?} (host end {host_name:?})",
+        req.container_id, req.ifname
+    ))
+}
+
+/// Creates the attachment's veth pair under the first free of its [`HOST_VETH_NAMES`] host
+/// names and marks the host end with [`attachment_mark`]; `created` names the host end as
+/// soon as it exists (for the rollback). A host name held by a link carrying this
+/// attachment's mark is a repeated ADD (code 102); one held by any other link (another
+/// attachment's, or an unmarked one) is skipped without touching it. Code 102 also when the
+/// container already has CNI_IFNAME or every name is taken.
+async fn create_marked_veth<N: Namespaces + ?Sized>(
+    ns: &N,
+    host: &N::Handle,
+    container: &N::Handle,
+    mut spec: VethSpec,
+    req: &AddRequest<'_>,
+    created: &mut Option<String>,
+) -> Result<VethPair, CniError> {
+    let mark = attachment_mark(req.container_id, req.ifname);
+    for salt in 0..HOST_VETH_NAMES {
+        spec.host_name = if salt == 0 {
+            host_veth_name(req.container_id, req.ifname)
+        } else {
+            host_veth_alt_name(req.container_id, req.ifname, salt)
+        };
+        match ns.create_veth(host, container, &spec).await {
+            Ok(pair) => {
+                *created = Some(spec.host_name.clone());
+                host.set_alias(&spec.host_name, &mark).await?;
+                return Ok(pair);
+            }
+            Err(LinkError::Exists(name)) if name == spec.host_name => {
+                let holder = host.link(&name).await?;
+                if holder.is_some_and(|l| l.alias.as_deref() == Some(mark.as_str())) {
+                    return Err(interface_exists(&name, req, &spec.host_name));
+                }
+                note_on_stderr(
+                    "host veth name held by another link, trying the next name",
+                    &name,
+                );
+            }
+            Err(LinkError::Exists(name)) => {
+                return Err(interface_exists(&name, req, &spec.host_name));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(CniError::new(
+        ErrorCode::InterfaceExists,
+        "every host veth name of this attachment is taken",
+    )
+    .with_details(format!(
+        "container {:?} interface {:?}: {HOST_VETH_NAMES} names held by other links",
+        req.container_id, req.ifname
+    )))
+}
+
+/// Opens a container namespace; `None` when it no longer exists ([`LinkError::Netns`]).
+async fn open_if_present<N: Namespaces + ?Sized>(
+    ns: &N,
+    netns: &Path,
+) -> Result<Option<N::Handle>, LinkError> {
+    match ns.open(netns).await {
+        Ok(c) => Ok(Some(c)),
+        Err(LinkError::Netns { .. }) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// The host veth of an attachment, if one provably belongs to it:
+/// 1. the link named [`host_veth_name`] when its alias is the attachment's
+///    [`attachment_mark`];
+/// 2. when that link has no alias (made before marks existed), it is accepted only if the
+///    container namespace `netns` is open (`container`, opened here at most once and kept
+///    for the caller), both are veths, CNI_IFNAME's peer is in another namespace with this
+///    link's index, and this link's peer index is CNI_IFNAME's index;
+/// 3. else the one link in the namespace whose alias is the mark (an alternative name).
+///
+/// `None` when no link is proven: a link held by another attachment is never returned.
+pub async fn owned_host_link<N: Namespaces + ?Sized>(
+    ns: &N,
+    host: &N::Handle,
+    container: &mut Option<N::Handle>,
+    container_id: &str,
+    ifname: &str,
+    netns: Option<&Path>,
+) -> Result<Option<LinkInfo>, LinkError> {
+    let mark = attachment_mark(container_id, ifname);
+    if let Some(l) = host.link(&host_veth_name(container_id, ifname)).await? {
+        match l.alias.as_deref() {
+            Some(a) if a == mark => return Ok(Some(l)),
+            None => {
+                if container.is_none()
+                    && let Some(p) = netns
+                {
+                    *container = open_if_present(ns, p).await?;
+                }
+                let veth = |x: &LinkInfo| x.kind.as_deref() == Some("veth");
+                if veth(&l)
+                    && let Some(c) = container.as_ref()
+                    && let Some(peer) = c.link(ifname).await?
+                    && veth(&peer)
+                    && peer.peer_index == Some(l.index)
+                    && peer.link_netnsid.is_some()
+                    && l.peer_index == Some(peer.index)
+                {
+                    return Ok(Some(l));
+                }
+            }
+            Some(_) => {}
+        }
+    }
+    Ok(host.links_with_alias(&mark).await?.into_iter().next())
+}
+
 /// A DEL request's attachment parameters.
 #[derive(Debug, Clone)]
 pub struct DelRequest<'a> {
@@ -336,20 +462,31 @@ where
     N: Namespaces + ?Sized,
     I: IpamClient + ?Sized,
 {
-    // Deleting the host end (its name is derived from the attachment) removes the pair from
-    // the node's namespace without entering the container's; only when it is not there is
-    // the container's namespace opened to look for CNI_IFNAME.
+    // Deleting the owned host end removes the pair from the node's namespace without
+    // entering the container's; only when there is none is the container's namespace
+    // opened to look for CNI_IFNAME. A host link that is not proven to be this
+    // attachment's (another pod's, after a name collision) is never deleted.
     let host = ns.host().await?;
-    let host_end_existed = host
-        .delete_link(&host_veth_name(req.container_id, req.ifname))
-        .await?;
+    let mut container = None;
+    let owned = owned_host_link(
+        ns,
+        &host,
+        &mut container,
+        req.container_id,
+        req.ifname,
+        req.netns,
+    )
+    .await?;
+    let host_end_existed = match owned {
+        Some(l) => host.delete_link(&l.name).await?,
+        None => false,
+    };
     if !host_end_existed && let Some(netns) = req.netns {
-        match ns.open(netns).await {
-            Ok(c) => {
-                c.delete_link(req.ifname).await?;
-            }
-            Err(LinkError::Netns { .. }) => {}
-            Err(e) => return Err(e.into()),
+        if container.is_none() {
+            container = open_if_present(ns, netns).await?;
+        }
+        if let Some(c) = container {
+            c.delete_link(req.ifname).await?;
         }
     }
     ipam.del().await
@@ -406,10 +543,24 @@ where
         }
         _ => {}
     }
-    let host_name = host_veth_name(req.container_id, req.ifname);
-    match host.link(&host_name).await? {
-        None => problems.push(format!("host veth {host_name:?} is missing")),
+    let mut container = None;
+    let owned = owned_host_link(
+        ns,
+        &host,
+        &mut container,
+        req.container_id,
+        req.ifname,
+        Some(req.netns),
+    )
+    .await?;
+    match owned {
+        None => problems.push(format!(
+            "host veth of this attachment is missing (no link {:?} or marked {:?})",
+            host_veth_name(req.container_id, req.ifname),
+            attachment_mark(req.container_id, req.ifname)
+        )),
         Some(l) => {
+            let host_name = l.name.as_str();
             if let Some(b) = &bridge
                 && l.master != Some(b.index)
             {
@@ -418,7 +569,7 @@ where
                     conf.bridge
                 ));
             }
-            if host.hairpin(&host_name).await? != conf.hairpin_mode {
+            if host.hairpin(host_name).await? != conf.hairpin_mode {
                 problems.push(format!(
                     "hairpin mode of {host_name:?} is not {}",
                     conf.hairpin_mode
@@ -427,7 +578,10 @@ where
         }
     }
 
-    let c = ns.open(req.netns).await?;
+    let c = match container {
+        Some(c) => c,
+        None => ns.open(req.netns).await?,
+    };
     match c.link(req.ifname).await? {
         None => problems.push(format!(
             "interface {:?} is missing in {sandbox}",
@@ -479,6 +633,57 @@ where
     } else {
         Err(CniError::new(ErrorCode::CheckFailed, "CHECK failed").with_details(problems.join("; ")))
     }
+}
+
+/// CNI GC (CNI spec 1.1.0 §"GC"): IPAM GC releases every reservation whose attachment is not
+/// in `valid` (`cni.dev/valid-attachments`), then every port of `conf.bridge` whose alias is
+/// the [`attachment_mark`] of a released attachment is deleted, and with it the veth's
+/// container end (the pod's CNI_IFNAME). Links without a mark, with another attachment's
+/// mark, or of an attachment in `valid` are never touched; with a delegated IPAM nothing is
+/// released that is known, so no link is deleted. A missing bridge means no ports.
+///
+/// Errors: code 7 for an invalid `conf`, IPAM GC's error, code 103 when listing the ports
+/// fails; a failed deletion is reported (code 103) after the others were tried.
+pub async fn gc<N, I>(
+    ns: &N,
+    ipam: &I,
+    conf: &BridgeConf,
+    valid: &[GcAttachment],
+) -> Result<(), CniError>
+where
+    N: Namespaces + ?Sized,
+    I: IpamClient + ?Sized,
+{
+    conf.validate()?;
+    let released = ipam.gc(valid).await?;
+    let marks: std::collections::HashSet<String> = released
+        .iter()
+        .filter(|a| {
+            !valid
+                .iter()
+                .any(|v| v.container_id == a.container_id && v.ifname == a.ifname)
+        })
+        .map(|a| attachment_mark(&a.container_id, &a.ifname))
+        .collect();
+    if marks.is_empty() {
+        return Ok(());
+    }
+    let host = ns.host().await?;
+    let ports = match host.bridge_ports(&conf.bridge).await {
+        Ok(p) => p,
+        Err(LinkError::NotFound(_)) => return Ok(()),
+        Err(e) => return Err(e.into()),
+    };
+    let mut failed: Option<LinkError> = None;
+    for port in ports {
+        if port.alias.as_ref().is_some_and(|a| marks.contains(a))
+            && let Err(e) = host.delete_link(&port.name).await
+        {
+            note_on_stderr("GC: deleting a host veth failed", &e);
+            failed.get_or_insert(e);
+        }
+    }
+    failed.map_or(Ok(()), |e| Err(e.into()))
 }
 
 #[cfg(test)]

@@ -15,6 +15,8 @@ struct World {
     links: BTreeMap<String, BTreeMap<String, (LinkInfo, Vec<IpNetwork>)>>,
     routes: BTreeMap<String, Vec<RouteSpec>>,
     hairpin: HashSet<String>,
+    /// (netns, link) → (netns, link) of its veth peer, both directions
+    peers: BTreeMap<(String, String), (String, String)>,
     gone_netns: HashSet<String>,
     fail_on: Option<&'static str>,
     opens: u32,
@@ -57,6 +59,9 @@ fn info(w: &mut World, name: &str, kind: &str, master: Option<u32>) -> LinkInfo 
         up: true,
         master,
         kind: Some(kind.into()),
+        alias: None,
+        peer_index: None,
+        link_netnsid: None,
     }
 }
 
@@ -126,6 +131,13 @@ impl LinkManager for Handle {
         let mut w = self.world.w();
         fail(&mut w, "create_veth")?;
         let cns = spec.container_netns.to_string_lossy().into_owned();
+        // as the kernel adapter reports it: the host name first
+        if w.links
+            .get(&self.ns)
+            .is_some_and(|l| l.contains_key(&spec.host_name))
+        {
+            return Err(LinkError::Exists(spec.host_name.clone()));
+        }
         if w.links
             .get(&cns)
             .is_some_and(|l| l.contains_key(&spec.container_name))
@@ -144,6 +156,14 @@ impl LinkManager for Handle {
             h.mtu = mtu;
             c.mtu = mtu;
         }
+        (h.peer_index, h.link_netnsid) = (Some(c.index), Some(0));
+        (c.peer_index, c.link_netnsid) = (Some(h.index), Some(0));
+        let (hk, ck) = (
+            (self.ns.clone(), spec.host_name.clone()),
+            (cns.clone(), spec.container_name.clone()),
+        );
+        w.peers.insert(hk.clone(), ck.clone());
+        w.peers.insert(ck, hk);
         w.links
             .entry(self.ns.clone())
             .or_default()
@@ -169,22 +189,38 @@ impl LinkManager for Handle {
             .get_mut(&self.ns)
             .and_then(|l| l.remove(name))
             .is_some();
-        if existed {
-            // a veth pair dies together: drop any other veth end created with it (fakes keep it simple)
-            let peer_ns: Vec<String> = w.links.keys().filter(|k| *k != &self.ns).cloned().collect();
-            for ns in peer_ns {
-                if self.ns == HOST {
-                    w.links
-                        .get_mut(&ns)
-                        .unwrap()
-                        .retain(|_, (i, _)| i.kind.as_deref() != Some("veth"));
-                } else {
-                    let host_links = w.links.get_mut(HOST).unwrap();
-                    host_links.retain(|n, _| !n.starts_with("veth"));
-                }
+        // a veth pair dies together
+        if let Some((pns, pname)) = w.peers.remove(&(self.ns.clone(), name.to_owned())) {
+            w.peers.remove(&(pns.clone(), pname.clone()));
+            if let Some(l) = w.links.get_mut(&pns) {
+                l.remove(&pname);
             }
         }
         Ok(existed)
+    }
+    async fn set_alias(&self, name: &str, alias: &str) -> Result<(), LinkError> {
+        let mut w = self.world.w();
+        fail(&mut w, "set_alias")?;
+        let e = w
+            .links
+            .get_mut(&self.ns)
+            .and_then(|l| l.get_mut(name))
+            .ok_or_else(|| LinkError::NotFound(name.into()))?;
+        e.0.alias = Some(alias.to_owned());
+        Ok(())
+    }
+    async fn links_with_alias(&self, alias: &str) -> Result<Vec<LinkInfo>, LinkError> {
+        let mut w = self.world.w();
+        w.log.push(format!("dump {}", self.ns));
+        Ok(w.links
+            .get(&self.ns)
+            .map(|l| {
+                l.values()
+                    .filter(|(i, _)| i.alias.as_deref() == Some(alias))
+                    .map(|(i, _)| i.clone())
+                    .collect()
+            })
+            .unwrap_or_default())
     }
     async fn add_address(&self, link: &str, addr: IpNetwork) -> Result<(), LinkError> {
         let mut w = self.world.w();
@@ -207,8 +243,20 @@ impl LinkManager for Handle {
             .map(|e| e.1.clone())
             .unwrap_or_default())
     }
-    async fn bridge_ports(&self, _bridge: &str) -> Result<Vec<LinkInfo>, LinkError> {
-        Ok(vec![])
+    async fn bridge_ports(&self, bridge: &str) -> Result<Vec<LinkInfo>, LinkError> {
+        let w = self.world.w();
+        let links = w.links.get(&self.ns);
+        let index = links
+            .and_then(|l| l.get(bridge))
+            .ok_or_else(|| LinkError::NotFound(bridge.into()))?
+            .0
+            .index;
+        Ok(links
+            .into_iter()
+            .flat_map(|l| l.values())
+            .filter(|(i, _)| i.master == Some(index))
+            .map(|(i, _)| i.clone())
+            .collect())
     }
     async fn hairpin(&self, port: &str) -> Result<bool, LinkError> {
         Ok(self.world.w().hairpin.contains(port))
@@ -256,6 +304,8 @@ struct FakeIpam {
     reserved: Mutex<Option<CniResult>>,
     preexisting: bool,
     dels: Mutex<u32>,
+    /// what `gc` reports as released
+    released: Mutex<Vec<Attachment>>,
 }
 
 fn ipam_result() -> CniResult {
@@ -293,8 +343,8 @@ impl IpamClient for FakeIpam {
             Err(CniError::new(ErrorCode::CheckFailed, "no reservation"))
         }
     }
-    async fn gc(&self, _valid: &[GcAttachment]) -> Result<(), CniError> {
-        Ok(())
+    async fn gc(&self, _valid: &[GcAttachment]) -> Result<Vec<Attachment>, CniError> {
+        Ok(self.released.lock().unwrap().clone())
     }
     async fn status(&self) -> Result<(), CniError> {
         Ok(())
@@ -529,4 +579,271 @@ fn del_removes_the_pair_by_its_host_end_without_entering_the_netns() {
         "delete {HOST}:{}",
         host_veth_name("cid-a", "eth0")
     )));
+}
+
+// ---- host veth ownership (issue 8 items 3 and 11) ----
+
+/// Two container IDs whose host veth names collide (`veth2874cfad024` with `eth0`).
+const CID_A: &str = "adv00000016cfeb";
+const CID_B: &str = "adv00000096aa38";
+const NETNS_B: &str = "/run/netns/pod-b";
+
+fn add_req_for<'a>(cid: &'a str, netns: &'a str) -> AddRequest<'a> {
+    AddRequest {
+        container_id: cid,
+        netns: Path::new(netns),
+        ..add_req()
+    }
+}
+
+fn del_req_for<'a>(cid: &'a str, netns: Option<&'a str>) -> DelRequest<'a> {
+    DelRequest {
+        container_id: cid,
+        ifname: "eth0",
+        netns: netns.map(Path::new),
+    }
+}
+
+fn host_link(ns: &FakeNs, name: &str) -> Option<LinkInfo> {
+    ns.w()
+        .links
+        .get(HOST)
+        .and_then(|l| l.get(name))
+        .map(|x| x.0.clone())
+}
+
+fn has_link(ns: &FakeNs, netns: &str, name: &str) -> bool {
+    ns.w()
+        .links
+        .get(netns)
+        .is_some_and(|l| l.contains_key(name))
+}
+
+/// A link in the host namespace made by someone else (optionally a port of `master`).
+fn put_foreign(ns: &FakeNs, name: &str, master: Option<&str>, alias: Option<&str>) {
+    let mut w = ns.w();
+    let m = master.and_then(|m| w.links.get(HOST).and_then(|l| l.get(m)).map(|x| x.0.index));
+    let mut i = info(&mut w, name, "veth", m);
+    i.alias = alias.map(str::to_owned);
+    w.links
+        .entry(HOST.into())
+        .or_default()
+        .insert(name.into(), (i, vec![]));
+}
+
+#[test]
+fn colliding_attachment_gets_another_name_and_its_del_keeps_the_other_pod() {
+    let primary = host_veth_name(CID_A, "eth0");
+    assert_eq!(primary, host_veth_name(CID_B, "eth0"));
+    let ns = FakeNs::default();
+    let (ipam_a, ipam_b) = (FakeIpam::default(), FakeIpam::default());
+    let res_a = block_on(add(&ns, &ipam_a, &conf(), &add_req_for(CID_A, NETNS))).unwrap();
+    let res_b = block_on(add(&ns, &ipam_b, &conf(), &add_req_for(CID_B, NETNS_B))).unwrap();
+    let alt = host_veth_alt_name(CID_B, "eth0", 1);
+    assert_eq!(res_a.interfaces[1].name, primary);
+    assert_eq!(res_b.interfaces[1].name, alt);
+    assert_eq!(
+        host_link(&ns, &primary).unwrap().alias,
+        Some(attachment_mark(CID_A, "eth0"))
+    );
+    assert_eq!(
+        host_link(&ns, &alt).unwrap().alias,
+        Some(attachment_mark(CID_B, "eth0"))
+    );
+    // CHECK finds each attachment's own link
+    for (cid, netns, prev, ipam) in [
+        (CID_A, NETNS, &res_a, &ipam_a),
+        (CID_B, NETNS_B, &res_b, &ipam_b),
+    ] {
+        let req = CheckRequest {
+            container_id: cid,
+            ifname: "eth0",
+            netns: Path::new(netns),
+            prev,
+        };
+        block_on(check(&ns, ipam, &conf(), &req)).unwrap();
+    }
+
+    block_on(del(&ns, &ipam_b, &del_req_for(CID_B, Some(NETNS_B)))).unwrap();
+    assert!(host_link(&ns, &alt).is_none(), "B's host veth left");
+    assert!(!has_link(&ns, NETNS_B, "eth0"), "B's eth0 left");
+    assert!(
+        host_link(&ns, &primary).is_some(),
+        "DEL B deleted A's host veth"
+    );
+    assert!(has_link(&ns, NETNS, "eth0"), "DEL B deleted A's eth0");
+    assert!(ipam_a.reserved.lock().unwrap().is_some());
+
+    block_on(del(&ns, &ipam_a, &del_req_for(CID_A, Some(NETNS)))).unwrap();
+    assert!(host_link(&ns, &primary).is_none());
+    assert!(!has_link(&ns, NETNS, "eth0"));
+}
+
+#[test]
+fn del_and_check_never_take_a_link_marked_for_another_attachment() {
+    let ns = FakeNs::default();
+    let ipam = FakeIpam::default();
+    let prev = block_on(add(&ns, &ipam, &conf(), &add_req_for(CID_A, NETNS))).unwrap();
+    let primary = host_veth_name(CID_A, "eth0");
+    // B never had an ADD (or its ADD failed): its DEL, with or without a netns, leaves A alone
+    for netns in [Some(NETNS_B), None] {
+        block_on(del(&ns, &FakeIpam::default(), &del_req_for(CID_B, netns))).unwrap();
+        assert!(host_link(&ns, &primary).is_some(), "netns {netns:?}");
+        assert!(has_link(&ns, NETNS, "eth0"));
+    }
+    // B's CHECK does not accept A's link as B's (even with A's prevResult and netns)
+    let req = CheckRequest {
+        container_id: CID_B,
+        ifname: "eth0",
+        netns: Path::new(NETNS),
+        prev: &prev,
+    };
+    let err = block_on(check(&ns, &ipam, &conf(), &req)).unwrap_err();
+    assert!(
+        err.details
+            .contains("host veth of this attachment is missing"),
+        "{err:?}"
+    );
+}
+
+#[test]
+fn unmarked_links_are_taken_only_when_their_peer_proves_them() {
+    let ns = FakeNs::default();
+    let ipam = FakeIpam::default();
+    let prev = block_on(add(&ns, &ipam, &conf(), &add_req_for(CID_A, NETNS))).unwrap();
+    let primary = host_veth_name(CID_A, "eth0");
+    // as made by the version before marks
+    ns.w()
+        .links
+        .get_mut(HOST)
+        .unwrap()
+        .get_mut(&primary)
+        .unwrap()
+        .0
+        .alias = None;
+
+    // B's netns has no eth0 peered with it: left alone
+    block_on(del(
+        &ns,
+        &FakeIpam::default(),
+        &del_req_for(CID_B, Some(NETNS_B)),
+    ))
+    .unwrap();
+    assert!(host_link(&ns, &primary).is_some());
+    // B's netns has an eth0, but of another pair: left alone
+    block_on(add(
+        &ns,
+        &FakeIpam::default(),
+        &conf(),
+        &add_req_for("cid-c", NETNS_B),
+    ))
+    .unwrap();
+    block_on(del(
+        &ns,
+        &FakeIpam::default(),
+        &del_req_for(CID_B, Some(NETNS_B)),
+    ))
+    .unwrap();
+    assert!(host_link(&ns, &primary).is_some());
+    // without a netns nothing proves A's own unmarked link: left alone
+    block_on(del(&ns, &FakeIpam::default(), &del_req_for(CID_A, None))).unwrap();
+    assert!(host_link(&ns, &primary).is_some());
+    // CHECK of A accepts it through the peer
+    let req = CheckRequest {
+        container_id: CID_A,
+        ifname: "eth0",
+        netns: Path::new(NETNS),
+        prev: &prev,
+    };
+    block_on(check(&ns, &ipam, &conf(), &req)).unwrap();
+    // DEL of A proves it through A's eth0 and deletes it
+    block_on(del(&ns, &ipam, &del_req_for(CID_A, Some(NETNS)))).unwrap();
+    assert!(host_link(&ns, &primary).is_none());
+    assert!(!has_link(&ns, NETNS, "eth0"));
+}
+
+#[test]
+fn failing_mark_rolls_back_the_veth() {
+    let ns = FakeNs::default();
+    ns.w().fail_on = Some("set_alias");
+    let ipam = FakeIpam::default();
+    let err = block_on(add(&ns, &ipam, &conf(), &add_req())).unwrap_err();
+    assert_eq!(err.code, ErrorCode::Netlink.code());
+    assert!(host_link(&ns, &host_veth_name("cid-a", "eth0")).is_none());
+    assert!(!has_link(&ns, NETNS, "eth0"));
+    assert!(ipam.reserved.lock().unwrap().is_none());
+}
+
+#[test]
+fn add_fails_cleanly_when_every_name_is_held_by_others() {
+    let ns = FakeNs::default();
+    put_foreign(&ns, &host_veth_name("cid-a", "eth0"), None, None);
+    for n in 1..HOST_VETH_NAMES {
+        put_foreign(
+            &ns,
+            &host_veth_alt_name("cid-a", "eth0", n),
+            None,
+            Some("other"),
+        );
+    }
+    let ipam = FakeIpam::default();
+    let err = block_on(add(&ns, &ipam, &conf(), &add_req())).unwrap_err();
+    assert_eq!(err.code, ErrorCode::InterfaceExists.code());
+    assert_eq!(ns.w().links[HOST].len(), 1 + HOST_VETH_NAMES as usize); // + the bridge
+    assert!(!ns.w().log.iter().any(|l| l.starts_with("delete")));
+    assert!(
+        ipam.reserved.lock().unwrap().is_none(),
+        "fresh reservation kept"
+    );
+}
+
+#[test]
+fn gc_deletes_only_the_marked_ports_of_released_attachments() {
+    let ns = FakeNs::default();
+    let ipam = FakeIpam::default();
+    block_on(add(&ns, &ipam, &conf(), &add_req_for(CID_A, NETNS))).unwrap();
+    block_on(add(&ns, &ipam, &conf(), &add_req_for("cid-c", NETNS_B))).unwrap();
+    put_foreign(&ns, "vethforeign0", Some(DEFAULT_BRIDGE), None);
+    put_foreign(
+        &ns,
+        "vethforeign1",
+        Some(DEFAULT_BRIDGE),
+        Some("headcni:v1:00"),
+    );
+    // marked for a released attachment but not a port of this network's bridge
+    put_foreign(
+        &ns,
+        "vethelsewhere",
+        None,
+        Some(&attachment_mark("cid-d", "eth0")),
+    );
+    let att = |c: &str| Attachment {
+        container_id: c.into(),
+        ifname: "eth0".into(),
+    };
+    // IPAM released A and d, and (wrongly) claims c although c is valid
+    *ipam.released.lock().unwrap() = vec![att(CID_A), att("cid-c"), att("cid-d")];
+    let valid = [GcAttachment {
+        container_id: "cid-c".into(),
+        ifname: "eth0".into(),
+    }];
+    block_on(gc(&ns, &ipam, &conf(), &valid)).unwrap();
+    assert!(host_link(&ns, &host_veth_name(CID_A, "eth0")).is_none());
+    assert!(!has_link(&ns, NETNS, "eth0"), "the dead pod's eth0 left");
+    assert!(host_link(&ns, &host_veth_name("cid-c", "eth0")).is_some());
+    assert!(has_link(&ns, NETNS_B, "eth0"));
+    for n in ["vethforeign0", "vethforeign1", "vethelsewhere"] {
+        assert!(host_link(&ns, n).is_some(), "GC deleted {n}");
+    }
+}
+
+#[test]
+fn gc_with_nothing_released_deletes_nothing() {
+    let ns = FakeNs::default();
+    let ipam = FakeIpam::default();
+    block_on(add(&ns, &ipam, &conf(), &add_req())).unwrap();
+    // a delegated IPAM: released attachments unknown
+    block_on(gc(&ns, &ipam, &conf(), &[])).unwrap();
+    assert!(host_link(&ns, &host_veth_name("cid-a", "eth0")).is_some());
+    assert!(!ns.w().log.iter().any(|l| l.starts_with("delete")));
 }

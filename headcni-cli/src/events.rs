@@ -21,7 +21,9 @@
 //!
 //! Access control is the socket file's mode (0600, root only; see
 //! [`crate::daemon::events::serve`]): `sendto` on a unix socket needs write permission on it.
-//! Unknown JSON fields are ignored by the daemon so that the protocol can grow.
+//! Unknown JSON fields are ignored by the daemon so that the protocol can grow; every known
+//! field is bounded ([`PluginEvent::decode`]), so that a sender cannot grow the daemon's pod
+//! table or corrupt its metrics.
 
 use std::io::ErrorKind;
 use std::net::IpAddr;

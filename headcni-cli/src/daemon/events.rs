@@ -230,6 +230,21 @@ mod tests {
     }
 
     #[test]
+    fn apply_clamps_the_duration() {
+        let st: SharedState = Arc::new(RwLock::new(DaemonState::new("n", "host")));
+        let m = Metrics::new();
+        let mut e = ev("DEL", "a", true);
+        e.duration_us = u64::MAX;
+        apply(&st, &m, e);
+        assert!(
+            m.encode()
+                .contains("headcni_cni_operation_duration_seconds_sum{verb=\"DEL\"} 600.0\n"),
+            "{}",
+            m.encode()
+        );
+    }
+
+    #[test]
     fn bind_refuses_a_regular_file() {
         let dir = tempfile::tempdir().expect("tempdir");
         let p = dir.path().join("daemon.sock");

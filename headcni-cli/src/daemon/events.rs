@@ -14,11 +14,22 @@ use tokio_util::sync::CancellationToken;
 
 use super::metrics::Metrics;
 use super::state::{PodEntry, SharedState};
-use crate::events::{MAX_EVENT_BYTES, PluginEvent};
+use crate::events::{MAX_DURATION_US, MAX_EVENT_BYTES, PluginEvent};
 
 /// The most pod attachments the table holds; further ADDs are counted but not stored, so that
 /// a runaway sender cannot grow the daemon without bound (a node runs ~110 pods by default).
 pub const MAX_PODS: usize = 8192;
+
+/// An upper bound of the memory one pod-table entry takes, in bytes, given the field bounds
+/// [`PluginEvent::decode`] enforces: the key (`containerID/ifname`, ≤ 256 + 1 + 15 bytes),
+/// the entry's strings (≤ 256 + 15 + 63 + 253 bytes), up to 8 addresses (17 bytes each),
+/// the inline key and entry (160 bytes, doubled for half-full B-tree nodes) and the
+/// allocator's per-allocation overhead (6 allocations × 32 bytes): about 1.5 KiB, rounded up.
+pub const MAX_POD_ENTRY_BYTES: usize = 2048;
+
+/// An upper bound of the pod table's memory, in bytes: [`MAX_PODS`] × [`MAX_POD_ENTRY_BYTES`]
+/// = 16 MiB.
+pub const MAX_POD_TABLE_BYTES: usize = MAX_PODS * MAX_POD_ENTRY_BYTES;
 
 /// The pod-table key of an attachment: `containerID/ifname`.
 pub fn pod_key(container_id: &str, ifname: &str) -> String {
@@ -28,9 +39,13 @@ pub fn pod_key(container_id: &str, ifname: &str) -> String {
 /// Applies one event to the pod table and the metrics: a successful ADD inserts (or replaces)
 /// the attachment, any DEL removes it (the runtime has given up on the attachment even when
 /// DEL failed, and it retries DEL on its own); other verbs only count.
+///
+/// `ev` is expected to come from [`PluginEvent::decode`] (bounded fields); the duration is
+/// clamped to [`MAX_DURATION_US`] here too, so that no caller can corrupt the histogram.
 pub fn apply(state: &SharedState, metrics: &Metrics, ev: PluginEvent) {
-    // u64 microseconds → f64 seconds: exact up to 2^53 µs (285 years).
-    metrics.record_cni(&ev.verb, ev.ok, ev.duration_us as f64 / 1e6);
+    // u64 microseconds → f64 seconds, exact below 2^53 µs.
+    let duration_us = ev.duration_us.min(MAX_DURATION_US);
+    metrics.record_cni(&ev.verb, ev.ok, duration_us as f64 / 1e6);
     let key = pod_key(&ev.container_id, &ev.ifname);
     let mut st = state.write().unwrap_or_else(|e| e.into_inner());
     match ev.verb.as_str() {
@@ -136,7 +151,8 @@ fn remove_own(socket: &Path, ino: Option<(u64, u64)>) {
 
 /// Serves the plugin event socket until `cancel`: creates the parent directory (0755),
 /// replaces a stale socket, binds with mode 0600 (root only), and applies every well-formed
-/// event to the pod table and the CNI metrics ([`apply`]). Malformed datagrams are counted
+/// event to the pod table and the CNI metrics ([`apply`]). Malformed datagrams, and events
+/// breaking a field bound of [`PluginEvent::decode`], are counted
 /// (`headcni_plugin_events_total{result="malformed"}`) and ignored. On cancel it returns
 /// `Ok(())` and removes the socket.
 pub async fn serve(
@@ -159,15 +175,15 @@ pub async fn serve(
             r = sock.recv(&mut buf) => r,
         };
         match n {
-            Ok(n) => match buf.get(..n).and_then(PluginEvent::decode) {
-                Some(ev) => {
+            Ok(n) => match PluginEvent::decode(buf.get(..n).unwrap_or_default()) {
+                Ok(ev) => {
                     metrics.record_plugin_event(true);
                     tracing::debug!(verb = %ev.verb, container = %ev.container_id, ok = ev.ok, "plugin event");
                     apply(&state, &metrics, ev);
                 }
-                None => {
+                Err(e) => {
                     metrics.record_plugin_event(false);
-                    tracing::debug!("malformed plugin event ({n} bytes) ignored");
+                    tracing::debug!("malformed plugin event ({n} bytes) ignored: {e}");
                 }
             },
             Err(e) if matches!(e.kind(), ErrorKind::Interrupted | ErrorKind::WouldBlock) => {}
@@ -211,6 +227,21 @@ mod tests {
         apply(&st, &m, ev("DEL", "a", false));
         assert_eq!(st.read().map(|s| s.pods.len()).unwrap_or(9), 0);
         assert!(m.encode().contains("headcni_pods 0"));
+    }
+
+    #[test]
+    fn apply_clamps_the_duration() {
+        let st: SharedState = Arc::new(RwLock::new(DaemonState::new("n", "host")));
+        let m = Metrics::new();
+        let mut e = ev("DEL", "a", true);
+        e.duration_us = u64::MAX;
+        apply(&st, &m, e);
+        assert!(
+            m.encode()
+                .contains("headcni_cni_operation_duration_seconds_sum{verb=\"DEL\"} 600.0\n"),
+            "{}",
+            m.encode()
+        );
     }
 
     #[test]

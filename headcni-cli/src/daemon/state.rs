@@ -112,5 +112,97 @@ impl DaemonState {
     }
 }
 
+/// The most pods one `/status` answer lists (and the default page size): it bounds the
+/// answer to about 128 × 1.6 KiB (the largest entry the event bounds allow, as JSON) plus the
+/// node and control-plane part, whatever the size of the pod table.
+pub const MAX_STATUS_PODS: usize = 128;
+
+/// The `/status` document: the [`DaemonState`] with one page of its pod table (`pods` holds
+/// at most [`MAX_STATUS_PODS`] entries, from `pods_offset` in key order), and where that page
+/// is in the whole table. Deserializes from a daemon that sends the whole table without these
+/// fields, too (`pods_total` is then `None`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StatusDoc {
+    /// The state; `pods` is one page only.
+    #[serde(flatten)]
+    pub state: DaemonState,
+    /// How many pods the daemon's table holds.
+    #[serde(default)]
+    pub pods_total: Option<usize>,
+    /// The index (in key order) of the first pod of this page.
+    #[serde(default)]
+    pub pods_offset: usize,
+    /// Whether pods follow this page (ask again with `pods_offset` + the page's length).
+    #[serde(default)]
+    pub pods_truncated: bool,
+}
+
+impl DaemonState {
+    /// The `/status` document with the pods from index `offset` (key order), at most `limit`
+    /// of them (clamped to 1..=[`MAX_STATUS_PODS`]). Clones only that page of the table.
+    pub fn status_page(&self, offset: usize, limit: usize) -> StatusDoc {
+        let limit = limit.clamp(1, MAX_STATUS_PODS);
+        let pods: BTreeMap<String, PodEntry> = self
+            .pods
+            .iter()
+            .skip(offset)
+            .take(limit)
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let end = offset.saturating_add(pods.len());
+        let state = DaemonState {
+            node_name: self.node_name.clone(),
+            mode: self.mode.clone(),
+            pod_cidrs: self.pod_cidrs.clone(),
+            pod_cidr_source: self.pod_cidr_source,
+            conflist: self.conflist.clone(),
+            conflist_written: self.conflist_written,
+            masquerade_ready: self.masquerade_ready,
+            control: self.control.clone(),
+            pods,
+            started_at: self.started_at,
+        };
+        StatusDoc {
+            state,
+            pods_total: Some(self.pods.len()),
+            pods_offset: offset,
+            pods_truncated: end < self.pods.len(),
+        }
+    }
+}
+
 /// The state shared between the daemon's tasks.
 pub type SharedState = Arc<RwLock<DaemonState>>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_pages_cover_the_table() {
+        let mut s = DaemonState::new("n", "host");
+        for i in 0..300 {
+            s.pods.insert(
+                format!("c{i:03}/eth0"),
+                PodEntry {
+                    container_id: format!("c{i:03}"),
+                    ifname: "eth0".into(),
+                    namespace: None,
+                    name: None,
+                    ips: Vec::new(),
+                    added_at: SystemTime::UNIX_EPOCH,
+                },
+            );
+        }
+        let first = s.status_page(0, usize::MAX);
+        assert_eq!(first.state.pods.len(), MAX_STATUS_PODS);
+        assert_eq!((first.pods_total, first.pods_truncated), (Some(300), true));
+        let last = s.status_page(256, 100);
+        assert_eq!(last.state.pods.len(), 44);
+        assert!(!last.pods_truncated);
+        assert!(last.state.pods.contains_key("c299/eth0"));
+        let past = s.status_page(1000, 10);
+        assert!(past.state.pods.is_empty() && !past.pods_truncated);
+        assert_eq!(s.status_page(0, 0).state.pods.len(), 1, "limit 0 means 1");
+    }
+}

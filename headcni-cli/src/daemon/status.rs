@@ -14,13 +14,18 @@ use hyper_util::rt::TokioIo;
 use ipnetwork::IpNetwork;
 use tokio::net::TcpStream;
 
-use super::state::DaemonState;
+use super::state::{DaemonState, MAX_STATUS_PODS, StatusDoc};
 
 /// The whole exchange with the daemon must finish within this time.
 const TIMEOUT: Duration = Duration::from_secs(5);
 
-/// The largest `/status` body accepted (a node with thousands of pods stays far below).
-const MAX_BODY: usize = 16 * 1024 * 1024;
+/// The largest `/status` page accepted, in bytes (a page holds at most
+/// [`MAX_STATUS_PODS`] pods: well below 1 MiB).
+const MAX_BODY: usize = 4 * 1024 * 1024;
+
+/// The most `/status` pages fetched: enough for the daemon's whole pod table
+/// ([`MAX_PODS`](super::events::MAX_PODS)) with room for pods added while paging.
+const MAX_PAGES: usize = super::events::MAX_PODS / MAX_STATUS_PODS + 8;
 
 /// `headcni status` arguments.
 #[derive(clap::Args, Debug, Clone)]
@@ -28,76 +33,156 @@ pub struct StatusArgs {
     /// Address of the daemon's HTTP endpoint (`[daemon] listen`).
     #[arg(long, default_value = "127.0.0.1:8081")]
     pub listen: SocketAddr,
-    /// Print the daemon's raw JSON status instead of the human summary.
+    /// Print the daemon's status as JSON (every pod, in one document) instead of the human
+    /// summary.
     #[arg(long)]
     pub json: bool,
 }
 
-/// Fetches `GET /status` from the daemon at `listen`: the raw JSON body.
+/// Fetches `GET /status` (its first page of pods) from the daemon at `listen`: the raw JSON
+/// body.
 pub async fn fetch(listen: SocketAddr) -> anyhow::Result<Bytes> {
-    tokio::time::timeout(TIMEOUT, fetch_inner(listen))
-        .await
-        .map_err(|_| {
-            anyhow::anyhow!(
-                "the headcni daemon at {listen} did not answer within {}s",
-                TIMEOUT.as_secs()
-            )
-        })?
+    within_timeout(listen, async {
+        let mut client = Client::connect(listen).await?;
+        client.get("/status").await
+    })
+    .await
 }
 
-async fn fetch_inner(listen: SocketAddr) -> anyhow::Result<Bytes> {
-    let stream = match TcpStream::connect(listen).await {
-        Ok(s) => s,
-        Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => bail!(
-            "the headcni daemon is not running: nothing listens on {listen} \
-             (start it with `headcni daemon`, or pass --listen with its [daemon] listen address)"
-        ),
-        Err(e) => {
-            return Err(e).with_context(|| format!("connecting to the headcni daemon at {listen}"));
+/// Fetches the daemon's whole status: `GET /status` page after page (`pods_offset`), over one
+/// connection, until the pod table is complete, and merges the pages (a pod added or removed
+/// while paging may be missed or listed twice, as in any listing of a changing table; the
+/// pods are keyed, so twice is once). Works with a daemon that sends every pod in one answer.
+pub async fn fetch_all(listen: SocketAddr) -> anyhow::Result<StatusDoc> {
+    within_timeout(listen, async {
+        let mut client = Client::connect(listen).await?;
+        let mut doc = parse(listen, &client.get("/status").await?)?;
+        let mut next = doc.pods_offset + doc.state.pods.len();
+        let mut pages = 1;
+        while doc.pods_truncated {
+            if pages >= MAX_PAGES {
+                bail!("the daemon at {listen} lists more than {MAX_PAGES} pages of pods");
+            }
+            let path = format!("/status?pods_offset={next}&pods_limit={MAX_STATUS_PODS}");
+            let page = parse(listen, &client.get(&path).await?)?;
+            pages += 1;
+            let got = page.state.pods.len();
+            next += got;
+            doc.state.pods.extend(page.state.pods);
+            doc.pods_total = page.pods_total;
+            doc.pods_truncated = page.pods_truncated && got > 0;
         }
-    };
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .with_context(|| format!("HTTP handshake with {listen}"))?;
-    let driver = tokio::spawn(conn);
-    let req = Request::get("/status")
-        .header(header::HOST, listen.to_string())
-        .header(header::ACCEPT, "application/json")
-        .body(Empty::<Bytes>::new())
-        .context("building the /status request")?;
-    let resp = sender
-        .send_request(req)
-        .await
-        .with_context(|| format!("GET http://{listen}/status"))?;
-    let status = resp.status();
-    let body = Limited::new(resp.into_body(), MAX_BODY)
-        .collect()
-        .await
-        .map_err(|e| anyhow::anyhow!("reading the /status body from {listen}: {e}"))?
-        .to_bytes();
-    driver.abort();
-    if status != StatusCode::OK {
-        bail!(
-            "GET http://{listen}/status answered {status}: {}",
-            String::from_utf8_lossy(&body).trim()
-        );
-    }
-    Ok(body)
+        // The merged document describes the whole table.
+        doc.pods_offset = 0;
+        Ok(doc)
+    })
+    .await
 }
 
-/// Runs `headcni status`: prints the daemon's status (human text, or the raw JSON with
-/// `--json`) and returns whether the node is ready. An error (with a clear message) when the
-/// daemon is not running or answers something that is not a status.
-pub async fn run(args: &StatusArgs) -> anyhow::Result<bool> {
-    let body = fetch(args.listen).await?;
-    let state: DaemonState = serde_json::from_slice(&body)
-        .with_context(|| format!("{} did not answer a headcni status", args.listen))?;
-    if args.json {
-        println!("{}", String::from_utf8_lossy(&body).trim_end());
-    } else {
-        print!("{}", render(&state));
+fn parse(listen: SocketAddr, body: &[u8]) -> anyhow::Result<StatusDoc> {
+    serde_json::from_slice(body)
+        .with_context(|| format!("{listen} did not answer a headcni status"))
+}
+
+async fn within_timeout<T>(
+    listen: SocketAddr,
+    f: impl std::future::Future<Output = anyhow::Result<T>>,
+) -> anyhow::Result<T> {
+    tokio::time::timeout(TIMEOUT, f).await.map_err(|_| {
+        anyhow::anyhow!(
+            "the headcni daemon at {listen} did not answer within {}s",
+            TIMEOUT.as_secs()
+        )
+    })?
+}
+
+/// One HTTP/1.1 keep-alive connection to the daemon.
+struct Client {
+    listen: SocketAddr,
+    sender: hyper::client::conn::http1::SendRequest<Empty<Bytes>>,
+    driver: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        self.driver.abort();
     }
-    Ok(state.not_ready_reasons().is_empty())
+}
+
+impl Client {
+    async fn connect(listen: SocketAddr) -> anyhow::Result<Client> {
+        let stream = match TcpStream::connect(listen).await {
+            Ok(s) => s,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => bail!(
+                "the headcni daemon is not running: nothing listens on {listen} \
+                 (start it with `headcni daemon`, or pass --listen with its [daemon] listen address)"
+            ),
+            Err(e) => {
+                return Err(e)
+                    .with_context(|| format!("connecting to the headcni daemon at {listen}"));
+            }
+        };
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .with_context(|| format!("HTTP handshake with {listen}"))?;
+        let driver = tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        Ok(Client {
+            listen,
+            sender,
+            driver,
+        })
+    }
+
+    /// `GET path`: the body of a `200` answer (at most [`MAX_BODY`] bytes), else an error.
+    async fn get(&mut self, path: &str) -> anyhow::Result<Bytes> {
+        let listen = self.listen;
+        self.sender
+            .ready()
+            .await
+            .with_context(|| format!("GET http://{listen}{path}"))?;
+        let req = Request::get(path)
+            .header(header::HOST, listen.to_string())
+            .header(header::ACCEPT, "application/json")
+            .body(Empty::<Bytes>::new())
+            .context("building the /status request")?;
+        let resp = self
+            .sender
+            .send_request(req)
+            .await
+            .with_context(|| format!("GET http://{listen}{path}"))?;
+        let status = resp.status();
+        let body = Limited::new(resp.into_body(), MAX_BODY)
+            .collect()
+            .await
+            .map_err(|e| anyhow::anyhow!("reading the {path} body from {listen}: {e}"))?
+            .to_bytes();
+        if status != StatusCode::OK {
+            bail!(
+                "GET http://{listen}{path} answered {status}: {}",
+                String::from_utf8_lossy(&body).trim()
+            );
+        }
+        Ok(body)
+    }
+}
+
+/// Runs `headcni status`: prints the daemon's status (human text, or JSON with `--json`),
+/// every pod included (fetched page by page, [`fetch_all`]), and returns whether the node is
+/// ready. An error (with a clear message) when the daemon is not running or answers something
+/// that is not a status.
+pub async fn run(args: &StatusArgs) -> anyhow::Result<bool> {
+    let doc = fetch_all(args.listen).await?;
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&doc).context("encoding the status as JSON")?
+        );
+    } else {
+        print!("{}", render(&doc.state));
+    }
+    Ok(doc.state.not_ready_reasons().is_empty())
 }
 
 /// Replaces control characters so that names received from the network cannot drive the

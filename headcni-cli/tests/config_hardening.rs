@@ -222,6 +222,25 @@ fn key_file_owned_by_nobody_is_refused_root_owned_accepted() {
     assert!(!refused.all().contains("topsecret"));
 }
 
+/// A FIFO in place of the key file used to block `config check` (and the daemon) in `open`.
+#[test]
+fn key_file_fifo_is_refused_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("api-key");
+    nix::unistd::mkfifo(&key, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    let f = Cfg::new(&format!(
+        "[headscale]\nurl = \"https://hs.example.com\"\napi_key_file = \"{}\"\n",
+        key.display()
+    ));
+    let r = f.check();
+    assert!(!r.ok);
+    assert!(
+        r.stdout.contains("headscale.api_key_file") && r.stdout.contains("not a regular file"),
+        "{}",
+        r.all()
+    );
+}
+
 // =============================================================================================
 // Item 10: every error at once, unknown sections, warnings
 // =============================================================================================

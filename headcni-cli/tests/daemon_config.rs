@@ -339,6 +339,7 @@ fn every_key_has_an_env_override() {
         ("headscale.user", "pods"),
         ("headscale.timeout_secs", "7"),
         ("daemon.listen", "127.0.0.1:9999"),
+        ("daemon.expose_to_network", "true"),
         ("daemon.state_dir", "/var/lib/hc2"),
         ("daemon.reconcile_interval_secs", "5"),
         ("daemon.log_level", "debug"),
@@ -373,6 +374,7 @@ fn every_key_has_an_env_override() {
     assert_eq!(c.headscale.approval, Approval::AutoApprovers);
     assert_eq!(c.headscale.timeout_secs, 7);
     assert_eq!(c.daemon.log_format, LogFormat::Json);
+    assert!(c.daemon.expose_to_network);
     assert_eq!(c.interface(), "ts9");
     assert_eq!(c.tailscale_socket(), Path::new("/run/ts.sock"));
 }
@@ -634,15 +636,18 @@ fn bad_values_are_typed_errors_naming_the_key_and_origin() {
     ));
 }
 
+/// Unknown keys inside a known section are accepted and reported; an unknown section is an
+/// error since issue 8 (tests/config_hardening.rs).
 #[test]
 fn unknown_keys_are_accepted_and_reported() {
-    let f =
-        config_file("[node]\npod_cidr = \"10.244.1.0/24\"\npodcidr = \"typo\"\n[future]\nx = 1\n");
+    let f = config_file(
+        "[node]\npod_cidr = \"10.244.1.0/24\"\npodcidr = \"typo\"\n[cni]\nfuture = 1\n",
+    );
     let l = load(&flags_for(&f), &[]).unwrap();
     assert_eq!(l.config.node.pod_cidr, vec![n("10.244.1.0/24")]);
     assert_eq!(
         l.unknown_keys,
-        vec!["future".to_owned(), "node.podcidr".to_owned()]
+        vec!["cni.future".to_owned(), "node.podcidr".to_owned()]
     );
     let shown = config::render_show(&l, &env_of(&[]));
     assert!(shown.contains("node.podcidr: unknown key"), "{shown}");

@@ -22,8 +22,19 @@
 //! calls it again with the same [`DaemonFlags`] on SIGHUP and keeps every override (the Go
 //! original dropped them on reload).
 //!
-//! Unknown keys are accepted (a newer file on an older binary keeps working) and logged once
-//! per key and process.
+//! Unknown keys inside a known section are accepted (a newer file on an older binary keeps
+//! working) and logged once per key and process. An unknown section (`[daemonx]`) is an error:
+//! a misspelled section header would silently drop every key under it.
+//!
+//! # Errors and warnings
+//!
+//! [`check_from`] reports everything in one pass: every value that does not parse, every
+//! unknown section and every validation problem ([`Config::validate_with`]) are errors;
+//! [`Config::warnings`] are legal but suspicious settings (a PodCIDR inside the tailnet's
+//! `100.64.0.0/10`, `cluster_cidr = 0.0.0.0/0`, a non-loopback `daemon.listen`, ...).
+//! `headcni config check` prints both; the daemon refuses to start on errors and logs the
+//! warnings at start and on reload. Messages never quote a secret: URLs pass through
+//! [`headcni_headscale::secret::redact_url`].
 //!
 //! # Keys
 //!
@@ -65,7 +76,8 @@
 //! timeout_secs = 10                # per Headscale/LocalAPI request
 //!
 //! [daemon]
-//! listen = "127.0.0.1:8081"        # /metrics, /healthz, /readyz
+//! listen = "127.0.0.1:8081"        # /metrics, /healthz, /readyz, /status
+//! expose_to_network = false        # true: a non-loopback listen is intended (no warning)
 //! state_dir = "/var/lib/headcni"
 //! reconcile_interval_secs = 30
 //! log_level = "info"               # or a tracing filter, e.g. "info,headcni_headscale=debug"
@@ -82,6 +94,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use headcni_core::ipam::Strategy;
 use headcni_core::node::podcidr as fmt_cidr;
+use headcni_headscale::secret::{REDACTED, looks_like_key, redact_url, redact_urls_in};
 use ipnetwork::IpNetwork;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize};
@@ -408,6 +421,10 @@ impl HeadscaleConfig {
 pub struct DaemonConfig {
     /// `/metrics`, `/healthz`, `/readyz`, `/status`.
     pub listen: SocketAddr,
+    /// Acknowledges that a non-loopback [`DaemonConfig::listen`] is intended: `/status` and
+    /// `/metrics` (node name, PodCIDRs, routes, peers, pods; no authentication) are then
+    /// reachable from the network. Only silences that warning.
+    pub expose_to_network: bool,
     /// Persistent state.
     pub state_dir: PathBuf,
     /// Periodic reconcile interval, in seconds.
@@ -422,6 +439,7 @@ impl Default for DaemonConfig {
     fn default() -> Self {
         DaemonConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8081)),
+            expose_to_network: false,
             state_dir: PathBuf::from("/var/lib/headcni"),
             reconcile_interval_secs: 30,
             log_level: "info".to_owned(),
@@ -532,7 +550,20 @@ pub enum ConfigError {
         /// What is wrong.
         message: String,
     },
-    /// The values are individually well-formed but the configuration is not usable.
+    /// The file has a section this version does not know (e.g. a misspelled `[daemonx]`).
+    #[error(
+        "unknown section [{section}] in config file {path} (known: {}): a misspelled section \
+         would silently drop every key under it",
+        SECTIONS.join(", ")
+    )]
+    UnknownSection {
+        /// The section's name.
+        section: String,
+        /// The file.
+        path: PathBuf,
+    },
+    /// Several problems: values that do not parse, unknown sections (when there is more
+    /// than one), or values that are well-formed but not usable together.
     #[error("invalid configuration: {}", problems.iter().map(|p| p.to_string()).collect::<Vec<_>>().join("; "))]
     Invalid {
         /// Every problem found.
@@ -545,8 +576,45 @@ impl ConfigError {
     pub fn key(&self) -> Option<&str> {
         match self {
             ConfigError::InvalidValue { key, .. } => Some(key),
+            ConfigError::UnknownSection { section, .. } => Some(section),
             ConfigError::Invalid { problems } => problems.first().map(|p| p.key.as_str()),
             _ => None,
+        }
+    }
+}
+
+impl ConfigError {
+    /// This error as one [`Problem`] (its key, and the rest of the message).
+    fn to_problem(&self) -> Problem {
+        match self {
+            ConfigError::InvalidValue {
+                key,
+                origin,
+                message,
+            } => Problem {
+                key: key.clone(),
+                message: format!("invalid value (from {origin}): {message}"),
+            },
+            ConfigError::UnknownSection { section, .. } => Problem {
+                key: format!("[{section}]"),
+                message: self.to_string(),
+            },
+            other => Problem {
+                key: String::new(),
+                message: other.to_string(),
+            },
+        }
+    }
+
+    /// One error for a list of load errors: the error itself when there is one, else
+    /// [`ConfigError::Invalid`] with all of them.
+    fn collect(mut errors: Vec<ConfigError>) -> Option<ConfigError> {
+        match errors.len() {
+            0 => None,
+            1 => errors.pop(),
+            _ => Some(ConfigError::Invalid {
+                problems: errors.iter().map(ConfigError::to_problem).collect(),
+            }),
         }
     }
 }
@@ -601,6 +669,7 @@ const KEYS: &[(&str, &str, Kind)] = &[
     ("headscale", "user", Kind::Str),
     ("headscale", "timeout_secs", Kind::Int),
     ("daemon", "listen", Kind::Str),
+    ("daemon", "expose_to_network", Kind::Bool),
     ("daemon", "state_dir", Kind::Str),
     ("daemon", "reconcile_interval_secs", Kind::Int),
     ("daemon", "log_level", Kind::Str),
@@ -707,7 +776,7 @@ impl Layers {
             .map_err(|e| ConfigError::InvalidValue {
                 key: format!("{section}.{key}"),
                 origin: origin.clone(),
-                message: e.to_string().trim().to_owned(),
+                message: redact_urls_in(e.to_string().trim()),
             })
     }
 
@@ -726,7 +795,7 @@ impl Layers {
             .map_err(|e| ConfigError::InvalidValue {
                 key: format!("{section}.{key}"),
                 origin: origin.clone(),
-                message: e.to_string().trim().to_owned(),
+                message: redact_urls_in(e.to_string().trim()),
             })
     }
 }
@@ -810,10 +879,29 @@ pub fn load(flags: &DaemonFlags) -> Result<Config, ConfigError> {
 }
 
 /// [`load`] with an explicit environment lookup, returning the origins too.
+///
+/// Errors: [`ConfigError::NotFound`], [`ConfigError::Read`], [`ConfigError::Parse`] for the
+/// file; a single bad value is [`ConfigError::InvalidValue`], a single unknown section
+/// [`ConfigError::UnknownSection`], several of them one [`ConfigError::Invalid`] listing all.
+/// Validation is separate ([`Config::validate_with`], or everything at once: [`check_from`]).
 pub fn load_from(
     flags: &DaemonFlags,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Loaded, ConfigError> {
+    let (loaded, errors) = load_collecting(flags, env)?;
+    match ConfigError::collect(errors) {
+        None => Ok(loaded),
+        Some(e) => Err(e),
+    }
+}
+
+/// Loads, keeping the default of every value that does not parse and collecting those errors
+/// (and unknown sections). `Err` only when the file itself cannot be used.
+fn load_collecting(
+    flags: &DaemonFlags,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<(Loaded, Vec<ConfigError>), ConfigError> {
+    let mut errors = Vec::new();
     let env_nonempty = |k: &str| env(k).filter(|v| !v.trim().is_empty());
     let (path, explicit) = match &flags.config {
         Some(p) => (p.clone(), true),
@@ -827,21 +915,26 @@ pub fn load_from(
     // 2. the file
     let file = match std::fs::read_to_string(&path) {
         Ok(text) => {
+            // The parser quotes the offending line, which may hold a URL with a password.
             let table: toml::Table = toml::from_str(&text).map_err(|e| ConfigError::Parse {
                 path: path.clone(),
-                message: e.to_string().trim().to_owned(),
+                message: redact_urls_in(e.to_string().trim()),
             })?;
             for (section, value) in table {
                 let Some(sec) = static_section(&section) else {
-                    unknown_keys.push(section);
+                    errors.push(ConfigError::UnknownSection {
+                        section,
+                        path: path.clone(),
+                    });
                     continue;
                 };
                 let toml::Value::Table(keys) = value else {
-                    return Err(ConfigError::InvalidValue {
+                    errors.push(ConfigError::InvalidValue {
                         key: section,
                         origin: Origin::File(path.clone()),
                         message: format!("[{sec}] must be a table"),
                     });
+                    continue;
                 };
                 for (key, v) in keys {
                     match registry_entry(sec, &key) {
@@ -866,12 +959,14 @@ pub fn load_from(
     for (section, key, kind) in KEYS {
         let var = env_var_name(section, key);
         if let Some(text) = env_nonempty(&var) {
-            let v = env_value(*kind, &text).map_err(|message| ConfigError::InvalidValue {
-                key: format!("{section}.{key}"),
-                origin: Origin::Env(var.clone()),
-                message,
-            })?;
-            layers.set(section, key, v, Origin::Env(var));
+            match env_value(*kind, &text) {
+                Ok(v) => layers.set(section, key, v, Origin::Env(var)),
+                Err(message) => errors.push(ConfigError::InvalidValue {
+                    key: format!("{section}.{key}"),
+                    origin: Origin::Env(var),
+                    message: redact_urls_in(&message),
+                }),
+            }
         }
     }
 
@@ -926,17 +1021,71 @@ pub fn load_from(
         );
     }
 
-    let config = build(&layers)?;
+    let config = build(&layers, &mut errors);
     let origins = layers
         .values
         .iter()
         .map(|((s, k), (_, o))| (format!("{s}.{k}"), o.clone()))
         .collect();
-    Ok(Loaded {
+    let loaded = Loaded {
         config,
         file,
         origins,
         unknown_keys,
+    };
+    Ok((loaded, errors))
+}
+
+/// Everything [`check_from`] found.
+#[derive(Debug, Clone)]
+pub struct Checked {
+    /// The configuration as loaded; a value that did not parse keeps its default.
+    pub loaded: Loaded,
+    /// Every error: values that do not parse, unknown sections, validation problems. The
+    /// configuration is usable only when this is empty.
+    pub errors: Vec<Problem>,
+    /// Legal but suspicious settings ([`Config::warnings`]).
+    pub warnings: Vec<Problem>,
+}
+
+impl Checked {
+    /// The configuration when there is no error, else [`ConfigError::Invalid`] with all errors.
+    pub fn into_result(self) -> Result<(Config, Vec<Problem>), ConfigError> {
+        if self.errors.is_empty() {
+            Ok((self.loaded.config, self.warnings))
+        } else {
+            Err(ConfigError::Invalid {
+                problems: self.errors,
+            })
+        }
+    }
+}
+
+/// Loads and validates in one pass, reporting every error and every warning.
+///
+/// Errors (`Err`): only [`ConfigError::NotFound`], [`ConfigError::Read`],
+/// [`ConfigError::Parse`], when the file itself cannot be used. Everything else is in
+/// [`Checked::errors`]; a validation problem about a key whose value did not parse is left
+/// out (it would be about the default that stood in for it).
+pub fn check_from(
+    flags: &DaemonFlags,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Checked, ConfigError> {
+    let (loaded, load_errors) = load_collecting(flags, env)?;
+    let mut errors: Vec<Problem> = load_errors.iter().map(ConfigError::to_problem).collect();
+    let bad_keys: HashSet<String> = errors.iter().map(|p| p.key.clone()).collect();
+    errors.extend(
+        loaded
+            .config
+            .problems(env)
+            .into_iter()
+            .filter(|p| !bad_keys.contains(&p.key)),
+    );
+    let warnings = loaded.config.warnings();
+    Ok(Checked {
+        loaded,
+        errors,
+        warnings,
     })
 }
 
@@ -944,26 +1093,36 @@ fn de_cidr_value(v: toml::Value) -> Result<Vec<IpNetwork>, toml::de::Error> {
     de_cidrs(v)
 }
 
-fn build(l: &Layers) -> Result<Config, ConfigError> {
+/// The configuration from the layers; a value that does not parse keeps its default and its
+/// error is added to `errors`.
+fn build(l: &Layers, errors: &mut Vec<ConfigError>) -> Config {
     let mut c = Config::default();
     macro_rules! set {
         ($s:literal, $k:literal, $field:expr) => {
-            if let Some(v) = l.get($s, $k)? {
-                $field = v;
+            match l.get($s, $k) {
+                Ok(Some(v)) => $field = v,
+                Ok(None) => {}
+                Err(e) => errors.push(e),
             }
         };
         ($s:literal, $k:literal, Some $field:expr) => {
-            if let Some(v) = l.get($s, $k)? {
-                $field = Some(v);
+            match l.get($s, $k) {
+                Ok(Some(v)) => $field = Some(v),
+                Ok(None) => {}
+                Err(e) => errors.push(e),
             }
         };
     }
     set!("node", "name", Some c.node.name);
-    if let Some(v) = l.get_with("node", "pod_cidr", de_cidr_value)? {
-        c.node.pod_cidr = v;
-    }
-    if let Some(v) = l.get_with("node", "cluster_cidr", de_cidr_value)? {
-        c.node.cluster_cidr = v;
+    for (key, field) in [
+        ("pod_cidr", &mut c.node.pod_cidr),
+        ("cluster_cidr", &mut c.node.cluster_cidr),
+    ] {
+        match l.get_with("node", key, de_cidr_value) {
+            Ok(Some(v)) => *field = v,
+            Ok(None) => {}
+            Err(e) => errors.push(e),
+        }
     }
     set!(
         "node",
@@ -995,6 +1154,7 @@ fn build(l: &Layers) -> Result<Config, ConfigError> {
     set!("headscale", "user", c.headscale.user);
     set!("headscale", "timeout_secs", c.headscale.timeout_secs);
     set!("daemon", "listen", c.daemon.listen);
+    set!("daemon", "expose_to_network", c.daemon.expose_to_network);
     set!("daemon", "state_dir", c.daemon.state_dir);
     set!(
         "daemon",
@@ -1003,7 +1163,7 @@ fn build(l: &Layers) -> Result<Config, ConfigError> {
     );
     set!("daemon", "log_level", c.daemon.log_level);
     set!("daemon", "log_format", c.daemon.log_format);
-    Ok(c)
+    c
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1341,6 +1501,46 @@ impl Config {
         p
     }
 
+    /// Legal but suspicious settings, each as a [`Problem`] naming its key: a PodCIDR or
+    /// cluster CIDR overlapping the tailnet's range, `0.0.0.0/8`, loopback or multicast
+    /// ([`cidr_warnings`]); a `/0` cluster CIDR; a non-loopback `daemon.listen` without
+    /// `daemon.expose_to_network = true`.
+    pub fn warnings(&self) -> Vec<Problem> {
+        let n = &self.node;
+        let mut w = cidr_warnings("node.pod_cidr", &n.pod_cidr);
+        w.extend(cidr_warnings("node.cluster_cidr", &n.cluster_cidr));
+        for c in n.cluster_cidr.iter().filter(|c| c.prefix() == 0) {
+            w.push(Problem {
+                key: "node.cluster_cidr".into(),
+                message: format!(
+                    "{c} makes every destination part of the cluster: pod traffic to the \
+                     internet is never masqueraded (it leaves with pod source addresses){}",
+                    if n.pod_cidr_from_name_hash {
+                        ", and the name hash may pick any subnet"
+                    } else {
+                        ""
+                    }
+                ),
+            });
+        }
+        let d = &self.daemon;
+        if !d.listen.ip().is_loopback() && !d.expose_to_network {
+            w.push(Problem {
+                key: "daemon.listen".into(),
+                message: format!(
+                    "{} is not a loopback address: /status and /metrics then expose node \
+                     details (node name, PodCIDRs, routes, tailnet peers, pod names and \
+                     addresses) to the network without authentication. Use 127.0.0.1:8081, or \
+                     set daemon.expose_to_network = true (env \
+                     HEADCNI_DAEMON_EXPOSE_TO_NETWORK=true) if this is intended and the port \
+                     is firewalled",
+                    d.listen
+                ),
+            });
+        }
+        w
+    }
+
     /// Where the API key will come from, for people (never the key itself).
     pub fn api_key_source(&self) -> String {
         self.api_key_source_with(&|k| std::env::var(k).ok())
@@ -1385,24 +1585,71 @@ impl Config {
     }
 }
 
+/// Checks `headscale.url`. Every message shows the URL through [`redact_url`] (the parse error
+/// too: a URL that does not parse is where a password used to be printed).
 fn check_url(u: &str) -> Result<(), String> {
-    let uri: http::Uri = u.parse().map_err(|e| format!("{u:?} is not a URL: {e}"))?;
+    let shown = redact_url(u);
+    let uri: http::Uri = u
+        .parse()
+        .map_err(|e| format!("{shown:?} is not a URL: {e}"))?;
     match uri.scheme_str() {
         Some("https") | Some("http") => {}
-        _ => {
-            return Err(format!(
-                "{:?} must start with https:// (or http://)",
-                redact_url(u)
-            ));
-        }
+        _ => return Err(format!("{shown:?} must start with https:// (or http://)")),
     }
     if uri.host().is_none_or(str::is_empty) {
-        return Err(format!("{:?} has no host", redact_url(u)));
+        return Err(format!("{shown:?} has no host"));
     }
     Ok(())
 }
 
-const REDACTED: &str = "<redacted>";
+/// Address ranges a PodCIDR or cluster CIDR should not overlap: (range, what it is, what
+/// goes wrong).
+const RESERVED_RANGES: &[(&str, &str)] = &[
+    (
+        "100.64.0.0/10",
+        "the tailnet's CGNAT range (Tailscale node addresses): pod and tailnet peer \
+         addresses would be ambiguous, and the masquerade exempts it",
+    ),
+    (
+        "0.0.0.0/8",
+        "\"this network\" (RFC 1122): not usable as a source or destination",
+    ),
+    (
+        "127.0.0.0/8",
+        "loopback: traffic to these pod addresses never leaves a host",
+    ),
+    ("224.0.0.0/4", "multicast: not unicast-routable"),
+    (
+        "fd7a:115c:a1e0::/48",
+        "the tailnet's IPv6 range (Tailscale node addresses)",
+    ),
+    ("::1/128", "IPv6 loopback"),
+    ("ff00::/8", "IPv6 multicast: not unicast-routable"),
+];
+
+fn overlaps(a: &IpNetwork, b: &IpNetwork) -> bool {
+    a.is_ipv4() == b.is_ipv4() && (a.contains(b.network()) || b.contains(a.network()))
+}
+
+/// Warnings about `cidrs` (the value of `key`, `node.pod_cidr` or `node.cluster_cidr`): each
+/// CIDR that overlaps a range in which pod addresses cannot work (the tailnet's
+/// `100.64.0.0/10` and `fd7a:115c:a1e0::/48`, `0.0.0.0/8`, loopback, multicast). A `/0` is
+/// left to [`Config::warnings`]. The daemon applies this to discovered PodCIDRs too.
+pub fn cidr_warnings(key: &str, cidrs: &[IpNetwork]) -> Vec<Problem> {
+    let mut out = Vec::new();
+    for c in cidrs.iter().filter(|c| c.prefix() > 0) {
+        for (range, why) in RESERVED_RANGES {
+            let r: IpNetwork = range.parse().expect("a valid constant CIDR");
+            if overlaps(c, &r) {
+                out.push(Problem {
+                    key: key.to_owned(),
+                    message: format!("{c} overlaps {range}, {why}"),
+                });
+            }
+        }
+    }
+    out
+}
 
 /// A key name that suggests a secret value (paths to secrets are fine).
 fn secret_key_name(k: &str) -> bool {
@@ -1423,37 +1670,14 @@ fn secret_key_name(k: &str) -> bool {
     .any(|w| l.contains(w))
 }
 
-/// A value that looks like a Headscale/Tailscale key.
-fn secret_value(s: &str) -> bool {
-    s.starts_with("hskey-") || s.starts_with("tskey-")
-}
-
-/// Removes userinfo and query strings from URLs.
-fn redact_url(s: &str) -> String {
-    let Some((scheme, rest)) = s.split_once("://") else {
-        return s.to_owned();
-    };
-    let (authority, path) = match rest.find('/') {
-        Some(i) => (&rest[..i], &rest[i..]),
-        None => (rest, ""),
-    };
-    let authority = match authority.rsplit_once('@') {
-        Some((_, host)) => format!("{REDACTED}@{host}"),
-        None => authority.to_owned(),
-    };
-    let path = match path.split_once('?') {
-        Some((p, _)) => format!("{p}?{REDACTED}"),
-        None => path.to_owned(),
-    };
-    format!("{scheme}://{authority}{path}")
-}
-
 fn redact(v: &mut toml::Value, key: Option<&str>) {
     match v {
         toml::Value::String(s) => {
-            if key.is_some_and(secret_key_name) || secret_value(s) {
+            if key.is_some_and(secret_key_name) || looks_like_key(s) {
                 *s = REDACTED.to_owned();
-            } else if s.contains("://") {
+            } else if s.contains("://")
+                || key.is_some_and(|k| k.to_ascii_lowercase().ends_with("url"))
+            {
                 *s = redact_url(s);
             }
         }
@@ -1478,18 +1702,15 @@ fn redact(v: &mut toml::Value, key: Option<&str>) {
 /// `headcni config check` and `headcni config show`.
 pub fn run_config(cmd: &ConfigCmd, flags: &DaemonFlags) -> anyhow::Result<()> {
     let env = |k: &str| std::env::var(k).ok();
-    let loaded = load_from(flags, &env).context("loading the configuration")?;
-    let source = match &loaded.file {
+    let source = |file: &Option<PathBuf>| match file {
         Some(f) => format!("{}", f.display()),
         None => format!("{DEFAULT_CONFIG_PATH} (absent: defaults)"),
     };
     match cmd {
         ConfigCmd::Check => {
-            let mut problems = match loaded.config.validate_with(&env) {
-                Ok(()) => Vec::new(),
-                Err(ConfigError::Invalid { problems }) => problems,
-                Err(e) => return Err(e.into()),
-            };
+            let checked = check_from(flags, &env).context("loading the configuration")?;
+            let (loaded, mut problems) = (checked.loaded, checked.errors);
+            let source = source(&loaded.file);
             let h = &loaded.config.headscale;
             // The key itself is only read to check it can be read; it is never printed.
             if h.approval == Approval::Api
@@ -1500,6 +1721,9 @@ pub fn run_config(cmd: &ConfigCmd, flags: &DaemonFlags) -> anyhow::Result<()> {
                     key: "headscale.api_key_file".into(),
                     message: e.to_string(),
                 });
+            }
+            for w in &checked.warnings {
+                println!("warning: {w}");
             }
             for k in &loaded.unknown_keys {
                 println!("warning: unknown key {k} (ignored)");
@@ -1519,6 +1743,7 @@ pub fn run_config(cmd: &ConfigCmd, flags: &DaemonFlags) -> anyhow::Result<()> {
             }
         }
         ConfigCmd::Show => {
+            let loaded = load_from(flags, &env).context("loading the configuration")?;
             print!("{}", render_show(&loaded, &env));
             Ok(())
         }
@@ -1556,6 +1781,9 @@ pub fn render_show(loaded: &Loaded, env: &dyn Fn(&str) -> Option<String>) -> Str
     }
     for k in &loaded.unknown_keys {
         out.push_str(&format!("#   {k}: unknown key, ignored\n"));
+    }
+    for w in c.warnings() {
+        out.push_str(&format!("# warning: {w}\n"));
     }
     out.push_str(&c.to_redacted_toml_with(env));
     out

@@ -67,10 +67,17 @@ pub fn run(args: &DaemonArgs) -> Result<()> {
     rt.block_on(run_async(args.flags.clone()))
 }
 
-fn load_config(flags: &DaemonFlags) -> Result<Config> {
-    let cfg = config::load(flags)?;
-    cfg.validate()?;
-    Ok(cfg)
+/// The configuration with every error at once ([`config::check_from`]) and its warnings,
+/// which the caller logs once logging is set up.
+fn load_config(flags: &DaemonFlags) -> Result<(Config, Vec<config::Problem>)> {
+    let checked = config::check_from(flags, &|k| std::env::var(k).ok())?;
+    Ok(checked.into_result()?)
+}
+
+fn log_warnings(warnings: &[config::Problem]) {
+    for w in warnings {
+        tracing::warn!(key = %w.key, "configuration: {}", w.message);
+    }
 }
 
 fn lock<T>(m: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
@@ -369,8 +376,9 @@ fn start_daemon_mode(
 
 async fn run_async(flags: DaemonFlags) -> Result<()> {
     headcni_headscale::tls::install_ring_provider();
-    let mut cfg = load_config(&flags)?;
+    let (mut cfg, warnings) = load_config(&flags)?;
     init_logging(&cfg);
+    log_warnings(&warnings);
     let state: SharedState = Arc::new(RwLock::new(DaemonState::new(
         cfg.node_name(),
         cfg.tailscale.mode.as_str(),
@@ -417,6 +425,9 @@ async fn run_async(flags: DaemonFlags) -> Result<()> {
         _ = cancel.cancelled() => return shutdown(tasks, None).await,
     };
     tracing::info!(cidrs = ?discovered.cidrs, source = ?discovered.source, detail = %discovered.detail, "PodCIDR");
+    if discovered.source != state::PodCidrSource::Config {
+        log_warnings(&config::cidr_warnings("PodCIDR", &discovered.cidrs));
+    }
     {
         let mut st = lock(&state);
         st.pod_cidrs = discovered.cidrs.clone();
@@ -453,7 +464,8 @@ async fn run_async(flags: DaemonFlags) -> Result<()> {
             _ = cancel.cancelled() => break,
             _ = reload.notified() => {
                 match load_config(&flags) {
-                    Ok(new) => {
+                    Ok((new, warnings)) => {
+                        log_warnings(&warnings);
                         if new.node.pod_cidr != cfg.node.pod_cidr || new.tailscale.mode != cfg.tailscale.mode {
                             tracing::warn!("PodCIDR or mode changed in the config: restart the daemon to apply");
                         }
@@ -552,7 +564,7 @@ pub fn uninstall(args: &UninstallArgs) -> Result<()> {
         .build()?;
     rt.block_on(async {
         headcni_headscale::tls::install_ring_provider();
-        let cfg = load_config(&args.flags)?;
+        let (cfg, _) = load_config(&args.flags)?;
         let conflist = cfg.cni.conf_dir.join(&cfg.cni.conflist_name);
         let mut cidrs = cidrs_from_conflist(&conflist);
         if cidrs.is_empty() {

@@ -97,7 +97,7 @@ pub struct HeadscaleConfig {
 impl fmt::Debug for HeadscaleConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("HeadscaleConfig")
-            .field("url", &self.url)
+            .field("url", &crate::secret::redact_url(&self.url))
             .field("api_key", &self.api_key)
             .field("request_timeout", &self.request_timeout)
             .field("connect_timeout", &self.connect_timeout)
@@ -139,7 +139,7 @@ pub struct HeadscaleClient {
 impl fmt::Debug for HeadscaleClient {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("HeadscaleClient")
-            .field("base", &self.base.as_str())
+            .field("base", &crate::secret::redact_url(self.base.as_str()))
             .field("api_key", &self.api_key)
             .field("timeout", &self.timeout)
             .field("info", &self.server_info())
@@ -153,12 +153,13 @@ impl HeadscaleClient {
     /// Errors: [`HeadscaleError::Config`] for a URL that is not `http(s)://…` or a bad PEM.
     pub fn new(config: HeadscaleConfig) -> Result<Self, HeadscaleError> {
         crate::tls::install_ring_provider();
+        // Userinfo and query are redacted in every message (a password must not reach logs).
+        let shown = crate::secret::redact_url(&config.url);
         let mut base = Url::parse(&config.url)
-            .map_err(|e| HeadscaleError::Config(format!("url {:?}: {e}", config.url)))?;
+            .map_err(|e| HeadscaleError::Config(format!("url {shown:?}: {e}")))?;
         if !matches!(base.scheme(), "http" | "https") || base.host_str().is_none() {
             return Err(HeadscaleError::Config(format!(
-                "url {:?}: must be http(s)://host[:port][/prefix]",
-                config.url
+                "url {shown:?}: must be http(s)://host[:port][/prefix]"
             )));
         }
         if !base.path().ends_with('/') {
@@ -721,6 +722,19 @@ mod tests {
     fn bad_urls_refused() {
         assert!(HeadscaleClient::new(HeadscaleConfig::new("ftp://x", None)).is_err());
         assert!(HeadscaleClient::new(HeadscaleConfig::new("not a url", None)).is_err());
+        // issue 8 item 5: a password in the URL is never printed, valid URL or not
+        for u in [
+            "https://user:s3cret@[bad",
+            "ftp://user:s3cret@h",
+            "https://u:s3cret@h/?t=x",
+        ] {
+            let cfg = HeadscaleConfig::new(u, None);
+            assert!(!format!("{cfg:?}").contains("s3cret"), "{cfg:?}");
+            match HeadscaleClient::new(cfg) {
+                Err(e) => assert!(!format!("{e} {e:?}").contains("s3cret"), "{e}"),
+                Ok(c) => assert!(!format!("{c:?}").contains("s3cret"), "{c:?}"),
+            }
+        }
         let c = HeadscaleClient::new(HeadscaleConfig::new("http://127.0.0.1:1/hs", None)).unwrap();
         assert_eq!(c.base_url(), "http://127.0.0.1:1/hs/");
     }

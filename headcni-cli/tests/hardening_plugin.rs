@@ -42,7 +42,11 @@ fn pairs(env: &CniEnv) -> Vec<(String, OsString)> {
 /// directory `<tmp>/cwd`, [`AS_LIMIT`], and a watchdog: if it has not exited after `limit`,
 /// it is killed and the test fails.
 fn run_bounded(net: &Net, vars: &[(String, OsString)], stdin: &[u8], limit: Duration) -> Out {
-    run_binary(net, Path::new(common::EXE), vars, stdin, limit)
+    // `HEADCNI_TEST_EXE` runs these checks against another build (e.g. the code before the
+    // fix, to see them fail).
+    let exe = std::env::var_os("HEADCNI_TEST_EXE")
+        .map_or_else(|| PathBuf::from(common::EXE), PathBuf::from);
+    run_binary(net, &exe, vars, stdin, limit)
 }
 
 /// [`run_bounded`] with another binary (e.g. the `headcni-ipam` symlink).

@@ -248,6 +248,25 @@ fn a_hanging_delegate_is_killed_after_the_configured_timeout() {
         &net.bin_dir().join("sleeper"),
         &format!("echo $$ > {}\nexec sleep 1000", pidfile.display()),
     );
+    /// Kills a delegate the plugin under test left alive (old code), also on panic.
+    struct KillLeftover(PathBuf);
+    impl Drop for KillLeftover {
+        fn drop(&mut self) {
+            if let Some(pid) = std::fs::read_to_string(&self.0)
+                .ok()
+                .and_then(|s| s.trim().parse::<i32>().ok())
+                // only if that pid is still our `sleep 1000` (pids are reused)
+                && std::fs::read(format!("/proc/{pid}/cmdline"))
+                    .is_ok_and(|c| c.starts_with(b"sleep\x001000"))
+            {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
+    }
+    let _leftover = KillLeftover(pidfile.clone());
     let mut conf = net.conf("1.0.0");
     conf["ipam"] = json!({"type": "sleeper"});
     conf["delegateTimeoutSeconds"] = json!(1);

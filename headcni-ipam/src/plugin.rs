@@ -5,7 +5,9 @@
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
-use headcni_core::cni::{CniArgs, CniError, CniResult, Dns, ErrorCode, IpConfig, NetConf};
+use headcni_core::cni::{
+    CniArgs, CniError, CniResult, Dns, ErrorCode, IpConfig, MAX_NETWORK_NAME_BYTES, NetConf,
+};
 use headcni_core::ipam::{Attachment, DEFAULT_DATA_DIR, IpamConf, IpamError, IpamStore, PoolUsage};
 
 use crate::store::Store;
@@ -59,8 +61,8 @@ impl IpamPlugin {
     /// Builds from a parsed request: `conf.ipam` (raw JSON, host-local's shape), `conf.name`
     /// (the store directory name), `conf.runtime_config.ip_ranges` (prepended range sets).
     ///
-    /// Errors: code 7 when `ipam` is missing or invalid (see
-    /// [`IpamConf::range_sets`]); code 104 when the store directory cannot be created.
+    /// Errors: code 7 when `ipam` is missing or invalid (see [`IpamConf::range_sets`] and
+    /// [`IpamPlugin::from_ipam`]); code 104 when the store directory cannot be created.
     pub fn from_conf<P>(conf: &NetConf<P>) -> Result<Self, CniError> {
         let raw = conf
             .ipam
@@ -71,17 +73,38 @@ impl IpamPlugin {
     }
 
     /// Builds from an already parsed [`IpamConf`], the network name and the runtime ranges.
-    /// Errors as [`IpamPlugin::from_conf`].
+    ///
+    /// Errors: code 7 for invalid range sets, a `dataDir` that is empty or relative (it would
+    /// resolve against the runtime's working directory), or a network name longer than
+    /// [`MAX_NETWORK_NAME_BYTES`] (it cannot be the store's directory name); code 104 when
+    /// the store directory cannot be created.
     pub fn from_ipam(
         ipam: IpamConf,
         network: &str,
         runtime_ip_ranges: &[Vec<headcni_core::ipam::RangeConf>],
     ) -> Result<Self, CniError> {
+        if network.len() > MAX_NETWORK_NAME_BYTES {
+            return Err(config_error("invalid network name").with_details(format!(
+                "{} bytes is longer than {MAX_NETWORK_NAME_BYTES}, the limit of the store's \
+                 directory name <dataDir>/<name>",
+                network.len()
+            )));
+        }
+        let data_dir: PathBuf = match &ipam.data_dir {
+            None => PathBuf::from(DEFAULT_DATA_DIR),
+            Some(d) if d.is_absolute() => d.clone(),
+            Some(d) => {
+                return Err(config_error("invalid ipam.dataDir").with_details(format!(
+                    "{:?} is not an absolute path",
+                    d.display()
+                        .to_string()
+                        .chars()
+                        .take(256)
+                        .collect::<String>()
+                )));
+            }
+        };
         let sets = ipam.range_sets(runtime_ip_ranges)?;
-        let data_dir: PathBuf = ipam
-            .data_dir
-            .clone()
-            .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
         let store = Store::open(&data_dir, network, sets, ipam.strategy)?;
         Ok(IpamPlugin { store, conf: ipam })
     }
@@ -286,6 +309,22 @@ mod tests {
             container_id: c.into(),
             ifname: "eth0".into(),
         }
+    }
+
+    #[test]
+    fn relative_or_empty_data_dir_and_overlong_names_are_config_errors() {
+        let d = tempfile::tempdir().unwrap();
+        for bad in ["", "rel/dir", "./x"] {
+            let mut c = conf(d.path(), json!({}));
+            c.ipam.as_mut().unwrap()["dataDir"] = json!(bad);
+            let e = IpamPlugin::from_conf(&c).unwrap_err();
+            assert_eq!(e.code, 7, "{bad:?}: {e:?}");
+        }
+        let mut c = conf(d.path(), json!({}));
+        c.name = "n".repeat(MAX_NETWORK_NAME_BYTES + 1);
+        assert_eq!(IpamPlugin::from_conf(&c).unwrap_err().code, 7);
+        c.name = "n".repeat(MAX_NETWORK_NAME_BYTES);
+        IpamPlugin::from_conf(&c).unwrap();
     }
 
     #[test]

@@ -23,6 +23,10 @@ impl Namespaces for NetlinkNamespaces {
     async fn open(&self, netns: &Path) -> Result<NetlinkHandle, LinkError> {
         NetlinkHandle::for_netns(netns).await
     }
+    /// [`crate::netns::is_current`]: same nsfs inode as `/proc/self/ns/net`.
+    async fn is_own(&self, netns: &Path) -> Result<bool, LinkError> {
+        crate::netns::is_current(netns).map_err(LinkError::from)
+    }
     /// Reuses the container handle ADD already opened: one netns socket per ADD.
     async fn create_veth(
         &self,

@@ -133,18 +133,36 @@ impl Drop for SpawnNearby {
 /// Opens `path` and checks that it is a network namespace: an nsfs file (`statfs` magic
 /// `NSFS_MAGIC`) whose `NS_GET_NSTYPE` is `CLONE_NEWNET`.
 ///
+/// Never blocks and never opens anything but a namespace file for reading: `path` is first
+/// opened with `O_PATH` (which opens no FIFO, device or socket, so a FIFO cannot hang the
+/// call and a device sees no `open`), checked to be a regular file on nsfs, and only then
+/// reopened for reading through `/proc/self/fd/<n>` (the same inode, not the path again).
+///
 /// Errors: [`NetnsError::Invalid`] when missing or not a network namespace.
 pub(crate) fn open(path: &Path) -> Result<OwnedFd, NetnsError> {
-    let file = OpenOptions::new()
+    let pinned: OwnedFd = OpenOptions::new()
         .read(true)
-        .custom_flags(libc::O_CLOEXEC)
+        .custom_flags(libc::O_PATH | libc::O_CLOEXEC)
         .open(path)
-        .map_err(|e| invalid(path, e.to_string()))?;
-    let fd: OwnedFd = file.into();
-    let st = nix::sys::statfs::fstatfs(&fd).map_err(|e| invalid(path, e.desc()))?;
-    if st.filesystem_type() != nix::sys::statfs::NSFS_MAGIC {
+        .map_err(|e| invalid(path, e.to_string()))?
+        .into();
+    let st = nix::sys::stat::fstat(&pinned).map_err(|e| invalid(path, e.desc()))?;
+    if st.st_mode & libc::S_IFMT != libc::S_IFREG {
+        return Err(invalid(
+            path,
+            "not a namespace file (not a regular nsfs file)",
+        ));
+    }
+    let fs = nix::sys::statfs::fstatfs(&pinned).map_err(|e| invalid(path, e.desc()))?;
+    if fs.filesystem_type() != nix::sys::statfs::NSFS_MAGIC {
         return Err(invalid(path, "not a namespace file (not on nsfs)"));
     }
+    let fd: OwnedFd = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_CLOEXEC | libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(format!("/proc/self/fd/{}", pinned.as_raw_fd()))
+        .map_err(|e| invalid(path, e.to_string()))?
+        .into();
     // SAFETY: NS_GET_NSTYPE takes no argument and only reads the fd, which is valid for
     // the duration of the call.
     let ty = unsafe { libc::ioctl(fd.as_raw_fd(), libc::NS_GET_NSTYPE) };
@@ -166,7 +184,8 @@ pub(crate) fn enter(fd: &OwnedFd, path: &Path) -> Result<(), NetnsError> {
 
 /// Whether `path` refers to the calling process's own network namespace (same device and
 /// inode as `/proc/self/ns/net`, i.e. the thread-group leader's). The CNI spec forbids
-/// configuring the plugin's own netns.
+/// configuring the plugin's own netns. Never blocks on what `path` names (see `open`: a
+/// FIFO is refused without being opened).
 ///
 /// Errors: [`NetnsError::Invalid`] if `path` is missing or not a network namespace;
 /// [`NetnsError::Io`] if `/proc/self/ns/net` cannot be `stat`ed.

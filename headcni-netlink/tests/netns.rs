@@ -2,6 +2,7 @@
 
 mod common;
 
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 use common::TestNs;
@@ -146,5 +147,49 @@ async fn enable_forwarding_in_test_netns_only() {
     assert_eq!(
         std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward").expect("read"),
         host_v4
+    );
+}
+
+/// Issue 8 item 6: a FIFO as the namespace path must be refused at once, not block in
+/// `open(2)` waiting for a writer. A watchdog turns a hang on old code into a failure.
+#[test]
+fn a_fifo_is_refused_without_blocking() {
+    let dir = std::env::temp_dir().join(format!("hcnl-fifo-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir(&dir).expect("mkdir");
+    let fifo = dir.join("netns");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).expect("mkfifo");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let path = fifo.clone();
+    std::thread::spawn(move || {
+        let current = netns::is_current(&path).map_err(|e| e.to_string());
+        let exists = netns::exists(&path);
+        let run = netns::run_in_netns(&path, || ()).is_err();
+        let handle = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime")
+            .block_on(NetlinkHandle::for_netns(&path))
+            .err()
+            .map(|e| matches!(e, LinkError::Netns { .. }));
+        let _ = tx.send((current, exists, run, handle));
+    });
+    let got = rx.recv_timeout(std::time::Duration::from_secs(10));
+    if got.is_err() {
+        // unblock the stuck opener so the process can exit, then fail
+        let _ = std::fs::OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(&fifo);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    let (current, exists, run, handle) = got.expect("opening a FIFO as a netns hung");
+    assert!(current.is_err_and(|e| e.contains("not a namespace file")));
+    assert!(!exists);
+    assert!(run, "run_in_netns accepted a FIFO");
+    assert_eq!(
+        handle,
+        Some(true),
+        "for_netns must refuse a FIFO with LinkError::Netns"
     );
 }

@@ -1185,7 +1185,7 @@ fn is_dns_subdomain(s: &str) -> bool {
 }
 
 fn is_plugin_type(s: &str) -> bool {
-    !s.is_empty() && s != "." && s != ".." && !s.contains('/') && !s.contains('\0')
+    headcni_core::cni::validate_plugin_type(s).is_ok()
 }
 
 impl Config {

@@ -1,6 +1,7 @@
 //! The CNI environment (CNI spec 1.1.0 §"Parameters").
 
 use std::collections::HashMap;
+use std::ffi::OsString;
 use std::path::PathBuf;
 
 use super::args::CniArgs;
@@ -110,19 +111,35 @@ pub fn validate_ifname(name: &str) -> Result<(), String> {
 }
 
 impl CniEnv {
-    /// Reads and validates the CNI variables from `vars` (usually `std::env::vars_os()` made
-    /// lossy). Errors are code 4 and name the variable; a bad `CNI_ARGS` is code 4 too.
+    /// Reads and validates the CNI variables from `vars` (usually `std::env::vars_os()`;
+    /// `String`/`&str` pairs work too). Variables not named `CNI_*` are ignored.
+    ///
+    /// Errors are code 4 (CNI spec 1.1.0 §"Error": invalid environment variables) and name
+    /// the variable: a `CNI_*` value that is not UTF-8 (checked before anything is converted,
+    /// so a name is never silently replaced by U+FFFD), a missing or invalid value; a bad
+    /// `CNI_ARGS` is code 4 too.
     pub fn from_vars<I, K, V>(vars: I) -> Result<CniEnv, CniError>
     where
         I: IntoIterator<Item = (K, V)>,
-        K: Into<String>,
-        V: Into<String>,
+        K: Into<OsString>,
+        V: Into<OsString>,
     {
-        let map: HashMap<String, String> = vars
-            .into_iter()
-            .map(|(k, v)| (k.into(), v.into()))
-            .filter(|(k, v)| k.starts_with("CNI_") && !v.is_empty())
-            .collect();
+        let mut map: HashMap<String, String> = HashMap::new();
+        for (k, v) in vars {
+            let (k, v): (OsString, OsString) = (k.into(), v.into());
+            if !k.as_encoded_bytes().starts_with(b"CNI_") {
+                continue;
+            }
+            let k = k.into_string().map_err(|k| {
+                env_err("a CNI_* variable name is not valid UTF-8").with_details(format!("{k:?}"))
+            })?;
+            let v = v.into_string().map_err(|v| {
+                env_err(format!("{k} is not valid UTF-8")).with_details(format!("{v:?}"))
+            })?;
+            if !v.is_empty() {
+                map.insert(k, v);
+            }
+        }
         let get = |k: &str| map.get(k).cloned();
         let command_s = get("CNI_COMMAND").ok_or_else(|| env_err("CNI_COMMAND is not set"))?;
         let command = Command::parse(&command_s)
@@ -250,5 +267,22 @@ mod tests {
             assert_eq!(r.unwrap_err().code, 4, "{cid} {ifn}");
         }
         assert_eq!(env(&[("CNI_COMMAND", "add")]).unwrap_err().code, 4);
+    }
+
+    #[test]
+    fn non_utf8_cni_variables_are_refused_before_any_lossy_conversion() {
+        use std::os::unix::ffi::OsStringExt;
+        let bad = OsString::from_vec(b"eth\xff".to_vec());
+        let vars = vec![
+            (OsString::from("CNI_COMMAND"), OsString::from("ADD")),
+            (OsString::from("CNI_CONTAINERID"), OsString::from("abc")),
+            (OsString::from("CNI_NETNS"), OsString::from("/x")),
+            (OsString::from("CNI_IFNAME"), bad.clone()),
+            // a non-UTF-8 variable that is not a CNI one is ignored
+            (OsString::from("OTHER"), bad),
+        ];
+        let err = CniEnv::from_vars(vars).unwrap_err();
+        assert_eq!(err.code, 4);
+        assert!(err.msg.contains("CNI_IFNAME"), "{err:?}");
     }
 }

@@ -15,6 +15,15 @@ fn default_true() -> bool {
     true
 }
 
+/// The default of `delegateTimeoutSeconds`: 60 s.
+pub const DEFAULT_DELEGATE_TIMEOUT_SECS: u64 = 60;
+/// The largest `delegateTimeoutSeconds` accepted: 600 s.
+pub const MAX_DELEGATE_TIMEOUT_SECS: u64 = 600;
+
+fn default_delegate_timeout() -> u64 {
+    DEFAULT_DELEGATE_TIMEOUT_SECS
+}
+
 /// The plugin-specific keys of a `headcni` plugin configuration (flattened into
 /// [`crate::cni::NetConf`]). Names follow the reference `bridge` plugin where they overlap.
 ///
@@ -50,6 +59,14 @@ pub struct BridgeConf {
         skip_serializing_if = "Option::is_none"
     )]
     pub daemon_socket: Option<String>,
+    /// Seconds a delegated IPAM plugin (an `ipam.type` other than `headcni-ipam`, exec'ed
+    /// from `CNI_PATH`) may run per call before it and its process group are killed;
+    /// 1..=600, default 60.
+    #[serde(
+        default = "default_delegate_timeout",
+        rename = "delegateTimeoutSeconds"
+    )]
+    pub delegate_timeout_secs: u64,
 }
 
 impl Default for BridgeConf {
@@ -62,6 +79,7 @@ impl Default for BridgeConf {
             hairpin_mode: false,
             ip_masq: false,
             daemon_socket: None,
+            delegate_timeout_secs: DEFAULT_DELEGATE_TIMEOUT_SECS,
         }
     }
 }
@@ -73,7 +91,8 @@ pub const MAX_MTU: u32 = 65535;
 
 impl BridgeConf {
     /// Validates the keys: a valid bridge name, an MTU in 68..=65535 (and ≥ 1280 when IPv6
-    /// addresses are configured, which the caller checks with the IPAM result). Code 7.
+    /// addresses are configured, which the caller checks with the IPAM result),
+    /// `delegateTimeoutSeconds` in 1..=600. Code 7.
     pub fn validate(&self) -> Result<(), CniError> {
         validate_ifname(&self.bridge).map_err(|d| {
             CniError::new(ErrorCode::InvalidConfig, "invalid bridge name").with_details(d)
@@ -83,6 +102,15 @@ impl BridgeConf {
         {
             return Err(CniError::new(ErrorCode::InvalidConfig, "invalid mtu")
                 .with_details(format!("{mtu} is outside {MIN_MTU}..={MAX_MTU}")));
+        }
+        if !(1..=MAX_DELEGATE_TIMEOUT_SECS).contains(&self.delegate_timeout_secs) {
+            return Err(
+                CniError::new(ErrorCode::InvalidConfig, "invalid delegateTimeoutSeconds")
+                    .with_details(format!(
+                        "{} is outside 1..={MAX_DELEGATE_TIMEOUT_SECS}",
+                        self.delegate_timeout_secs
+                    )),
+            );
         }
         Ok(())
     }

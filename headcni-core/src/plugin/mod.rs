@@ -27,6 +27,8 @@
 //!   reservation IPAM GC released (see [`gc`]).
 
 mod conf;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 
 use std::net::IpAddr;
 use std::path::Path;
@@ -35,8 +37,9 @@ use async_trait::async_trait;
 use ipnetwork::IpNetwork;
 
 pub use conf::{
-    BridgeConf, DEFAULT_BRIDGE, HOST_VETH_NAMES, MARK_PREFIX, MAX_MTU, MIN_MTU, attachment_mark,
-    host_veth_alt_name, host_veth_name,
+    BridgeConf, DEFAULT_BRIDGE, DEFAULT_DELEGATE_TIMEOUT_SECS, HOST_VETH_NAMES, MARK_PREFIX,
+    MAX_DELEGATE_TIMEOUT_SECS, MAX_MTU, MIN_MTU, attachment_mark, host_veth_alt_name,
+    host_veth_name,
 };
 
 use crate::cni::{CniError, CniResult, Dns, ErrorCode, GcAttachment, Interface, IpConfig, Route};
@@ -54,6 +57,10 @@ pub trait Namespaces: Send + Sync {
     async fn host(&self) -> Result<Self::Handle, LinkError>;
     /// A container namespace by path; [`LinkError::Netns`] if it does not exist.
     async fn open(&self, netns: &Path) -> Result<Self::Handle, LinkError>;
+    /// Whether `netns` is the plugin's own network namespace (which the CNI spec forbids
+    /// configuring). Must not block on what `netns` names (a FIFO, a device).
+    /// Errors: [`LinkError::Netns`] if `netns` is missing or not a network namespace.
+    async fn is_own(&self, netns: &Path) -> Result<bool, LinkError>;
     /// Creates the veth pair of `spec` from `host`, with the peer in the namespace `container`
     /// is bound to. The default calls [`LinkManager::create_veth`]; implementations override it
     /// to reuse the already open container handle instead of opening the namespace again.

@@ -32,6 +32,38 @@ fn parse_requested(s: &str, source: &str) -> Result<IpAddr, CniError> {
         .map_err(|_| config_error(format!("invalid requested IP {s:?} in {source}")))
 }
 
+/// The largest `resolvConf` file read (glibc reads at most a few KiB of it; anything this
+/// large is not a resolver configuration).
+pub const MAX_RESOLV_CONF_BYTES: u64 = 64 * 1024;
+
+/// Reads a resolv.conf: a regular file (checked with `fstat` on the fd opened with
+/// `O_NONBLOCK`, so opening a FIFO never waits for a writer) of at most
+/// [`MAX_RESOLV_CONF_BYTES`].
+fn read_resolv_conf(path: &Path) -> std::io::Result<String> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)?;
+    let meta = file.metadata()?;
+    if !meta.is_file() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "not a regular file",
+        ));
+    }
+    if meta.len() > MAX_RESOLV_CONF_BYTES {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("larger than {MAX_RESOLV_CONF_BYTES} bytes"),
+        ));
+    }
+    let mut text = String::new();
+    file.take(MAX_RESOLV_CONF_BYTES).read_to_string(&mut text)?;
+    Ok(text)
+}
+
 /// Parses resolv.conf text like host-local's `parseResolvConf`: `nameserver X`, `domain X`,
 /// `search X Y…`, `options A B…`; `#`/`;` comments and lines with a single field are skipped.
 pub fn parse_resolv_conf(text: &str) -> Dns {
@@ -157,11 +189,15 @@ impl IpamPlugin {
         Ok(uniq)
     }
 
+    /// The DNS of `resolvConf`: the file must be a regular file of at most
+    /// [`MAX_RESOLV_CONF_BYTES`]; it is opened non-blocking, so a FIFO or a device there is
+    /// refused at once instead of hanging the ADD (symlinks are followed, as
+    /// `/etc/resolv.conf` often is one). Errors: code 7.
     fn dns(&self) -> Result<Dns, CniError> {
         let Some(path) = &self.conf.resolv_conf else {
             return Ok(Dns::default());
         };
-        let text = std::fs::read_to_string(path).map_err(|e| {
+        let text = read_resolv_conf(Path::new(path)).map_err(|e| {
             config_error(format!(
                 "cannot read resolvConf {}",
                 Path::new(path).display()
@@ -352,6 +388,38 @@ mod tests {
         );
         let c = conf(d.path(), json!({"args": {"cni": {"ips": ["nope"]}}}));
         assert_eq!(IpamPlugin::requested_ips(&c, &a).unwrap_err().code, 7);
+    }
+
+    /// Issue 8: `resolvConf` naming a FIFO hung ADD (before anything was reserved, but for
+    /// ever) and `/dev/zero` grew the plugin without bound; both are code 7 at once now, and
+    /// nothing is reserved.
+    #[test]
+    fn resolv_conf_fifo_device_and_oversize_are_refused_fast() {
+        let d = tempfile::tempdir().unwrap();
+        let fifo = d.path().join("fifo");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        let big = d.path().join("big.conf");
+        std::fs::write(&big, "nameserver 10.0.0.1\n".repeat(10_000)).unwrap();
+        for path in [fifo, big, "/dev/zero".into()] {
+            let mut c = conf(d.path(), json!({}));
+            if let Some(i) = c.ipam.as_mut() {
+                i["resolvConf"] = json!(path);
+            }
+            let p = IpamPlugin::from_conf(&c).unwrap();
+            let (tx, rx) = std::sync::mpsc::channel();
+            std::thread::spawn(move || {
+                let _ = tx.send(p.add(&att("a"), &[]).map(|_| ()).map_err(|e| e.code));
+            });
+            let got = rx
+                .recv_timeout(std::time::Duration::from_secs(10))
+                .unwrap_or_else(|_| panic!("ADD with resolvConf {path:?} hung"));
+            assert_eq!(got, Err(7), "{path:?}");
+        }
+        let p = IpamPlugin::from_conf(&conf(d.path(), json!({}))).unwrap();
+        assert_eq!(
+            p.add(&att("b"), &[]).unwrap().ips[0].address.to_string(),
+            "10.5.0.2/30"
+        );
     }
 
     #[test]

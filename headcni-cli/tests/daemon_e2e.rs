@@ -26,7 +26,7 @@ use harness::{
     write_mode,
 };
 use headcni_headscale::localapi::{OptBool, Prefs};
-use headcni_headscale::testing::{
+use headcni_testkit::{
     FakeApiVersion, FakeHeadscaleOptions, Fault, default_prefs, random_node_key,
 };
 use ipnetwork::IpNetwork;

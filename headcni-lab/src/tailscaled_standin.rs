@@ -4,7 +4,7 @@
 //! [--no-logs-no-support] [--wireguard-go PATH] [--login-server URL --authkey-file PATH]
 //! [--hostname NAME]`
 //!
-//! - the LocalAPI on `--socket` is [`headcni_headscale::testing::LocalApi`] (the same rules
+//! - the LocalAPI on `--socket` is [`headcni_testkit::LocalApi`] (the same rules
 //!   and JSON as `FakeTailscaled`), coordinated over [`crate::coord`];
 //! - the data plane as tailscaled on Linux (tailscale v1.102.3, control-plane-apis.md §2.6):
 //!   `wireguard-go -f NAME` configured over its UAPI socket, the tun with the node's
@@ -27,12 +27,12 @@ use std::time::Duration;
 use anyhow::Context;
 use headcni_core::link::{LinkManager, RouteManager};
 use headcni_headscale::localapi::{NetfilterMode, Prefs};
-use headcni_headscale::testing::server::{Req, unix_loop};
-use headcni_headscale::testing::{
-    LocalApi, LocalApiInit, LoginOutcome, NodeView, TailnetControl, default_prefs,
-};
 use headcni_netlink::NetlinkHandle;
 use headcni_netlink::policy::RuleSpec;
+use headcni_testkit::server::{Req, unix_loop};
+use headcni_testkit::{
+    LocalApi, LocalApiInit, LoginOutcome, NodeView, TailnetControl, default_prefs,
+};
 use ipnetwork::IpNetwork;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, watch};

@@ -13,8 +13,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use headcni_headscale::testing::Exchange;
 use headcni_netlink::netns;
+use headcni_testkit::Exchange;
 use serde_json::{Value, json};
 
 const HS_ADDR: &str = "10.98.0.1:8080";

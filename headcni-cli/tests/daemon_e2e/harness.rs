@@ -21,9 +21,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use headcni_headscale::localapi::Prefs;
-use headcni_headscale::testing::{
-    FakeHeadscale, FakeHeadscaleOptions, FakeTailscaled, HeadscaleControl,
-};
+use headcni_testkit::{FakeHeadscale, FakeHeadscaleOptions, FakeTailscaled, HeadscaleControl};
 use serde_json::Value;
 
 /// The binary under test.

@@ -14,10 +14,21 @@
 //! - [`LocalApi`], [`HeadscaleControl::handle`] and [`server`]: the same rules as request
 //!   handlers, for the lab's stand-in processes.
 //!
+//! - [`netns`]: named namespaces (`ip netns add`/`del` semantics), [`netns::enter_on_exec`]
+//!   (the one `setns`-before-exec helper) and the per-test fixture [`Ns`].
+//! - [`http`]: the HTTP/1.1 probe (hyper's client, bounded) and a raw response parser.
+//! - [`metrics`]: the OpenMetrics sample reader, the conversion to Prometheus text 0.0.4,
+//!   and `promtool check metrics`.
+//! - [`icmp`]: an ICMP/ICMPv6 echo over a raw socket (no `ping` binary).
+//!
 //! The fakes stop when dropped and need a tokio runtime (they spawn their accept loop).
 #![warn(missing_docs)]
 
 pub mod headscale;
+pub mod http;
+pub mod icmp;
+pub mod metrics;
+pub mod netns;
 pub mod server;
 pub mod tailscaled;
 
@@ -25,6 +36,7 @@ pub use headscale::{
     Exchange, FakeApiVersion, FakeHeadscale, FakeHeadscaleOptions, Fault, HeadscaleControl,
     NodeView, PersistedState, PreAuthKeyView, random_node_key,
 };
+pub use netns::Ns;
 pub use tailscaled::{
     FakeTailscaled, LocalApi, LocalApiInit, LocalApiRequest, LoginOutcome, TailnetControl,
     default_prefs,

@@ -33,6 +33,7 @@ use ipnetwork::{IpNetwork, Ipv4Network};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
+use crate::policy::Rtnl;
 use ns::Ctx;
 
 /// Root of every lab's files on the host.
@@ -404,7 +405,7 @@ impl Lab {
         let inet = create_named(&self.ns_name("inet")).map_err(|e| anyhow!("inet netns: {e}"))?;
         block_on(async move {
             let h = NetlinkHandle::for_netns(&hub).await?;
-            h.set_link_up("lo", None).await?;
+            Rtnl::for_netns(&hub)?.set_link_up("lo", None).await?;
             h.ensure_bridge(&BridgeSpec {
                 name: "ul0".into(),
                 mtu: Some(1500),
@@ -422,7 +423,7 @@ impl Lab {
             })
             .await?;
             let i = NetlinkHandle::for_netns(&inet).await?;
-            i.set_link_up("lo", None).await?;
+            Rtnl::for_netns(&inet)?.set_link_up("lo", None).await?;
             i.add_address("eth0", IpNetwork::V4(Ipv4Network::new(INET_GW, 24)?))
                 .await?;
             i.add_address("lo", IpNetwork::V4(Ipv4Network::new(INET_ADDR, 32)?))
@@ -594,7 +595,7 @@ impl Lab {
             })
             .await?;
             let nh = NetlinkHandle::for_netns(&net).await?;
-            nh.set_link_up("lo", None).await?;
+            Rtnl::for_netns(&net)?.set_link_up("lo", None).await?;
             nh.add_address("eth0", IpNetwork::V4(Ipv4Network::new(underlay, 24)?))
                 .await?;
             nh.add_route(&RouteSpec::new(
@@ -810,10 +811,7 @@ impl Lab {
         ctx.run(move || -> Result<()> {
             let path = create_named(&pod_name).map_err(|e| anyhow!("{pod_name} netns: {e}"))?;
             block_on(async move {
-                NetlinkHandle::for_netns(&path)
-                    .await?
-                    .set_link_up("lo", None)
-                    .await?;
+                Rtnl::for_netns(&path)?.set_link_up("lo", None).await?;
                 anyhow::Ok(())
             })
         })??;

@@ -26,7 +26,6 @@ mod link_ops;
 pub mod namespaces;
 pub mod netns;
 pub mod nft;
-pub mod policy;
 mod route_ops;
 mod sysctl;
 

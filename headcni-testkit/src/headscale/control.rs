@@ -131,7 +131,7 @@ impl HeadscaleControl {
         }
     }
 
-    /// A request handler serving the REST API (for [`super::server::tcp_loop`]).
+    /// A request handler serving the REST API (for [`crate::server::tcp_loop`]).
     pub fn handler(&self) -> Handler {
         let c2 = self.clone();
         Arc::new(move |req: Req| -> BoxFut {

@@ -1,6 +1,6 @@
 //! A stand-in tailnet for trying `headcni daemon` on one machine: a fake Headscale (REST API
 //! per the v0.29 OpenAPI spec) on 127.0.0.1 and a fake tailscaled LocalAPI, logged in to it,
-//! on a unix socket. They are the test doubles of `headcni-headscale` (feature `testing`):
+//! on a unix socket. They are the test doubles of the dev-only crate `headcni-testkit`:
 //! never use them as a real control plane.
 //!
 //! ```sh
@@ -12,7 +12,7 @@
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 
-use headcni_headscale::testing::{FakeHeadscale, FakeHeadscaleOptions, FakeTailscaled};
+use headcni_testkit::{FakeHeadscale, FakeHeadscaleOptions, FakeTailscaled};
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> std::io::Result<()> {
@@ -38,7 +38,7 @@ async fn main() -> std::io::Result<()> {
     std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o600))?;
     let socket = dir.join("tailscaled.sock");
     let _ = std::fs::remove_file(&socket);
-    let prefs = headcni_headscale::testing::default_prefs();
+    let prefs = headcni_testkit::default_prefs();
     let _ts =
         FakeTailscaled::start_logged_in(&socket, hs.control(), &node, "headcni", prefs).await?;
 

@@ -22,11 +22,11 @@ use std::time::{Duration, Instant};
 
 use harness::{
     Cfg, Daemon, DirSnapshot, Fakes, FakesSpec, HttpResp, Ns, http_get, http_get_accept,
-    masq_rules, openmetrics_to_text, plugin, promtool_check, run_cli, sample, show, snapshot_dir,
-    write_mode,
+    masq_rules, plugin, run_cli, sample, show, snapshot_dir, write_mode,
 };
 use headcni_headscale::localapi::{OptBool, Prefs};
-use headcni_headscale::testing::{
+use headcni_testkit::metrics::{openmetrics_to_text, promtool_check};
+use headcni_testkit::{
     FakeApiVersion, FakeHeadscaleOptions, Fault, default_prefs, random_node_key,
 };
 use ipnetwork::IpNetwork;

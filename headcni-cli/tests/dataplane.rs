@@ -18,26 +18,27 @@
 
 use std::io::ErrorKind;
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
-use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use headcni_cli::daemon::dataplane::{self, DataplaneParams, DataplaneReport};
-use headcni_netlink::{netns, nft};
+use headcni_netlink::nft;
 use ipnetwork::IpNetwork;
 
-/// A named namespace `hcdp-<tag>-<pid>-<role>`, deleted on drop.
-struct Ns {
-    name: String,
-    path: PathBuf,
+/// A named namespace `hcdp-<tag>-<pid>-<role>`, deleted on drop (headcni-testkit's fixture).
+struct Ns(headcni_testkit::Ns);
+
+impl std::ops::Deref for Ns {
+    type Target = headcni_testkit::Ns;
+    fn deref(&self) -> &headcni_testkit::Ns {
+        &self.0
+    }
 }
 
 impl Ns {
     fn new(tag: &str, role: &str) -> Ns {
         let name = format!("hcdp-{tag}-{}-{role}", std::process::id());
-        let _ = netns::delete_named(&name);
-        let path = netns::create_named(&name).expect("create test netns");
-        let ns = Ns { name, path };
+        let ns = Ns(headcni_testkit::Ns::named(&name));
         // No DAD in the test namespaces, so IPv6 addresses are usable at once. These are
         // the namespace's own sysctls, not the host's.
         for key in ["all", "default"] {
@@ -64,15 +65,7 @@ impl Ns {
     }
 
     fn run_in<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
-        netns::run_in_netns(&self.path, f).expect("run in test netns")
-    }
-}
-
-impl Drop for Ns {
-    fn drop(&mut self) {
-        if let Err(e) = netns::delete_named(&self.name) {
-            eprintln!("cleanup of netns {} failed: {e}", self.name);
-        }
+        self.0.run(f)
     }
 }
 

@@ -3,13 +3,12 @@
 //! transitions, graceful shutdown), `/metrics` checked by `promtool check metrics`,
 //! `headcni status` against a live server, and the deployment manifests' validation script.
 
-use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -267,46 +266,11 @@ async fn send_cost_with_a_listening_daemon() {
 // ---------------------------------------------------------------------------------------
 // HTTP
 
-struct HttpResponse {
-    status: u16,
-    headers: BTreeMap<String, String>,
-    body: String,
-}
+use headcni_testkit::http::{Response as HttpResponse, parse_response};
 
 /// One HTTP/1.1 request on a fresh connection (`Connection: close`), read to the end.
 fn request(addr: SocketAddr, method: &str, path: &str) -> HttpResponse {
-    let mut s = TcpStream::connect(addr).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(5)))
-        .expect("timeout");
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .expect("write");
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw).expect("read");
-    parse_response(&raw)
-}
-
-fn parse_response(raw: &[u8]) -> HttpResponse {
-    let text = String::from_utf8_lossy(raw);
-    let (head, body) = text.split_once("\r\n\r\n").expect("header end");
-    let mut lines = head.lines();
-    let status_line = lines.next().expect("status line");
-    let status = status_line
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .expect("status code");
-    let headers = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
-        .collect();
-    HttpResponse {
-        status,
-        headers,
-        body: body.to_owned(),
-    }
+    headcni_testkit::http::request(addr, method, path, &[], None).expect("HTTP request")
 }
 
 struct HttpServer {
@@ -538,7 +502,7 @@ async fn graceful_shutdown_finishes_in_flight_and_returns_quickly() {
     inflight
         .read_to_end(&mut raw)
         .expect("read in-flight response");
-    let r = parse_response(&raw);
+    let r = parse_response(&raw).expect("an HTTP response");
     assert_eq!((r.status, r.body.as_str()), (200, "ok\n"));
     assert_eq!(
         r.headers.get("connection").map(String::as_str),
@@ -564,103 +528,12 @@ async fn graceful_shutdown_finishes_in_flight_and_returns_quickly() {
 // ---------------------------------------------------------------------------------------
 // /metrics through promtool
 
-/// Checks the OpenMetrics structure that promtool (Prometheus text 0.0.4 only) cannot see,
-/// and converts the exposition to the 0.0.4 text format the way Prometheus itself maps the
-/// two: counter families are named with their `_total` suffix, `info` becomes a gauge named
-/// `<name>_info`, `# UNIT` and `# EOF` do not exist.
-fn openmetrics_to_prometheus_text(om: &str) -> String {
-    assert!(om.ends_with("# EOF\n"), "OpenMetrics must end with # EOF");
-    assert_eq!(om.matches("# EOF").count(), 1);
-    // HELP comes before TYPE: collect the types first.
-    let types: BTreeMap<String, String> = om
-        .lines()
-        .filter_map(|l| l.strip_prefix("# TYPE "))
-        .filter_map(|rest| rest.split_once(' '))
-        .map(|(n, t)| (n.to_owned(), t.to_owned()))
-        .collect();
-    let mut out = String::new();
-    for line in om.lines() {
-        if line == "# EOF" || line.starts_with("# UNIT ") {
-            if let Some(rest) = line.strip_prefix("# UNIT ") {
-                let (name, unit) = rest.split_once(' ').expect("UNIT line");
-                assert!(name.ends_with(&format!("_{unit}")), "unit suffix: {line}");
-            }
-            continue;
-        }
-        if let Some(rest) = line.strip_prefix("# TYPE ") {
-            let (name, ty) = rest.split_once(' ').expect("TYPE line");
-            assert!(
-                ["counter", "gauge", "histogram", "info"].contains(&ty),
-                "type of {line}"
-            );
-            let line = match ty {
-                "counter" => format!("# TYPE {name}_total counter"),
-                "info" => format!("# TYPE {name}_info gauge"),
-                _ => line.to_owned(),
-            };
-            out.push_str(&line);
-        } else if let Some(rest) = line.strip_prefix("# HELP ") {
-            let (name, help) = rest.split_once(' ').expect("HELP line");
-            let line = match types.get(name).map(String::as_str) {
-                Some("counter") => format!("# HELP {name}_total {help}"),
-                Some("info") => format!("# HELP {name}_info {help}"),
-                _ => line.to_owned(),
-            };
-            out.push_str(&line);
-        } else {
-            assert!(!line.starts_with('#'), "unexpected comment {line}");
-            let sample = line
-                .split(['{', ' '])
-                .next()
-                .expect("sample name")
-                .to_owned();
-            let family = types
-                .iter()
-                .find(|(name, ty)| {
-                    let suffixes: &[&str] = match ty.as_str() {
-                        "counter" => &["_total"],
-                        "info" => &["_info"],
-                        "histogram" => &["_bucket", "_sum", "_count"],
-                        _ => &[""],
-                    };
-                    suffixes.iter().any(|s| sample == format!("{name}{s}"))
-                })
-                .map(|(n, _)| n.clone());
-            assert!(family.is_some(), "sample {sample} of an undeclared family");
-            out.push_str(line);
-        }
-        out.push('\n');
-    }
-    out
-}
-
+/// `promtool check metrics` (headcni-testkit's): whether it passed, and its output.
 fn promtool_check(text: &str) -> (bool, String) {
-    let child = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn();
-    let mut child = match child {
-        Ok(c) => c,
-        Err(e) => panic!(
-            "promtool is required for this test but could not be run ({e}); install the \
-             Debian package `prometheus` (scripts/test.sh does: apt-get install prometheus)"
-        ),
-    };
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(text.as_bytes())
-        .expect("write to promtool");
-    let out = child.wait_with_output().expect("promtool");
-    let msg = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), msg)
+    match headcni_testkit::metrics::promtool_check(text) {
+        Ok(m) => (true, m),
+        Err(m) => (false, m),
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -703,7 +576,12 @@ async fn metrics_pass_promtool_check_metrics() {
             r.body
         );
     }
-    let text = openmetrics_to_prometheus_text(&r.body);
+    assert!(
+        r.body.ends_with("# EOF\n"),
+        "OpenMetrics must end with # EOF"
+    );
+    let text = headcni_testkit::metrics::openmetrics_to_text(&r.body)
+        .unwrap_or_else(|e| panic!("/metrics is not well-formed OpenMetrics: {e}\n{}", r.body));
     let (ok, msg) = promtool_check(&text);
     assert!(
         ok,

@@ -12,8 +12,8 @@
 //! - [`daemon`]: the pure pieces of daemon mode (bootstrap pre-auth key, the `start` request).
 //! - [`retry`]: capped exponential backoff with jitter.
 //! - [`secret`]: [`secret::Secret`], never printed.
-//! - `testing` (cargo feature `testing`, off by default): **test doubles** — a fake Headscale
-//!   and a fake tailscaled that follow the real APIs, for tests and the lab.
+//!
+//! The test doubles of Headscale and tailscaled live in the dev-only crate `headcni-testkit`.
 #![warn(missing_docs)]
 
 pub mod backend;
@@ -26,9 +26,6 @@ pub mod secret;
 mod serde_util;
 pub mod time;
 pub mod tls;
-
-#[cfg(feature = "testing")]
-pub mod testing;
 
 pub use backend::{ApprovalMode, BackendOptions, TailnetBackend};
 pub use headscale::{HeadscaleClient, HeadscaleConfig, HeadscaleError};

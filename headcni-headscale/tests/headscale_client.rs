@@ -12,10 +12,10 @@ use headcni_headscale::headscale::{
 };
 use headcni_headscale::retry::Retryable;
 use headcni_headscale::secret::Secret;
-use headcni_headscale::testing::{
+use headcni_headscale::time::{parse_rfc3339, unix_now};
+use headcni_testkit::{
     FakeApiVersion, FakeHeadscale, FakeHeadscaleOptions, Fault, random_node_key,
 };
-use headcni_headscale::time::{parse_rfc3339, unix_now};
 use serde_json::json;
 
 async fn fake(version: FakeApiVersion) -> FakeHeadscale {

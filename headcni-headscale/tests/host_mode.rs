@@ -13,7 +13,7 @@ use headcni_headscale::backend::{ApprovalMode, BackendOptions, TailnetBackend};
 use headcni_headscale::headscale::{HeadscaleClient, HeadscaleConfig};
 use headcni_headscale::localapi::{LocalApiClient, OptBool, Prefs};
 use headcni_headscale::secret::Secret;
-use headcni_headscale::testing::{
+use headcni_testkit::{
     FakeApiVersion, FakeHeadscale, FakeHeadscaleOptions, FakeTailscaled, Fault, default_prefs,
     random_node_key,
 };

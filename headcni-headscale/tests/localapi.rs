@@ -15,7 +15,7 @@ use headcni_headscale::localapi::{
 };
 use headcni_headscale::retry::Retryable;
 use headcni_headscale::secret::Secret;
-use headcni_headscale::testing::{
+use headcni_testkit::{
     FakeApiVersion, FakeHeadscale, FakeHeadscaleOptions, FakeTailscaled, default_prefs,
 };
 use serde_json::{Value, json};
@@ -318,7 +318,7 @@ async fn start_replaces_all_prefs_and_errors_are_typed() {
     assert!(!st.have_node_key);
 }
 
-fn body_of<'a>(ts: &'a [headcni_headscale::testing::LocalApiRequest], path: &str) -> &'a Value {
+fn body_of<'a>(ts: &'a [headcni_testkit::LocalApiRequest], path: &str) -> &'a Value {
     ts.iter()
         .find(|r| r.path == path)
         .and_then(|r| r.body.as_ref())

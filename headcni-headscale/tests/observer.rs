@@ -3,10 +3,10 @@
 
 use std::sync::{Arc, Mutex};
 
-use headcni_headscale::testing::{FakeHeadscale, FakeHeadscaleOptions, FakeTailscaled};
 use headcni_headscale::{
     HeadscaleClient, HeadscaleConfig, LocalApiClient, RequestObserver, Secret,
 };
+use headcni_testkit::{FakeHeadscale, FakeHeadscaleOptions, FakeTailscaled};
 
 /// What the observer saw: `(endpoint label, ok)` in order.
 type Seen = Arc<Mutex<Vec<(String, bool)>>>;

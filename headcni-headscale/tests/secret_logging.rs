@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 
 use headcni_headscale::headscale::{HeadscaleClient, HeadscaleConfig, PreAuthKeyOptions};
 use headcni_headscale::secret::Secret;
-use headcni_headscale::testing::{FakeHeadscale, FakeHeadscaleOptions, Fault};
+use headcni_testkit::{FakeHeadscale, FakeHeadscaleOptions, Fault};
 
 /// A `MakeWriter` collecting everything tracing prints.
 #[derive(Clone, Default)]

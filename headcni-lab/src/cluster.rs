@@ -28,10 +28,12 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, anyhow, bail};
 use headcni_core::link::{BridgeSpec, LinkManager, RouteManager, RouteSpec, VethSpec};
 use headcni_netlink::{NetlinkHandle, netns};
+use headcni_testkit::netns::{create_named, delete_named};
 use ipnetwork::{IpNetwork, Ipv4Network};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
+use crate::policy::Rtnl;
 use ns::Ctx;
 
 /// Root of every lab's files on the host.
@@ -399,13 +401,11 @@ impl Lab {
     }
 
     fn build_underlay(&mut self) -> Result<()> {
-        let hub =
-            netns::create_named(&self.ns_name("hub")).map_err(|e| anyhow!("hub netns: {e}"))?;
-        let inet =
-            netns::create_named(&self.ns_name("inet")).map_err(|e| anyhow!("inet netns: {e}"))?;
+        let hub = create_named(&self.ns_name("hub")).map_err(|e| anyhow!("hub netns: {e}"))?;
+        let inet = create_named(&self.ns_name("inet")).map_err(|e| anyhow!("inet netns: {e}"))?;
         block_on(async move {
             let h = NetlinkHandle::for_netns(&hub).await?;
-            h.set_link_up("lo", None).await?;
+            Rtnl::for_netns(&hub)?.set_link_up("lo", None).await?;
             h.ensure_bridge(&BridgeSpec {
                 name: "ul0".into(),
                 mtu: Some(1500),
@@ -423,7 +423,7 @@ impl Lab {
             })
             .await?;
             let i = NetlinkHandle::for_netns(&inet).await?;
-            i.set_link_up("lo", None).await?;
+            Rtnl::for_netns(&inet)?.set_link_up("lo", None).await?;
             i.add_address("eth0", IpNetwork::V4(Ipv4Network::new(INET_GW, 24)?))
                 .await?;
             i.add_address("lo", IpNetwork::V4(Ipv4Network::new(INET_ADDR, 32)?))
@@ -561,8 +561,7 @@ impl Lab {
         progress(format!(
             "{name}: netns + mount namespace, eth0 {underlay}/24"
         ));
-        let net =
-            netns::create_named(&self.ns_name(&name)).map_err(|e| anyhow!("{name} netns: {e}"))?;
+        let net = create_named(&self.ns_name(&name)).map_err(|e| anyhow!("{name} netns: {e}"))?;
         self.state.nodes.insert(
             n,
             Node {
@@ -596,7 +595,7 @@ impl Lab {
             })
             .await?;
             let nh = NetlinkHandle::for_netns(&net).await?;
-            nh.set_link_up("lo", None).await?;
+            Rtnl::for_netns(&net)?.set_link_up("lo", None).await?;
             nh.add_address("eth0", IpNetwork::V4(Ipv4Network::new(underlay, 24)?))
                 .await?;
             nh.add_route(&RouteSpec::new(
@@ -810,13 +809,9 @@ impl Lab {
         let ctx = self.node_ctx(n);
         let pod_name = name.clone();
         ctx.run(move || -> Result<()> {
-            let path =
-                netns::create_named(&pod_name).map_err(|e| anyhow!("{pod_name} netns: {e}"))?;
+            let path = create_named(&pod_name).map_err(|e| anyhow!("{pod_name} netns: {e}"))?;
             block_on(async move {
-                NetlinkHandle::for_netns(&path)
-                    .await?
-                    .set_link_up("lo", None)
-                    .await?;
+                Rtnl::for_netns(&path)?.set_link_up("lo", None).await?;
                 anyhow::Ok(())
             })
         })??;
@@ -840,7 +835,7 @@ impl Lab {
                 pod.result = result;
             }
             Err(e) => {
-                let _ = ctx.run(move || netns::delete_named(&name));
+                let _ = ctx.run(move || delete_named(&name));
                 return Err(anyhow!("CNI ADD {}: {e}", pod.name));
             }
         }
@@ -880,7 +875,7 @@ impl Lab {
         )
         .map_err(|e| anyhow!("CNI DEL {name}: {e}"))?;
         let n = pod.name.clone();
-        ctx.run(move || netns::delete_named(&n))?
+        ctx.run(move || delete_named(&n))?
             .map_err(|e| anyhow!("{e}"))?;
         self.state.pods.retain(|p| p.name != name);
         self.save()
@@ -912,7 +907,7 @@ impl Lab {
             self.headscale_delete_node(id)?;
         }
         ns::unpin(&ctx.mnt.clone().unwrap_or_default())?;
-        netns::delete_named(&self.ns_name(&format!("node-{n}"))).map_err(|e| anyhow!("{e}"))?;
+        delete_named(&self.ns_name(&format!("node-{n}"))).map_err(|e| anyhow!("{e}"))?;
         self.state.pods.retain(|p| p.node != n);
         self.state.nodes.remove(&n);
         self.save()
@@ -979,7 +974,7 @@ impl Lab {
     pub fn ping_from(&self, pod: &Pod, dst: IpAddr, timeout: Duration) -> Result<bool> {
         Ok(self
             .pod_ctx(pod)
-            .run(move || headcni_netlink::icmp::ping(dst, timeout))??)
+            .run(move || headcni_testkit::icmp::ping(dst, timeout))??)
     }
 
     /// Waits until every pod answers every other pod's ping.
@@ -1157,7 +1152,7 @@ impl Lab {
             ns::unpin(p)?;
         }
         for n in &netns_names {
-            netns::delete_named(n).map_err(|e| anyhow!("{e}"))?;
+            delete_named(n).map_err(|e| anyhow!("{e}"))?;
             report.namespaces_removed += 1;
         }
         let _ = nix::mount::umount2(&ns_dir, nix::mount::MntFlags::MNT_DETACH);
@@ -1225,9 +1220,9 @@ pub fn wait_for(
     }
 }
 
-/// One HTTP/1.1 request to `addr` (hyper's client, as the coordination client uses), made
-/// from the calling thread's network namespace; returns (status, body). For the lab's own
-/// probes of the daemon and the Headscale stand-in. Bounded: 2 s to connect, 10 s in all.
+/// One HTTP/1.1 request to `addr` (headcni-testkit's probe: hyper's client), made from the
+/// calling thread's network namespace; returns (status, body). For the lab's own probes of
+/// the daemon and the Headscale stand-in. Bounded: 2 s to connect, 10 s in all.
 pub fn http_request(
     addr: SocketAddr,
     method: &str,
@@ -1235,36 +1230,16 @@ pub fn http_request(
     bearer: Option<&str>,
     body: Option<&str>,
 ) -> Result<(u16, String)> {
-    use bytes::Bytes;
-    use http_body_util::{BodyExt, Full};
-    use hyper_util::client::legacy::Client;
-    use hyper_util::client::legacy::connect::HttpConnector;
-    use hyper_util::rt::TokioExecutor;
-
-    let mut req = http::Request::builder()
-        .method(method)
-        .uri(format!("http://{addr}{path}"));
-    if let Some(k) = bearer {
-        req = req.header(http::header::AUTHORIZATION, format!("Bearer {k}"));
+    let auth = bearer.map(|k| format!("Bearer {k}"));
+    let mut headers = Vec::new();
+    if let Some(a) = &auth {
+        headers.push(("authorization", a.as_str()));
     }
     if body.is_some() {
-        req = req.header(http::header::CONTENT_TYPE, "application/json");
+        headers.push(("content-type", "application/json"));
     }
-    let req = req.body(Full::new(Bytes::from(body.unwrap_or_default().to_owned())))?;
-    block_on(async move {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(Duration::from_secs(2)));
-        let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build(connector);
-        let exchange = async {
-            let resp = client.request(req).await?;
-            let status = resp.status().as_u16();
-            let bytes = resp.into_body().collect().await?.to_bytes();
-            anyhow::Ok((status, String::from_utf8_lossy(&bytes).into_owned()))
-        };
-        tokio::time::timeout(Duration::from_secs(10), exchange)
-            .await
-            .map_err(|_| anyhow!("no answer from {addr} within 10 s"))?
-    })
+    let r = headcni_testkit::http::request(addr, method, path, &headers, body)?;
+    Ok((r.status, r.body))
 }
 
 /// `GET path` without authentication.

@@ -4,7 +4,7 @@
 //! [--preauth-key-file PATH] [--user NAME] [--api 0.29|0.25] [--policy PATH]`
 //!
 //! - serves Headscale's REST API with the very code of
-//!   [`headcni_headscale::testing::FakeHeadscale`] ([`HeadscaleControl::handle`]), plus the
+//!   [`headcni_testkit::FakeHeadscale`] ([`HeadscaleControl::handle`]), plus the
 //!   coordination role ([`crate::coord`]) under `/lab/coord/v1/`;
 //! - persists the whole state (fake state + node endpoints) to `--state-file` (0600, temp
 //!   file + rename) after every change and reloads it at start;
@@ -18,8 +18,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use headcni_headscale::testing::server::{BoxFut, Handler, Req, Resp, json as json_resp, tcp_loop};
-use headcni_headscale::testing::{
+use headcni_testkit::server::{BoxFut, Handler, Req, Resp, json as json_resp, tcp_loop};
+use headcni_testkit::{
     FakeApiVersion, FakeHeadscaleOptions, HeadscaleControl, NodeView, PersistedState,
 };
 use http::{Method, StatusCode};

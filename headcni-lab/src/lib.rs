@@ -13,6 +13,7 @@
 pub mod cluster;
 pub mod coord;
 pub mod headscale_standin;
+pub mod policy;
 pub mod tailscaled_standin;
 
 /// The stand-ins' process entry: `info` logs to stderr (`RUST_LOG` overrides), a two-worker

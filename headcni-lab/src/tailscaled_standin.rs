@@ -4,7 +4,7 @@
 //! [--no-logs-no-support] [--wireguard-go PATH] [--login-server URL --authkey-file PATH]
 //! [--hostname NAME]`
 //!
-//! - the LocalAPI on `--socket` is [`headcni_headscale::testing::LocalApi`] (the same rules
+//! - the LocalAPI on `--socket` is [`headcni_testkit::LocalApi`] (the same rules
 //!   and JSON as `FakeTailscaled`), coordinated over [`crate::coord`];
 //! - the data plane as tailscaled on Linux (tailscale v1.102.3, control-plane-apis.md §2.6):
 //!   `wireguard-go -f NAME` configured over its UAPI socket, the tun with the node's
@@ -24,15 +24,15 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use crate::policy::{Rtnl, RuleSpec};
 use anyhow::Context;
 use headcni_core::link::{LinkManager, RouteManager};
 use headcni_headscale::localapi::{NetfilterMode, Prefs};
-use headcni_headscale::testing::server::{Req, unix_loop};
-use headcni_headscale::testing::{
+use headcni_netlink::NetlinkHandle;
+use headcni_testkit::server::{Req, unix_loop};
+use headcni_testkit::{
     LocalApi, LocalApiInit, LoginOutcome, NodeView, TailnetControl, default_prefs,
 };
-use headcni_netlink::NetlinkHandle;
-use headcni_netlink::policy::RuleSpec;
 use ipnetwork::IpNetwork;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, watch};
@@ -204,6 +204,8 @@ struct Standin {
     api: LocalApi,
     control: Arc<Control>,
     nl: NetlinkHandle,
+    /// Table 52, rule 5270, link up/MTU, the address listing.
+    rtnl: Rtnl,
     uapi: PathBuf,
     mtu: u32,
 }
@@ -250,7 +252,7 @@ impl Standin {
                 None
             }
         };
-        let mut out: Vec<(bool, SocketAddr)> = match self.nl.all_addresses().await {
+        let mut out: Vec<(bool, SocketAddr)> = match self.rtnl.all_addresses().await {
             Ok(a) => a
                 .into_iter()
                 .filter(|(dev, net)| {
@@ -509,10 +511,10 @@ impl Standin {
             applied.wg = Some(wg);
         }
         // Table 52 and rule 5270.
-        let live = self.nl.table_routes(ROUTE_TABLE).await?;
+        let live = self.rtnl.table_routes(ROUTE_TABLE).await?;
         for (dst, _) in &live {
             if !routes.contains(dst) {
-                self.nl.delete_table_route(*dst, ROUTE_TABLE).await?;
+                self.rtnl.delete_table_route(*dst, ROUTE_TABLE).await?;
             }
         }
         for dst in &routes {
@@ -520,7 +522,7 @@ impl Standin {
                 .iter()
                 .any(|(d, dev)| d == dst && dev.as_deref() == Some(&self.args.tun))
             {
-                self.nl
+                self.rtnl
                     .replace_table_route(*dst, &self.args.tun, ROUTE_TABLE)
                     .await?;
             }
@@ -528,9 +530,9 @@ impl Standin {
         for ipv6 in [false, true] {
             let rule = rule(ipv6);
             if running {
-                self.nl.ensure_rule(&rule).await?;
+                self.rtnl.ensure_rule(&rule).await?;
             } else {
-                self.nl.delete_rule(&rule).await?;
+                self.rtnl.delete_rule(&rule).await?;
             }
         }
         // Netfilter.
@@ -556,11 +558,11 @@ impl Standin {
             eprintln!("tailscaled-standin: cleanup nft: {e}");
         }
         for ipv6 in [false, true] {
-            let _ = self.nl.delete_rule(&rule(ipv6)).await;
+            let _ = self.rtnl.delete_rule(&rule(ipv6)).await;
         }
-        if let Ok(routes) = self.nl.table_routes(ROUTE_TABLE).await {
+        if let Ok(routes) = self.rtnl.table_routes(ROUTE_TABLE).await {
             for (dst, _) in routes {
-                let _ = self.nl.delete_table_route(dst, ROUTE_TABLE).await;
+                let _ = self.rtnl.delete_table_route(dst, ROUTE_TABLE).await;
             }
         }
         let _ = self.nl.delete_link(&self.args.tun).await;
@@ -653,6 +655,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         .and_then(|v| v.parse::<u32>().ok())
         .unwrap_or(DEFAULT_MTU);
     let nl = NetlinkHandle::current().await.context("netlink")?;
+    let rtnl = Rtnl::current().context("rtnetlink")?;
     let (nm_tx, _) = watch::channel(0u64);
     let control = Arc::new(Control {
         shared: Mutex::new(Shared {
@@ -683,6 +686,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         api: api.clone(),
         control: control.clone(),
         nl,
+        rtnl,
         mtu,
     });
     // router.CleanUp: leftovers of a previous run.
@@ -708,7 +712,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         );
     }
     standin
-        .nl
+        .rtnl
         .set_link_up(&args.tun, Some(standin.mtu))
         .await
         .context("tun up")?;

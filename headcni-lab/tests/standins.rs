@@ -7,28 +7,17 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::os::fd::AsRawFd;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use headcni_headscale::testing::Exchange;
 use headcni_netlink::netns;
+use headcni_testkit::netns::{self as tk_netns, Target, enter_on_exec};
+use headcni_testkit::{Exchange, Ns};
 use serde_json::{Value, json};
 
 const HS_ADDR: &str = "10.98.0.1:8080";
-
-/// Named network namespaces, deleted on drop (their links go with them).
-struct Netns(Vec<String>);
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        for n in &self.0 {
-            let _ = netns::delete_named(n);
-        }
-    }
-}
 
 /// A child process: SIGTERM on drop, then SIGKILL.
 struct Proc {
@@ -169,7 +158,8 @@ fn valid(ex: Exchange) -> Value {
 struct Lab {
     tag: String,
     dir: tempfile::TempDir,
-    _ns: Netns,
+    /// Named network namespaces, deleted on drop (their links go with them).
+    _ns: Vec<Ns>,
 }
 
 impl Lab {
@@ -178,17 +168,15 @@ impl Lab {
     }
 
     fn path(&self, n: &str) -> PathBuf {
-        netns::named_path(&self.ns(n)).unwrap()
+        tk_netns::named_path(&self.ns(n)).unwrap()
     }
 
     fn new() -> Lab {
         let tag = format!("hcsi{}", std::process::id() % 100_000);
-        let mut ns = Netns(Vec::new());
+        let mut ns = Vec::new();
         for n in ["u", "a", "b"] {
             let name = format!("{tag}-{n}");
-            let _ = netns::delete_named(&name);
-            netns::create_named(&name).unwrap();
-            ns.0.push(name.clone());
+            ns.push(Ns::named(&name));
             run(&["ip", "-n", &name, "link", "set", "lo", "up"]);
         }
         let u = format!("{tag}-u");
@@ -224,8 +212,8 @@ impl Lab {
     fn headscale(&self) -> Proc {
         let policy = self.file("policy.json");
         std::fs::write(&policy, r#"{"autoApprovers": {"routes": {}}}"#).unwrap();
-        let fd = std::fs::File::open(self.path("u")).unwrap();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_headscale-standin"));
+        let fd = enter_on_exec(&mut cmd, &Target::net(self.path("u"))).unwrap();
         cmd.args(["--listen", HS_ADDR, "--state-file"])
             .arg(self.file("hs.json"))
             .arg("--api-key-file")
@@ -236,16 +224,6 @@ impl Lab {
             .arg(&policy)
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(self.file("hs.log")).unwrap());
-        let raw = fd.as_raw_fd();
-        // SAFETY: setns is async-signal-safe; fd stays open in the parent until spawn returns.
-        unsafe {
-            cmd.pre_exec(move || {
-                if libc::setns(raw, libc::CLONE_NEWNET) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
         let p = Proc {
             child: Some(cmd.spawn().unwrap()),
             name: "headscale-standin",
@@ -265,8 +243,8 @@ impl Lab {
     }
 
     fn tailscaled(&self, n: &str) -> Proc {
-        let fd = std::fs::File::open(self.path(n)).unwrap();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_tailscaled-standin"));
+        let fd = enter_on_exec(&mut cmd, &Target::net(self.path(n))).unwrap();
         cmd.arg("--tun=ts0")
             .arg(format!(
                 "--socket={}",
@@ -287,14 +265,12 @@ impl Lab {
             .args(["--hostname", n])
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(self.file(&format!("{n}.log"))).unwrap());
-        let raw = fd.as_raw_fd();
-        // SAFETY: only async-signal-safe syscalls between fork and exec.
+        // SAFETY: only async-signal-safe syscalls between fork and exec (this hook runs after
+        // enter_on_exec's, inside the node's network namespace).
         unsafe {
             cmd.pre_exec(move || {
                 let fail = || Err(std::io::Error::last_os_error());
-                if libc::setns(raw, libc::CLONE_NEWNET) != 0
-                    || libc::unshare(libc::CLONE_NEWNS) != 0
-                {
+                if libc::unshare(libc::CLONE_NEWNS) != 0 {
                     return fail();
                 }
                 let root = c"/";

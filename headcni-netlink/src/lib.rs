@@ -3,9 +3,9 @@
 //! [`NetlinkHandle`] implements [`headcni_core::link::LinkManager`] and
 //! [`headcni_core::link::RouteManager`] for one network namespace: the calling process's
 //! ([`NetlinkHandle::current`]) or a container's opened from its path
-//! ([`NetlinkHandle::for_netns`]). The [`netns`] module holds the namespace helpers the CLI,
-//! the lab and the tests need (`ip netns add`/`del` semantics, "is this my own netns",
-//! running a closure inside a namespace).
+//! ([`NetlinkHandle::for_netns`]). The [`netns`] module holds the namespace helpers the CLI
+//! needs ("is this my own netns", running a closure inside a namespace); creating and deleting
+//! named namespaces (`ip netns add`/`del`) is test and lab business (crate `headcni-testkit`).
 //!
 //! Netlink types (`rtnetlink`, `netlink-packet-route`, `netlink-sys`) never appear in this
 //! crate's public API; everything is expressed in `headcni_core::link` types.
@@ -22,12 +22,10 @@
 mod convert;
 mod error;
 mod handle;
-pub mod icmp;
 mod link_ops;
 pub mod namespaces;
 pub mod netns;
 pub mod nft;
-pub mod policy;
 mod route_ops;
 mod sysctl;
 

@@ -1,26 +1,19 @@
-//! Network namespace helpers (`ip netns` semantics, identity checks, running code inside a
-//! namespace).
+//! Network namespace helpers (identity checks, running code inside a namespace).
 //!
 //! Every function that enters a namespace does so on a **freshly spawned OS thread** which
 //! exits when the work is done, so no thread of the caller (and in particular no tokio worker
 //! or blocking-pool thread) ever changes namespace. Sources: `setns(2)`, `unshare(2)`,
 //! `namespaces(7)`, `ip-netns(8)`.
 
-use std::fs::{self, DirBuilder, OpenOptions};
+use std::fs::{self, OpenOptions};
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 
 use headcni_core::link::LinkError;
-use nix::errno::Errno;
-use nix::mount::{MntFlags, MsFlags};
 use nix::sched::{CloneFlags, CpuSet, sched_getaffinity, sched_setaffinity};
 use nix::unistd::Pid;
-
-/// Directory holding named network namespaces (bind mounts), as used by `ip netns`.
-pub const NETNS_RUN_DIR: &str = "/run/netns";
 
 /// The calling process's network namespace.
 const SELF_NETNS: &str = "/proc/self/ns/net";
@@ -37,12 +30,6 @@ pub enum NetnsError {
         /// Why it is unusable.
         reason: String,
     },
-    /// A namespace name is empty, too long, or contains `/` or NUL, or is `.`/`..`.
-    #[error("invalid network namespace name {0:?}")]
-    InvalidName(String),
-    /// `create_named` found `/run/netns/<name>` already present.
-    #[error("network namespace {0:?} already exists")]
-    AlreadyExists(String),
     /// A file-system, mount or thread operation failed.
     #[error("{what}: {source}")]
     Io {
@@ -200,134 +187,6 @@ pub fn is_current(path: impl AsRef<Path>) -> Result<bool, NetnsError> {
 /// e.g. an `ip netns` bind mount or `/proc/<pid>/ns/net`).
 pub fn exists(path: impl AsRef<Path>) -> bool {
     open(path.as_ref()).is_ok()
-}
-
-/// `/run/netns/<name>` after validating `name` (non-empty, ≤ 255 bytes, no `/` or NUL,
-/// not `.` or `..`).
-///
-/// Errors: [`NetnsError::InvalidName`].
-pub fn named_path(name: &str) -> Result<PathBuf, NetnsError> {
-    if name.is_empty()
-        || name.len() > 255
-        || name == "."
-        || name == ".."
-        || name.contains('/')
-        || name.contains('\0')
-    {
-        return Err(NetnsError::InvalidName(name.to_owned()));
-    }
-    Ok(Path::new(NETNS_RUN_DIR).join(name))
-}
-
-/// Serialises the `/run/netns` mount setup within this process.
-static RUN_DIR_SETUP: Mutex<()> = Mutex::new(());
-
-/// Makes `/run/netns` exist and be a shared mount point, like `ip netns add` does:
-/// `mount --make-rshared /run/netns`, and if it is not a mount point yet, bind-mount it onto
-/// itself first.
-fn prepare_run_dir() -> Result<(), NetnsError> {
-    let _guard = RUN_DIR_SETUP.lock().unwrap_or_else(|p| p.into_inner());
-    DirBuilder::new()
-        .recursive(true)
-        .mode(0o755)
-        .create(NETNS_RUN_DIR)
-        .map_err(|e| io_err(format!("create {NETNS_RUN_DIR}"), e))?;
-    let make_shared = || {
-        nix::mount::mount(
-            Some("none"),
-            NETNS_RUN_DIR,
-            None::<&str>,
-            MsFlags::MS_SHARED | MsFlags::MS_REC,
-            None::<&str>,
-        )
-    };
-    match make_shared() {
-        Ok(()) => Ok(()),
-        Err(Errno::EINVAL) => {
-            // Not a mount point yet: bind it onto itself, then make it shared.
-            nix::mount::mount(
-                Some(NETNS_RUN_DIR),
-                NETNS_RUN_DIR,
-                Some("none"),
-                MsFlags::MS_BIND | MsFlags::MS_REC,
-                None::<&str>,
-            )
-            .map_err(|e| io_err(format!("bind mount {NETNS_RUN_DIR}"), e))?;
-            make_shared().map_err(|e| io_err(format!("make {NETNS_RUN_DIR} shared"), e))
-        }
-        Err(e) => Err(io_err(format!("make {NETNS_RUN_DIR} shared"), e)),
-    }
-}
-
-/// Creates a new, empty network namespace pinned at `/run/netns/<name>` (`ip netns add`
-/// semantics, usable with `ip netns exec` afterwards) and returns that path.
-///
-/// A fresh thread calls `unshare(CLONE_NEWNET)` and bind-mounts `/proc/thread-self/ns/net`
-/// onto the file, then exits. The new namespace has only a `lo` link, down.
-///
-/// Errors: [`NetnsError::InvalidName`], [`NetnsError::AlreadyExists`], [`NetnsError::Io`]
-/// (needs `CAP_SYS_ADMIN`).
-pub fn create_named(name: &str) -> Result<PathBuf, NetnsError> {
-    let path = named_path(name)?;
-    prepare_run_dir()?;
-    match OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o000)
-        .custom_flags(libc::O_CLOEXEC)
-        .open(&path)
-    {
-        Ok(_) => {}
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-            return Err(NetnsError::AlreadyExists(name.to_owned()));
-        }
-        Err(e) => return Err(io_err(format!("create {}", path.display()), e)),
-    }
-    let target = path.clone();
-    let nearby = SpawnNearby::pin();
-    let restore = nearby.child_mask();
-    let spawned = std::thread::Builder::new()
-        .name("netns-create".to_owned())
-        .spawn(move || -> Result<(), NetnsError> {
-            restore();
-            nix::sched::unshare(CloneFlags::CLONE_NEWNET)
-                .map_err(|e| io_err("unshare(CLONE_NEWNET)", e))?;
-            nix::mount::mount(
-                Some("/proc/thread-self/ns/net"),
-                &target,
-                Some("none"),
-                MsFlags::MS_BIND,
-                None::<&str>,
-            )
-            .map_err(|e| io_err(format!("bind mount netns onto {}", target.display()), e))
-        });
-    drop(nearby);
-    let result = spawned
-        .map_err(|e| io_err("spawn netns thread", e))
-        .and_then(|t| t.join().unwrap_or(Err(NetnsError::Panicked(path.clone()))));
-    if let Err(e) = result {
-        let _ = fs::remove_file(&path);
-        return Err(e);
-    }
-    Ok(path)
-}
-
-/// Deletes the named network namespace `/run/netns/<name>` (`ip netns del` semantics):
-/// `umount2(MNT_DETACH)` and unlink. The namespace itself disappears once nothing else
-/// references it. `Ok(())` if it does not exist.
-///
-/// Errors: [`NetnsError::InvalidName`], [`NetnsError::Io`].
-pub fn delete_named(name: &str) -> Result<(), NetnsError> {
-    let path = named_path(name)?;
-    match nix::mount::umount2(&path, MntFlags::MNT_DETACH) {
-        Ok(()) | Err(Errno::EINVAL) | Err(Errno::ENOENT) => {}
-        Err(e) => return Err(io_err(format!("umount {}", path.display()), e)),
-    }
-    match fs::remove_file(&path) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(io_err(format!("remove {}", path.display()), e)),
-    }
 }
 
 /// Runs `f` on a freshly spawned OS thread that has entered the network namespace at

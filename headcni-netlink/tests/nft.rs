@@ -3,55 +3,30 @@
 //! the test process's own namespace: every `nft` child is spawned from a thread inside the
 //! test namespace (`netns::run_in_netns`).
 
-use std::path::PathBuf;
-use std::process::Command;
-
 use headcni_core::node::masq::{self, MasqueradePlan, MasqueradeSpec};
-use headcni_netlink::netns;
 use headcni_netlink::nft::{self, NftError};
 use ipnetwork::IpNetwork;
 use serde_json::Value;
 
 /// A named namespace `hcdp-<tag>-<pid>`, deleted on drop (also when the test panics).
-struct Ns {
-    name: String,
-    path: PathBuf,
-}
+struct Ns(headcni_testkit::Ns);
 
 impl Ns {
     fn new(tag: &str) -> Ns {
-        let name = format!("hcdp-{tag}-{}", std::process::id());
-        let _ = netns::delete_named(&name);
-        let path = netns::create_named(&name).expect("create test netns");
-        Ns { name, path }
+        Ns(headcni_testkit::Ns::named(&format!(
+            "hcdp-{tag}-{}",
+            std::process::id()
+        )))
     }
 
     /// Runs `f` on a thread inside the namespace.
     fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
-        netns::run_in_netns(&self.path, f).expect("run in test netns")
+        self.0.run(f)
     }
 
     /// `nft <args>` inside the namespace; panics on failure; returns stdout.
     fn nft(&self, args: &[&str]) -> String {
-        let out = Command::new("ip")
-            .args(["netns", "exec", &self.name, "nft"])
-            .args(args)
-            .output()
-            .expect("run ip netns exec nft");
-        assert!(
-            out.status.success(),
-            "nft {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-}
-
-impl Drop for Ns {
-    fn drop(&mut self) {
-        if let Err(e) = netns::delete_named(&self.name) {
-            eprintln!("cleanup of netns {} failed: {e}", self.name);
-        }
+        self.0.exec_ok(&[&["nft"][..], args].concat())
     }
 }
 

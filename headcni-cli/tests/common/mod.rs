@@ -10,17 +10,14 @@
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
-use std::fs::File;
 use std::io::Write;
 use std::net::{IpAddr, Ipv4Addr};
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::PermissionsExt;
-use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use headcni_netlink::netns;
 use serde_json::{Value, json};
 
 /// The plugin binary under test.
@@ -43,191 +40,9 @@ pub const CNI_VARS: [&str; 6] = [
 // Namespaces
 // ---------------------------------------------------------------------------------------
 
-/// A named network namespace `/run/netns/<name>`, deleted on drop.
-pub struct Ns {
-    /// The `ip netns` name.
-    pub name: String,
-    /// `/run/netns/<name>`.
-    pub path: PathBuf,
-}
-
-impl Ns {
-    /// Creates `hct-<tag>-<pid>-<suffix>` (a leftover of a crashed run with the same pid is
-    /// removed first).
-    pub fn new(tag: &str, suffix: &str) -> Ns {
-        Ns::named(&format!("hct-{tag}-{}-{suffix}", std::process::id()))
-    }
-
-    /// Creates `/run/netns/<name>` under exactly this name (a leftover of a crashed run is
-    /// removed first).
-    pub fn named(name: &str) -> Ns {
-        let _ = netns::delete_named(name);
-        let path =
-            netns::create_named(name).unwrap_or_else(|e| panic!("creating test netns {name}: {e}"));
-        Ns {
-            name: name.to_owned(),
-            path,
-        }
-    }
-
-    /// A command whose child enters this namespace before exec (`pre_exec` + `setns`).
-    /// The returned file must stay open until the child is spawned.
-    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> (Command, File) {
-        let file = File::open(&self.path)
-            .unwrap_or_else(|e| panic!("opening netns {}: {e}", self.path.display()));
-        let fd = file.as_raw_fd();
-        let mut cmd = Command::new(program);
-        // SAFETY: setns(2) is async-signal-safe; `fd` belongs to `file`, which the caller
-        // keeps open until `spawn` has returned.
-        unsafe {
-            cmd.pre_exec(move || {
-                if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        (cmd, file)
-    }
-
-    /// Runs `f` on a fresh thread inside this namespace and returns its result.
-    pub fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
-        netns::run_in_netns(&self.path, f)
-            .unwrap_or_else(|e| panic!("running inside netns {}: {e}", self.name))
-    }
-
-    /// `nft -j list table inet <table>` in this namespace: `Ok(json)` or `Err(stderr)` when
-    /// the table does not exist.
-    pub fn nft_table(&self, table: &str) -> Result<Value, String> {
-        let out = self.exec(&["nft", "-j", "list", "table", "inet", table]);
-        if !out.status.success() {
-            return Err(String::from_utf8_lossy(&out.stderr).into_owned());
-        }
-        serde_json::from_slice(&out.stdout).map_err(|e| format!("nft -j output is not JSON: {e}"))
-    }
-
-    /// `CNI_NETNS` for this namespace.
-    pub fn path_str(&self) -> String {
-        self.path.display().to_string()
-    }
-
-    /// `ip netns exec <name> <args...>`.
-    pub fn exec(&self, args: &[&str]) -> std::process::Output {
-        Command::new("ip")
-            .args(["netns", "exec", &self.name])
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .unwrap_or_else(|e| panic!("running ip netns exec {} {args:?}: {e}", self.name))
-    }
-
-    /// `ip netns exec`, stdout as a string; panics with the output when it fails.
-    pub fn exec_ok(&self, args: &[&str]) -> String {
-        let out = self.exec(args);
-        assert!(
-            out.status.success(),
-            "ip netns exec {} {args:?} failed ({}): stdout {} stderr {}",
-            self.name,
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    /// `ip -j link show` in this namespace: every link as JSON.
-    pub fn links(&self) -> Vec<Value> {
-        let s = self.exec_ok(&["ip", "-j", "-d", "link", "show"]);
-        match serde_json::from_str(&s) {
-            Ok(Value::Array(a)) => a,
-            other => panic!("ip -j link show in {}: unexpected {other:?}", self.name),
-        }
-    }
-
-    /// The link `name`, if present.
-    pub fn link(&self, name: &str) -> Option<Value> {
-        self.links().into_iter().find(|l| l["ifname"] == name)
-    }
-
-    /// Names of the links whose master is `bridge`.
-    pub fn bridge_ports(&self, bridge: &str) -> Vec<String> {
-        self.links()
-            .into_iter()
-            .filter(|l| l["master"] == bridge)
-            .map(|l| l["ifname"].as_str().unwrap_or_default().to_owned())
-            .collect()
-    }
-
-    /// Names of every veth link.
-    pub fn veths(&self) -> Vec<String> {
-        self.links()
-            .into_iter()
-            .filter(|l| l["linkinfo"]["info_kind"] == "veth")
-            .map(|l| l["ifname"].as_str().unwrap_or_default().to_owned())
-            .collect()
-    }
-
-    /// The global-scope addresses (`a.b.c.d/len`) on `dev` (IPv6 link-local ones are the
-    /// kernel's, not the plugin's), or `None` when `dev` does not exist.
-    pub fn addresses(&self, dev: &str) -> Option<Vec<String>> {
-        let out = self.exec(&["ip", "-j", "addr", "show", "dev", dev]);
-        if !out.status.success() {
-            return None;
-        }
-        let v: Value = serde_json::from_slice(&out.stdout).ok()?;
-        let mut addrs = Vec::new();
-        for l in v.as_array()? {
-            for a in l["addr_info"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter(|a| a["scope"] == "global")
-            {
-                addrs.push(format!(
-                    "{}/{}",
-                    a["local"].as_str().unwrap_or_default(),
-                    a["prefixlen"]
-                ));
-            }
-        }
-        Some(addrs)
-    }
-
-    /// `ip -j route show <args>` as JSON.
-    pub fn routes(&self, args: &[&str]) -> Vec<Value> {
-        let mut a = vec!["ip", "-j", "route", "show"];
-        a.extend_from_slice(args);
-        let s = self.exec_ok(&a);
-        serde_json::from_str::<Value>(&s)
-            .ok()
-            .and_then(|v| v.as_array().cloned())
-            .unwrap_or_default()
-    }
-
-    /// Whether one ICMP echo to `dst` is answered (up to 3 tries: the first may wait for
-    /// ARP, and the machine is shared).
-    pub fn ping(&self, dst: &str) -> bool {
-        (0..3).any(|_| {
-            self.exec(&["ping", "-n", "-c1", "-W2", dst])
-                .status
-                .success()
-        })
-    }
-
-    /// Reads a sysctl (`/proc/sys/...`) inside this namespace.
-    pub fn sysctl(&self, key: &str) -> String {
-        let p = format!("/proc/sys/{}", key.replace('.', "/"));
-        self.exec_ok(&["cat", &p]).trim().to_owned()
-    }
-}
-
-impl Drop for Ns {
-    fn drop(&mut self) {
-        if let Err(e) = netns::delete_named(&self.name) {
-            eprintln!("cleanup of netns {} failed: {e}", self.name);
-        }
-    }
-}
+/// A named network namespace `/run/netns/<name>`, deleted on drop (the one fixture, in
+/// crate headcni-testkit).
+pub use headcni_testkit::Ns;
 
 // ---------------------------------------------------------------------------------------
 // Running a plugin as a runtime does

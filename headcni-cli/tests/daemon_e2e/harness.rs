@@ -10,9 +10,8 @@
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
-use std::os::fd::AsRawFd;
+use std::io::Write;
+use std::net::SocketAddr;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
@@ -21,9 +20,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use headcni_headscale::localapi::Prefs;
-use headcni_headscale::testing::{
-    FakeHeadscale, FakeHeadscaleOptions, FakeTailscaled, HeadscaleControl,
-};
+use headcni_testkit::{FakeHeadscale, FakeHeadscaleOptions, FakeTailscaled, HeadscaleControl};
 use serde_json::Value;
 
 /// The binary under test.
@@ -171,58 +168,56 @@ type Started = Result<(HeadscaleControl, String, Arc<FakeTailscaled>), String>;
 
 impl Fakes {
     pub fn start(ns: &Ns, spec: FakesSpec) -> Fakes {
-        let file = File::open(&ns.path)
-            .unwrap_or_else(|e| panic!("opening netns {}: {e}", ns.path.display()));
         let (tx, rx) = std::sync::mpsc::channel::<Started>();
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let ns_path = ns.path.clone();
         let thread = std::thread::Builder::new()
             .name(format!("fakes-{}", ns.name))
             .spawn(move || {
-                // SAFETY: plain setns(2) on a valid fd owned by `file`, on this thread only.
-                if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                    let e = std::io::Error::last_os_error();
-                    let _ = tx.send(Err(format!("setns: {e}")));
-                    return;
-                }
-                drop(file);
-                let rt = match tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                {
-                    Ok(rt) => rt,
-                    Err(e) => {
-                        let _ = tx.send(Err(format!("runtime: {e}")));
-                        return;
-                    }
-                };
-                rt.block_on(async move {
-                    let hs = match FakeHeadscale::start(spec.headscale).await {
-                        Ok(hs) => hs,
-                        Err(e) => {
-                            let _ = tx.send(Err(format!("FakeHeadscale: {e}")));
-                            return;
-                        }
-                    };
-                    let ts = match FakeTailscaled::start_logged_in(
-                        &spec.ts_socket,
-                        hs.control(),
-                        &spec.hostname,
-                        &spec.user,
-                        spec.prefs,
-                    )
-                    .await
+                // The runtime lives on a thread inside the namespace until `stop_rx` fires.
+                let entered = headcni_netlink::netns::run_in_netns(&ns_path, || {
+                    let rt = match tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
                     {
-                        Ok(ts) => Arc::new(ts),
+                        Ok(rt) => rt,
                         Err(e) => {
-                            let _ = tx.send(Err(format!("FakeTailscaled: {e}")));
+                            let _ = tx.send(Err(format!("runtime: {e}")));
                             return;
                         }
                     };
-                    let _ = tx.send(Ok((hs.control(), hs.api_key().to_owned(), ts.clone())));
-                    let _ = stop_rx.await;
-                    drop(ts);
-                    drop(hs);
+                    rt.block_on(async move {
+                        let hs = match FakeHeadscale::start(spec.headscale).await {
+                            Ok(hs) => hs,
+                            Err(e) => {
+                                let _ = tx.send(Err(format!("FakeHeadscale: {e}")));
+                                return;
+                            }
+                        };
+                        let ts = match FakeTailscaled::start_logged_in(
+                            &spec.ts_socket,
+                            hs.control(),
+                            &spec.hostname,
+                            &spec.user,
+                            spec.prefs,
+                        )
+                        .await
+                        {
+                            Ok(ts) => Arc::new(ts),
+                            Err(e) => {
+                                let _ = tx.send(Err(format!("FakeTailscaled: {e}")));
+                                return;
+                            }
+                        };
+                        let _ = tx.send(Ok((hs.control(), hs.api_key().to_owned(), ts.clone())));
+                        let _ = stop_rx.await;
+                        drop(ts);
+                        drop(hs);
+                    });
                 });
+                if let Err(e) = entered {
+                    eprintln!("the fakes' namespace thread: {e}");
+                }
             })
             .expect("spawning the fakes thread");
         let (hs, api_key, ts) = rx
@@ -264,64 +259,20 @@ impl Drop for Fakes {
 #[derive(Debug, Clone)]
 pub struct HttpResp {
     pub status: u16,
+    /// The headers as `name: value` lines (names lower-cased).
     pub headers: String,
     pub body: String,
 }
 
 fn get_inner(addr: SocketAddr, path: &str, accept: Option<&str>) -> Result<HttpResp, String> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))
-        .map_err(|e| format!("connect {addr}: {e}"))?;
-    s.set_read_timeout(Some(Duration::from_secs(5)))
+    let headers: Vec<(&str, &str)> = accept.map(|a| ("accept", a)).into_iter().collect();
+    let r = headcni_testkit::http::request(addr, "GET", path, &headers, None)
         .map_err(|e| e.to_string())?;
-    s.set_write_timeout(Some(Duration::from_secs(5)))
-        .map_err(|e| e.to_string())?;
-    let accept = accept
-        .map(|a| format!("Accept: {a}\r\n"))
-        .unwrap_or_default();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\n{accept}Connection: close\r\n\r\n"
-    )
-    .map_err(|e| format!("write: {e}"))?;
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw).map_err(|e| format!("read: {e}"))?;
-    let text = String::from_utf8_lossy(&raw).into_owned();
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .ok_or_else(|| format!("no header end in {text:?}"))?;
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse::<u16>().ok())
-        .ok_or_else(|| format!("bad status line in {head:?}"))?;
-    let chunked = head.lines().any(|l| {
-        l.to_ascii_lowercase()
-            .starts_with("transfer-encoding: chunked")
-    });
-    let body = if chunked {
-        dechunk(body)?
-    } else {
-        body.to_owned()
-    };
     Ok(HttpResp {
-        status,
-        headers: head.to_owned(),
-        body,
+        status: r.status,
+        headers: r.head(),
+        body: r.body,
     })
-}
-
-fn dechunk(mut s: &str) -> Result<String, String> {
-    let mut out = String::new();
-    loop {
-        let (size, rest) = s.split_once("\r\n").ok_or("bad chunk")?;
-        let n = usize::from_str_radix(size.split(';').next().unwrap_or("").trim(), 16)
-            .map_err(|e| format!("bad chunk size {size:?}: {e}"))?;
-        if n == 0 {
-            return Ok(out);
-        }
-        out.push_str(rest.get(..n).ok_or("short chunk")?);
-        s = rest.get(n + 2..).ok_or("short chunk")?;
-    }
 }
 
 /// `GET path` on the daemon's endpoint, from a thread inside `ns`.
@@ -810,184 +761,11 @@ pub fn masq_rules(listing: &Value) -> (Vec<MasqRule>, Vec<Chain>) {
 // Metrics text
 // ---------------------------------------------------------------------------------------
 
-/// Parses `a="x",b="y"`.
-fn parse_labels(s: &str) -> BTreeMap<String, String> {
-    let mut out = BTreeMap::new();
-    let mut rest = s;
-    while let Some((k, v)) = rest.split_once("=\"") {
-        let k = k.trim_start_matches(',').trim().to_owned();
-        let mut val = String::new();
-        let mut chars = v.char_indices();
-        let mut end = v.len();
-        while let Some((i, c)) = chars.next() {
-            match c {
-                '\\' => {
-                    if let Some((_, n)) = chars.next() {
-                        val.push(match n {
-                            'n' => '\n',
-                            o => o,
-                        });
-                    }
-                }
-                '"' => {
-                    end = i + 1;
-                    break;
-                }
-                o => val.push(o),
-            }
-        }
-        out.insert(k, val);
-        rest = &v[end..];
-    }
-    out
-}
-
-/// The value of the sample `name` whose labels include `labels` (first match).
-pub fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    for line in text.lines().filter(|l| !l.starts_with('#')) {
-        let (n, l, rest) = match (line.find('{'), line.rfind('}')) {
-            (Some(a), Some(b)) if a < b => {
-                (&line[..a], parse_labels(&line[a + 1..b]), &line[b + 1..])
-            }
-            _ => match line.split_once(' ') {
-                Some((n, rest)) => (n, BTreeMap::new(), rest),
-                None => continue,
-            },
-        };
-        if n != name
-            || !labels
-                .iter()
-                .all(|(k, v)| l.get(*k).is_some_and(|x| x == v))
-        {
-            continue;
-        }
-        return rest.split_whitespace().next().and_then(|v| v.parse().ok());
-    }
-    None
-}
-
-/// Converts an OpenMetrics exposition to the Prometheus 0.0.4 text format the way Prometheus
-/// maps the two (promtool 2.42 only parses 0.0.4): counter families are named with their
-/// `_total` suffix, `info` becomes a gauge `<name>_info`, `# UNIT` and `# EOF` go away.
-/// Checks the OpenMetrics structure on the way (one final `# EOF`, unit suffixes, every
-/// sample of a declared family). 0.0.4 input is returned unchanged.
-pub fn openmetrics_to_text(om: &str) -> Result<String, String> {
-    if !om.contains("# EOF") {
-        return Ok(om.to_owned());
-    }
-    if !om.ends_with("# EOF\n") || om.matches("# EOF").count() != 1 {
-        return Err("OpenMetrics must end with exactly one # EOF".into());
-    }
-    let types: BTreeMap<String, String> = om
-        .lines()
-        .filter_map(|l| l.strip_prefix("# TYPE "))
-        .filter_map(|rest| rest.split_once(' '))
-        .map(|(n, t)| (n.to_owned(), t.to_owned()))
-        .collect();
-    let mut out = String::new();
-    for line in om.lines() {
-        if line == "# EOF" {
-            continue;
-        }
-        if let Some(rest) = line.strip_prefix("# UNIT ") {
-            let (name, unit) = rest.split_once(' ').ok_or(format!("bad {line}"))?;
-            if !name.ends_with(&format!("_{unit}")) {
-                return Err(format!("unit suffix missing: {line}"));
-            }
-            continue;
-        }
-        if let Some(rest) = line.strip_prefix("# TYPE ") {
-            let (name, ty) = rest.split_once(' ').ok_or(format!("bad {line}"))?;
-            out.push_str(&match ty {
-                "counter" => format!("# TYPE {name}_total counter"),
-                "info" => format!("# TYPE {name}_info gauge"),
-                _ => line.to_owned(),
-            });
-        } else if let Some(rest) = line.strip_prefix("# HELP ") {
-            let (name, help) = rest.split_once(' ').ok_or(format!("bad {line}"))?;
-            out.push_str(&match types.get(name).map(String::as_str) {
-                Some("counter") => format!("# HELP {name}_total {help}"),
-                Some("info") => format!("# HELP {name}_info {help}"),
-                _ => line.to_owned(),
-            });
-        } else {
-            if line.starts_with('#') {
-                return Err(format!("unexpected comment {line}"));
-            }
-            let sample = line.split(['{', ' ']).next().unwrap_or_default();
-            let declared = types.iter().any(|(name, ty)| {
-                let suffixes: &[&str] = match ty.as_str() {
-                    "counter" => &["_total", "_created"],
-                    "info" => &["_info"],
-                    "histogram" => &["_bucket", "_sum", "_count", "_created"],
-                    _ => &[""],
-                };
-                suffixes.iter().any(|s| sample == format!("{name}{s}"))
-            });
-            if !declared {
-                return Err(format!("sample {sample} of an undeclared family"));
-            }
-            out.push_str(line);
-        }
-        out.push('\n');
-    }
-    Ok(out)
-}
-
-/// `promtool check metrics` on `text` (stdin): `Ok(output)` or `Err(output)`.
-pub fn promtool_check(text: &str) -> Result<String, String> {
-    let promtool = ["/usr/bin/promtool", "/usr/local/bin/promtool"]
-        .into_iter()
-        .find(|p| Path::new(p).exists())
-        .unwrap_or_else(|| {
-            panic!(
-                "promtool is not installed: it is required to check /metrics \
-                 (Debian package `prometheus`: apt-get install prometheus)"
-            )
-        });
-    let mut child = Command::new(promtool)
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("running promtool");
-    if let Some(mut s) = child.stdin.take() {
-        let _ = s.write_all(text.as_bytes());
-    }
-    let out = child.wait_with_output().expect("promtool");
-    let msg = format!(
-        "exit {:?}: {}{}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    if out.status.success() {
-        Ok(msg)
-    } else {
-        Err(msg)
-    }
-}
+pub use headcni_testkit::metrics::sample;
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn metric_samples_parse() {
-        let t = "# TYPE x counter\nx_total{verb=\"ADD\",result=\"ok\"} 1\nheadcni_ready 1\n\
-                 r{route=\"10.0.0.0/24\",state=\"approved\"} 0 1700000000\n# EOF\n";
-        assert_eq!(
-            sample(t, "x_total", &[("verb", "ADD"), ("result", "ok")]),
-            Some(1.0)
-        );
-        assert_eq!(sample(t, "x_total", &[("verb", "DEL")]), None);
-        assert_eq!(sample(t, "headcni_ready", &[]), Some(1.0));
-        assert_eq!(
-            sample(t, "r", &[("route", "10.0.0.0/24"), ("state", "approved")]),
-            Some(0.0)
-        );
-    }
 
     #[test]
     fn nft_listing_resolves_sets() {
@@ -1008,13 +786,5 @@ mod tests {
         assert!(rules[0].has("daddr", "!=", "1.2.3.4/32"));
         assert!(!rules[0].has("daddr", "==", "10.0.0.0/16"));
         assert_eq!(chains[0].1, "nat");
-    }
-
-    #[test]
-    fn chunked_bodies() {
-        assert_eq!(
-            dechunk("3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n").unwrap(),
-            "abcde"
-        );
     }
 }

@@ -24,12 +24,9 @@
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
-use std::fs::File;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
-use std::os::fd::AsRawFd;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -287,29 +284,13 @@ impl Node {
             .collect()
     }
 
-    /// An HTTP/1.0 `GET /` to `addr` from inside the node netns; the response body.
+    /// `GET /` to `addr` from inside the node netns; the body of a 200 answer.
     pub fn http_get(&self, addr: SocketAddr) -> std::io::Result<String> {
-        let ns_path = self.ns.path.clone();
-        std::thread::spawn(move || {
-            let f = File::open(&ns_path)?;
-            // SAFETY: setns(2) on this (dedicated, short-lived) thread only.
-            if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
-            s.set_read_timeout(Some(Duration::from_secs(3)))?;
-            s.write_all(b"GET / HTTP/1.0\r\nHost: test\r\n\r\n")?;
-            let mut resp = String::new();
-            s.read_to_string(&mut resp)?;
-            match resp.split_once("\r\n\r\n") {
-                Some((head, body)) if head.starts_with("HTTP/1.") && head.contains(" 200 ") => {
-                    Ok(body.to_owned())
-                }
-                _ => Err(std::io::Error::other(format!("bad response: {resp:?}"))),
-            }
-        })
-        .join()
-        .unwrap_or_else(|_| Err(std::io::Error::other("http thread panicked")))
+        match self.ns.run(|| headcni_testkit::http::get(addr, "/")) {
+            Ok(r) if r.status == 200 => Ok(r.body),
+            Ok(r) => Err(std::io::Error::other(format!("bad response: {r:?}"))),
+            Err(e) => Err(std::io::Error::other(e.to_string())),
+        }
     }
 
     /// Polls [`Node::http_get`] until it returns [`INDEX_BODY`] (the server may still be
@@ -437,23 +418,12 @@ fn spawn_holder(ns: &Ns, var_lib: &Path) -> (Child, String) {
         mount --bind \"$1\" /var/lib\n\
         echo ready\n\
         exec sleep 2147483647\n";
-    let node_file = File::open(&ns.path).expect("open the node netns");
-    let fd = node_file.as_raw_fd();
-    let mut cmd = Command::new("unshare");
+    let (mut cmd, node_file) = ns.command("unshare");
     cmd.args(["-m", "--propagation", "private", "sh", "-c", SCRIPT, "sh"])
         .arg(var_lib)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    // SAFETY: setns(2) is async-signal-safe; `node_file` outlives `spawn`.
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
     let mut child = cmd.spawn().expect("spawn the mount-namespace holder");
     drop(node_file);
     let mut line = String::new();

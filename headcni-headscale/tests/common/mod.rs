@@ -9,7 +9,7 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use headcni_headscale::retry::Backoff;
-use headcni_headscale::testing::{Exchange, FakeHeadscale};
+use headcni_testkit::{Exchange, FakeHeadscale};
 use serde_json::{Map, Value, json};
 
 /// Where the specs live: `$HEADCNI_SPECS_DIR`, else `<workspace root>/../shared/specs`.

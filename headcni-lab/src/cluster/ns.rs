@@ -7,15 +7,13 @@
 //! shared directory is bind-mounted at the same path inside, so configuration, keys and logs
 //! have one path for the host and every node.
 
-use std::ffi::CString;
 use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use headcni_testkit::netns::{HeldFds, Target, enter_on_exec};
 use nix::mount::{MntFlags, MsFlags, mount, umount2};
 use nix::sched::{CloneFlags, setns, unshare};
 
@@ -233,83 +231,28 @@ impl Ctx {
     }
 
     /// A [`Command`] whose child enters this context before exec (and, with `detach`, starts
-    /// a new session so it outlives the lab command). The returned guard keeps the namespace
-    /// files open until the command is spawned; drop it afterwards.
+    /// a new session so it outlives the lab command), through headcni-testkit's
+    /// [`enter_on_exec`]. The returned guard keeps the namespace files open until the command
+    /// is spawned; drop it afterwards.
     pub fn command(
         &self,
         program: impl AsRef<std::ffi::OsStr>,
         detach: bool,
     ) -> io::Result<(Command, CtxFds)> {
-        let net =
-            File::open(&self.net).map_err(|e| io_ctx(format!("open {}", self.net.display()), e))?;
-        let mnt = match &self.mnt {
-            Some(p) => Some(File::open(p).map_err(|e| io_ctx(format!("open {}", p.display()), e))?),
-            None => None,
-        };
-        let inner =
-            match &self.inner_net {
-                Some(p) => Some(CString::new(p.as_os_str().as_encoded_bytes()).map_err(|_| {
-                    io::Error::new(io::ErrorKind::InvalidInput, "NUL in a netns path")
-                })?),
-                None => None,
-            };
-        let net_fd: RawFd = net.as_raw_fd();
-        let mnt_fd: Option<RawFd> = mnt.as_ref().map(AsRawFd::as_raw_fd);
         let mut cmd = Command::new(program);
-        let inner_c = inner.clone();
-        // SAFETY: only async-signal-safe syscalls (setns, open, close, setsid, chdir) on
-        // descriptors and a C string prepared before fork; the files stay open in the parent
-        // (`CtxFds`) until the spawn returns.
-        unsafe {
-            cmd.pre_exec(move || {
-                if let Some(m) = mnt_fd {
-                    if libc::setns(m, libc::CLONE_NEWNS) != 0 {
-                        return Err(io::Error::last_os_error());
-                    }
-                    if libc::chdir(c"/".as_ptr()) != 0 {
-                        return Err(io::Error::last_os_error());
-                    }
-                }
-                match &inner_c {
-                    Some(path) => {
-                        let fd = libc::open(path.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC);
-                        if fd < 0 {
-                            return Err(io::Error::last_os_error());
-                        }
-                        let r = libc::setns(fd, libc::CLONE_NEWNET);
-                        libc::close(fd);
-                        if r != 0 {
-                            return Err(io::Error::last_os_error());
-                        }
-                    }
-                    None => {
-                        if libc::setns(net_fd, libc::CLONE_NEWNET) != 0 {
-                            return Err(io::Error::last_os_error());
-                        }
-                    }
-                }
-                if detach && libc::setsid() < 0 {
-                    return Err(io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        Ok((
-            cmd,
-            CtxFds {
-                _net: net,
-                _mnt: mnt,
-            },
-        ))
+        let target = Target {
+            net: Some(self.net.clone()),
+            mnt: self.mnt.clone(),
+            inner_net: self.inner_net.clone(),
+            setsid: detach,
+        };
+        let fds = enter_on_exec(&mut cmd, &target)?;
+        Ok((cmd, fds))
     }
 }
 
 /// Keeps a [`Ctx::command`]'s namespace files open until the child is spawned.
-#[derive(Debug)]
-pub struct CtxFds {
-    _net: File,
-    _mnt: Option<File>,
-}
+pub type CtxFds = HeldFds;
 
 /// The inode of a namespace file (`/proc/<pid>/ns/net` or a pinned file), to match processes
 /// to lab namespaces.

@@ -1,6 +1,6 @@
 //! ICMP / ICMPv6 echo over a raw socket (syscalls only, no `ping` binary): the reachability
 //! check of `headcni lab` and of the namespace tests. It acts in the calling thread's network
-//! namespace, so run it through [`crate::netns::run_in_netns`] to ping from a pod.
+//! namespace, so run it through [`headcni_netlink::netns::run_in_netns`] to ping from a pod.
 
 use std::io;
 use std::net::IpAddr;

@@ -6,7 +6,7 @@
 //! fields whose `<Field>Set` is true, replaces lists, and answers 400 `{"Error":…}` for an
 //! unmasked `AdvertiseRoutes` prefix; `start` replaces all prefs except the identity; status
 //! reports `Self.ID`/`PublicKey`/`PrimaryRoutes` and peers from the attached
-//! [`super::FakeHeadscale`].
+//! [`crate::FakeHeadscale`].
 //!
 //! The rules live in [`LocalApi`] (a request handler over shared state and a
 //! [`TailnetControl`]), so the lab's tailscaled stand-in process serves exactly the same
@@ -22,9 +22,9 @@ use ipnetwork::IpNetwork;
 use serde_json::{Value, json};
 use tokio::sync::watch;
 
-use super::fake_headscale::{HeadscaleControl, NodeView, random_node_key};
-use super::server::{BoxFut, Handler, Req, Resp, json as json_resp, no_content, text, unix_loop};
-use crate::localapi::{NetfilterMode, OptBool, Prefs};
+use crate::headscale::{HeadscaleControl, NodeView, random_node_key};
+use crate::server::{BoxFut, Handler, Req, Resp, json as json_resp, no_content, text, unix_loop};
+use headcni_headscale::localapi::{NetfilterMode, OptBool, Prefs};
 
 /// How many [`LocalApiRequest`]s a [`LocalApi`] keeps (the oldest are dropped).
 const MAX_RECORDED: usize = 10_000;
@@ -416,7 +416,7 @@ impl LocalApi {
         self.changes.subscribe()
     }
 
-    /// The request handler (for [`super::server::unix_loop`]).
+    /// The request handler (for [`crate::server::unix_loop`]).
     pub fn handler(&self) -> Handler {
         let api = self.clone();
         Arc::new(move |req: Req| -> BoxFut {
@@ -645,7 +645,7 @@ async fn handle(state: Arc<Mutex<TsState>>, req: Req) -> Resp {
 
 fn route(s: &mut TsState, req: &Req, host: &str, had_ro: bool, body: Option<&Value>) -> Resp {
     // ipn/localapi: validHost, then the Referer/Origin check.
-    if !(host.is_empty() || host == crate::localapi::LOCALAPI_HOST) {
+    if !(host.is_empty() || host == headcni_headscale::localapi::LOCALAPI_HOST) {
         return text(StatusCode::FORBIDDEN, "invalid localapi Host header");
     }
     if had_ro {

@@ -1,0 +1,103 @@
+//! The fake's public options and the snapshot views it hands out ([`NodeView`],
+//! [`PreAuthKeyView`]).
+
+use std::net::{IpAddr, SocketAddr};
+
+use ipnetwork::IpNetwork;
+
+/// Which Headscale the fake imitates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FakeApiVersion {
+    /// v0.29.2 (default): `/version`, `approve_routes`, `/api/v1/health`, pre-auth key `user`
+    /// by id, `hskey-auth-…` keys, 404 for a missing node.
+    V0_29,
+    /// 0.26.x: `approve_routes` but no `/version` (and no `/api/v1/routes`).
+    V0_26,
+    /// v0.25.1: route rows (`/api/v1/routes`, enable/disable), pre-auth key `user` by name,
+    /// HTTP 500 `record not found` for a missing node.
+    V0_25,
+}
+
+impl FakeApiVersion {
+    /// True for the ≥ 0.26 route model.
+    pub fn approves(self) -> bool {
+        !matches!(self, FakeApiVersion::V0_25)
+    }
+
+    /// The swagger file that describes this generation's JSON (`headscale-<ver>.swagger.json`).
+    pub fn spec_version(self) -> &'static str {
+        match self {
+            FakeApiVersion::V0_25 => "0.25.1",
+            _ => "0.29.2",
+        }
+    }
+}
+
+/// Snapshot of a fake node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeView {
+    /// Node id.
+    pub id: u64,
+    /// Host name.
+    pub name: String,
+    /// Owner's user name.
+    pub user: String,
+    /// `nodekey:<hex>`.
+    pub node_key: String,
+    /// Tailnet addresses.
+    pub ips: Vec<IpAddr>,
+    /// Routes the node announces (`availableRoutes`).
+    pub announced: Vec<IpNetwork>,
+    /// Approved routes (≥ 0.26 `approvedRoutes`; ≤ 0.25 the enabled rows).
+    pub approved: Vec<IpNetwork>,
+    /// Routes this node serves as primary.
+    pub primary: Vec<IpNetwork>,
+    /// Online.
+    pub online: bool,
+}
+
+/// Snapshot of a fake pre-auth key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PreAuthKeyView {
+    /// Key id.
+    pub id: u64,
+    /// Owner's user id.
+    pub user_id: Option<u64>,
+    /// Reusable.
+    pub reusable: bool,
+    /// Ephemeral.
+    pub ephemeral: bool,
+    /// Used.
+    pub used: bool,
+    /// RFC 3339 expiration as stored (`0001-01-01T00:00:00Z` when none was sent).
+    pub expiration: String,
+    /// Expired now.
+    pub expired: bool,
+}
+
+/// Options of a [`FakeHeadscale`](super::FakeHeadscale).
+#[derive(Debug, Clone)]
+pub struct FakeHeadscaleOptions {
+    /// API generation.
+    pub version: FakeApiVersion,
+    /// `autoApprovers.routes` prefixes (any approver alias matches in the fake).
+    pub auto_approvers: Vec<IpNetwork>,
+    /// Listen address; default `127.0.0.1:0` (ephemeral port). The lab sets a fixed one.
+    pub listen: SocketAddr,
+    /// The valid API key; `None` generates one in the version's format.
+    pub api_key: Option<String>,
+    /// Record every exchange (default true; a long-running stand-in turns it off).
+    pub record_exchanges: bool,
+}
+
+impl Default for FakeHeadscaleOptions {
+    fn default() -> Self {
+        FakeHeadscaleOptions {
+            version: FakeApiVersion::V0_29,
+            auto_approvers: Vec::new(),
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            api_key: None,
+            record_exchanges: true,
+        }
+    }
+}

@@ -1,0 +1,161 @@
+//! The route model and policy: which announced routes are approved (per API generation),
+//! `autoApprovers`, and primary election (Headscale `types/node.go`).
+
+use std::collections::BTreeMap;
+
+use ipnetwork::IpNetwork;
+
+use super::state::{FNode, FRoute, State, now};
+
+pub(super) fn is_exit(p: &IpNetwork) -> bool {
+    p.prefix() == 0
+}
+
+pub(super) fn contains(outer: &IpNetwork, inner: &IpNetwork) -> bool {
+    outer.prefix() <= inner.prefix() && outer.contains(inner.network())
+}
+
+impl State {
+    pub(super) fn approved_of(&self, n: &FNode) -> Vec<IpNetwork> {
+        if self.version.approves() {
+            n.approved.clone()
+        } else {
+            self.rows
+                .iter()
+                .filter(|r| r.node_id == n.id && r.enabled)
+                .map(|r| r.prefix)
+                .collect()
+        }
+    }
+
+    pub(super) fn primary_of(&self, id: u64) -> Vec<IpNetwork> {
+        self.primaries
+            .iter()
+            .filter(|(_, n)| **n == id)
+            .map(|(p, _)| *p)
+            .collect()
+    }
+
+    /// Headscale types/node.go: a subnet route is served when announced ∩ approved; per prefix
+    /// one online node is primary (the current one while it stays eligible, else the lowest id).
+    pub(super) fn recompute(&mut self) {
+        let mut candidates: BTreeMap<IpNetwork, Vec<u64>> = BTreeMap::new();
+        for n in self.nodes.values() {
+            if !n.online {
+                continue;
+            }
+            let approved = self.approved_of(n);
+            for p in n
+                .announced
+                .iter()
+                .filter(|p| !is_exit(p) && approved.contains(p))
+            {
+                candidates.entry(*p).or_default().push(n.id);
+            }
+        }
+        let mut prim = BTreeMap::new();
+        for (p, ids) in candidates {
+            let keep = self
+                .primaries
+                .get(&p)
+                .filter(|cur| ids.contains(cur))
+                .copied();
+            if let Some(id) = keep.or_else(|| ids.iter().min().copied()) {
+                prim.insert(p, id);
+            }
+        }
+        self.primaries = prim;
+    }
+
+    pub(super) fn auto_approve(&mut self, node_id: u64) {
+        let approvers = self.auto_approvers.clone();
+        if approvers.is_empty() {
+            return;
+        }
+        let Some(n) = self.nodes.get(&node_id) else {
+            return;
+        };
+        let eligible: Vec<IpNetwork> = n
+            .announced
+            .iter()
+            .filter(|p| !is_exit(p) && approvers.iter().any(|a| contains(a, p)))
+            .copied()
+            .collect();
+        if self.version.approves() {
+            if let Some(n) = self.nodes.get_mut(&node_id) {
+                for p in eligible {
+                    if !n.approved.contains(&p) {
+                        n.approved.push(p);
+                    }
+                }
+            }
+        } else {
+            let t = now();
+            for r in self
+                .rows
+                .iter_mut()
+                .filter(|r| r.node_id == node_id && r.advertised && !r.enabled)
+            {
+                if eligible.contains(&r.prefix) {
+                    r.enabled = true;
+                    r.updated_at = t.clone();
+                }
+            }
+        }
+    }
+
+    pub(super) fn announce(&mut self, node_id: u64, routes: &[IpNetwork]) {
+        let Some(n) = self.nodes.get_mut(&node_id) else {
+            return;
+        };
+        n.announced = routes.to_vec();
+        if !self.version.approves() {
+            // db/routes.go SaveNodeRoutes: new prefixes get a row (advertised, disabled);
+            // prefixes no longer announced become advertised=false AND enabled=false.
+            let t = now();
+            for r in self.rows.iter_mut().filter(|r| r.node_id == node_id) {
+                let adv = routes.contains(&r.prefix);
+                if r.advertised != adv || (!adv && r.enabled) {
+                    r.advertised = adv;
+                    if !adv {
+                        r.enabled = false;
+                    }
+                    r.updated_at = t.clone();
+                }
+            }
+            for p in routes {
+                if !self
+                    .rows
+                    .iter()
+                    .any(|r| r.node_id == node_id && r.prefix == *p)
+                {
+                    let id = self.id();
+                    self.rows.push(FRoute {
+                        id,
+                        node_id,
+                        prefix: *p,
+                        advertised: true,
+                        enabled: false,
+                        created_at: t.clone(),
+                        updated_at: t.clone(),
+                    });
+                }
+            }
+        }
+        self.auto_approve(node_id);
+        self.recompute();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn containment() {
+        let a: IpNetwork = "10.244.0.0/16".parse().unwrap();
+        let b: IpNetwork = "10.244.1.0/24".parse().unwrap();
+        assert!(contains(&a, &b));
+        assert!(!contains(&b, &a));
+    }
+}

@@ -132,7 +132,25 @@ impl std::fmt::Debug for Store {
 impl Store {
     /// Opens (creating with mode 0700 if needed) the store `<data_dir>/<network>` for the
     /// validated `sets` (from [`headcni_core::ipam::IpamConf::range_sets`]), allocating with
-    /// `strategy`. Random draws come from the OS entropy source ([`Store::with_seed`] for tests).
+    /// the built-in implementation of `strategy` ([`crate::strategy::strategy`]). Same as
+    /// [`Store::open_with_strategy`] otherwise, errors included.
+    pub fn open(
+        data_dir: &Path,
+        network: &str,
+        sets: Vec<RangeSet>,
+        strategy: Strategy,
+    ) -> Result<Store, IpamError> {
+        Self::open_boxed(data_dir, network, sets, crate::strategy::strategy(strategy))
+    }
+
+    /// Opens (creating with mode 0700 if needed) the store `<data_dir>/<network>` for the
+    /// validated `sets` (from [`headcni_core::ipam::IpamConf::range_sets`]), allocating with
+    /// any [`AllocationStrategy`]: the built-in ones of [`crate::strategy`] or your own. The
+    /// strategy only proposes a free position; the store still reserves it with an exclusive
+    /// create, so a wrong proposal can never hand out an address twice. Random draws passed
+    /// to the strategy come from the OS entropy source ([`Store::with_seed`] for tests). A
+    /// strategy that proposes a position that is not free (or not below the pool's length)
+    /// fails that allocation with [`IpamError::Config`], and nothing stays reserved.
     ///
     /// `data_dir` may contain symlinked components; the network directory must be a real
     /// directory (it is opened with `O_NOFOLLOW` and everything below it relative to it).
@@ -141,11 +159,20 @@ impl Store {
     /// (empty, `.`, `..`, containing `/` or NUL) or no range set; [`IpamError::Store`] when the
     /// directories cannot be created or opened, or the network directory is a symlink or not a
     /// directory.
-    pub fn open(
+    pub fn open_with_strategy(
         data_dir: &Path,
         network: &str,
         sets: Vec<RangeSet>,
-        strategy: Strategy,
+        strategy: impl AllocationStrategy + 'static,
+    ) -> Result<Store, IpamError> {
+        Self::open_boxed(data_dir, network, sets, Box::new(strategy))
+    }
+
+    fn open_boxed(
+        data_dir: &Path,
+        network: &str,
+        sets: Vec<RangeSet>,
+        strategy: Box<dyn AllocationStrategy>,
     ) -> Result<Store, IpamError> {
         if network.is_empty() || network == "." || network == ".." || network.contains(['/', '\0'])
         {
@@ -193,7 +220,7 @@ impl Store {
             idx_dir,
             att_dir,
             sets,
-            strategy: crate::strategy::strategy(strategy),
+            strategy,
             rng: Mutex::new(StdRng::from_os_rng()),
         })
     }

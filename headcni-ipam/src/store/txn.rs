@@ -8,7 +8,9 @@ use std::fs::File;
 use std::io::ErrorKind;
 use std::net::IpAddr;
 
-use headcni_core::ipam::{Attachment, IpamError, IpamStore, PoolUsage, PoolView, Reservation};
+use headcni_core::ipam::{
+    Attachment, IpamError, IpamStore, PoolUsage, PoolView, RangeSet, Reservation,
+};
 use nix::dir::Type;
 use nix::errno::Errno;
 use nix::fcntl::{OFlag, openat};
@@ -330,6 +332,14 @@ impl Store {
                     ranges: self.sets[set].describe(),
                 });
             };
+            // The built-in strategies only propose free positions; a custom one that proposes
+            // a taken or out-of-range one would make this loop spin for ever under the lock.
+            if pos >= st.pools[set].len() || !st.pools[set].is_free(pos) {
+                return Err(IpamError::Config(format!(
+                    "the allocation strategy proposed position {pos} of range set {set}, \
+                     which is not a free position"
+                )));
+            }
             let Some((ip, _)) = self.sets[set].address(pos) else {
                 // Cannot happen for a position below len(); mark it so the loop terminates.
                 st.pools[set].insert(pos);
@@ -446,6 +456,20 @@ impl Store {
 }
 
 impl IpamStore for Store {
+    /// The validated range sets the store was opened with.
+    fn range_sets(&self) -> &[RangeSet] {
+        Store::range_sets(self)
+    }
+
+    /// One lock and one index load ([`Store::allocate_fresh`]).
+    fn allocate_fresh(
+        &self,
+        att: &Attachment,
+        requested: &[IpAddr],
+    ) -> Result<(Vec<Reservation>, bool), IpamError> {
+        Store::allocate_fresh(self, att, requested)
+    }
+
     /// Reserves one address per range set for `att` (see the trait). Under the lock: load the
     /// index, O(1) duplicate check through the att file, pick with the strategy, `O_EXCL`
     /// create (an existing file is marked taken and the next candidate tried), write

@@ -132,7 +132,7 @@ impl std::fmt::Debug for Store {
 impl Store {
     /// Opens (creating with mode 0700 if needed) the store `<data_dir>/<network>` for the
     /// validated `sets` (from [`headcni_core::ipam::IpamConf::range_sets`]), allocating with
-    /// the built-in implementation of `strategy` ([`crate::strategy::strategy`]). Same as
+    /// the built-in implementation of `strategy` ([`crate::strategy::strategy`](fn@crate::strategy::strategy)). Same as
     /// [`Store::open_with_strategy`] otherwise, errors included.
     pub fn open(
         data_dir: &Path,
@@ -145,7 +145,7 @@ impl Store {
 
     /// Opens (creating with mode 0700 if needed) the store `<data_dir>/<network>` for the
     /// validated `sets` (from [`headcni_core::ipam::IpamConf::range_sets`]), allocating with
-    /// any [`AllocationStrategy`]: the built-in ones of [`crate::strategy`] or your own. The
+    /// any [`AllocationStrategy`]: the built-in ones of [`crate::strategy`](mod@crate::strategy) or your own. The
     /// strategy only proposes a free position; the store still reserves it with an exclusive
     /// create, so a wrong proposal can never hand out an address twice. Random draws passed
     /// to the strategy come from the OS entropy source ([`Store::with_seed`] for tests). A

@@ -132,8 +132,9 @@ impl std::fmt::Debug for Store {
 impl Store {
     /// Opens (creating with mode 0700 if needed) the store `<data_dir>/<network>` for the
     /// validated `sets` (from [`headcni_core::ipam::IpamConf::range_sets`]), allocating with
-    /// the built-in implementation of `strategy` ([`crate::strategy::strategy`](fn@crate::strategy::strategy)). Same as
-    /// [`Store::open_with_strategy`] otherwise, errors included.
+    /// the built-in implementation of `strategy`
+    /// ([`strategy()`](fn@crate::strategy::strategy)). Same as [`Store::open_with_strategy`]
+    /// otherwise, errors included.
     pub fn open(
         data_dir: &Path,
         network: &str,
@@ -145,8 +146,8 @@ impl Store {
 
     /// Opens (creating with mode 0700 if needed) the store `<data_dir>/<network>` for the
     /// validated `sets` (from [`headcni_core::ipam::IpamConf::range_sets`]), allocating with
-    /// any [`AllocationStrategy`]: the built-in ones of [`crate::strategy`](mod@crate::strategy) or your own. The
-    /// strategy only proposes a free position; the store still reserves it with an exclusive
+    /// any [`AllocationStrategy`]: the built-in ones of [`strategy`](mod@crate::strategy) or
+    /// your own. The strategy only proposes a free position; the store still reserves it with an exclusive
     /// create, so a wrong proposal can never hand out an address twice. Random draws passed
     /// to the strategy come from the OS entropy source ([`Store::with_seed`] for tests). A
     /// strategy that proposes a position that is not free (or not below the pool's length)
@@ -272,10 +273,11 @@ impl Store {
         })
     }
 
-    /// [`IpamStore::allocate`](headcni_core::ipam::IpamStore::allocate), also telling whether `att` held no reservation in any range set
-    /// before this call (`true`: everything returned was reserved now, so a caller whose ADD
-    /// fails later releases it; `false`: a repeated ADD, whose reservations must be kept).
-    /// One lock and one index load, like `allocate`.
+    /// [`IpamStore::allocate`](headcni_core::ipam::IpamStore::allocate), also telling whether
+    /// `att` held no reservation in any range set before this call (`true`: everything
+    /// returned was reserved now, so a caller whose ADD fails later releases it; `false`: a
+    /// repeated ADD, whose reservations must be kept). One lock and one index load, like
+    /// `allocate`.
     pub fn allocate_fresh(
         &self,
         att: &Attachment,

@@ -183,6 +183,20 @@ pub trait AllocationStrategy: Send + Sync {
     fn pick(&self, pool: &dyn PoolView, last_reserved: Option<u128>, random: u128) -> Option<u128>;
 }
 
+/// A boxed strategy is a strategy (e.g. `Box<dyn AllocationStrategy>` from a configuration).
+impl<T: AllocationStrategy + ?Sized> AllocationStrategy for Box<T> {
+    fn pick(&self, pool: &dyn PoolView, last_reserved: Option<u128>, random: u128) -> Option<u128> {
+        (**self).pick(pool, last_reserved, random)
+    }
+}
+
+/// A shared strategy is a strategy.
+impl<T: AllocationStrategy + ?Sized> AllocationStrategy for std::sync::Arc<T> {
+    fn pick(&self, pool: &dyn PoolView, last_reserved: Option<u128>, random: u128) -> Option<u128> {
+        (**self).pick(pool, last_reserved, random)
+    }
+}
+
 /// Errors of IPAM configuration, allocation and store access.
 #[derive(Debug, thiserror::Error)]
 pub enum IpamError {
@@ -228,10 +242,16 @@ impl From<IpamError> for CniError {
     }
 }
 
-/// A persistent address store for one network.
+/// A persistent address store for one network: the seam between the IPAM verbs
+/// (`headcni_ipam::IpamPlugin`, generic over this trait) and where reservations live
+/// (`headcni_ipam::Store` on disk, host-local compatible; or any other implementation).
 ///
 /// Every method is safe to call from concurrent processes (the implementation locks).
 pub trait IpamStore {
+    /// The validated range sets this store allocates from, in configuration order (index `i`
+    /// is [`Reservation::range_set`] `i`). CHECK keeps the `prevResult` addresses inside them;
+    /// STATUS names an exhausted one.
+    fn range_sets(&self) -> &[RangeSet];
     /// Reserves one address per range set for `att`. Idempotent: if `att` already holds
     /// reservations they are returned unchanged. `requested` addresses (at most one per set)
     /// are reserved instead of chosen ones. On error nothing stays reserved.
@@ -250,6 +270,53 @@ pub trait IpamStore {
     fn gc(&self, valid: &[Attachment]) -> Result<Vec<(IpAddr, Option<Attachment>)>, IpamError>;
     /// Per range set usage.
     fn usage(&self) -> Result<Vec<PoolUsage>, IpamError>;
+    /// [`IpamStore::allocate`], also telling whether `att` held no reservation before this
+    /// call (`true`: everything returned was reserved now, so a caller whose ADD fails later
+    /// releases it; `false`: a repeated ADD, whose reservations must be kept).
+    ///
+    /// The default is [`IpamStore::find`] then [`IpamStore::allocate`], two separately locked
+    /// steps; a store that can answer both under one lock overrides it.
+    fn allocate_fresh(
+        &self,
+        att: &Attachment,
+        requested: &[IpAddr],
+    ) -> Result<(Vec<Reservation>, bool), IpamError> {
+        let fresh = self.find(att)?.is_empty();
+        Ok((self.allocate(att, requested)?, fresh))
+    }
+}
+
+/// A boxed store is a store (e.g. `Box<dyn IpamStore + Send + Sync>` chosen at run time).
+impl<T: IpamStore + ?Sized> IpamStore for Box<T> {
+    fn range_sets(&self) -> &[RangeSet] {
+        (**self).range_sets()
+    }
+    fn allocate(
+        &self,
+        att: &Attachment,
+        requested: &[IpAddr],
+    ) -> Result<Vec<Reservation>, IpamError> {
+        (**self).allocate(att, requested)
+    }
+    fn find(&self, att: &Attachment) -> Result<Vec<Reservation>, IpamError> {
+        (**self).find(att)
+    }
+    fn release(&self, att: &Attachment) -> Result<Vec<IpAddr>, IpamError> {
+        (**self).release(att)
+    }
+    fn gc(&self, valid: &[Attachment]) -> Result<Vec<(IpAddr, Option<Attachment>)>, IpamError> {
+        (**self).gc(valid)
+    }
+    fn usage(&self) -> Result<Vec<PoolUsage>, IpamError> {
+        (**self).usage()
+    }
+    fn allocate_fresh(
+        &self,
+        att: &Attachment,
+        requested: &[IpAddr],
+    ) -> Result<(Vec<Reservation>, bool), IpamError> {
+        (**self).allocate_fresh(att, requested)
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -5,12 +5,14 @@ use std::net::IpAddr;
 
 use async_trait::async_trait;
 use headcni_core::cni::{CniError, CniResult, GcAttachment};
-use headcni_core::ipam::Attachment;
+use headcni_core::ipam::{Attachment, IpamStore};
 use headcni_core::plugin::{IpamAdd, IpamClient};
 
 use crate::plugin::IpamPlugin;
+use crate::store::Store;
 
-/// `headcni-ipam` in-process for one request's attachment.
+/// `headcni-ipam` in-process for one request's attachment, over the on-disk [`Store`] by
+/// default or any [`IpamStore`] (see [`IpamPlugin::with_store`]).
 ///
 /// ```no_run
 /// # fn demo(conf: &headcni_core::cni::NetConf<headcni_core::plugin::BridgeConf>) -> Result<(), headcni_core::cni::CniError> {
@@ -24,9 +26,9 @@ use crate::plugin::IpamPlugin;
 /// # let _ = ipam; Ok(()) }
 /// ```
 #[derive(Debug)]
-pub struct InProcessIpam {
+pub struct InProcessIpam<S = Store> {
     /// The IPAM plugin built from the request (`IpamPlugin::from_conf`).
-    pub plugin: IpamPlugin,
+    pub plugin: IpamPlugin<S>,
     /// The request's attachment (`CNI_CONTAINERID`, `CNI_IFNAME`).
     pub attachment: Attachment,
     /// Requested addresses (`IpamPlugin::requested_ips`); empty for any free address.
@@ -34,7 +36,7 @@ pub struct InProcessIpam {
 }
 
 #[async_trait]
-impl IpamClient for InProcessIpam {
+impl<S: IpamStore + Send + Sync> IpamClient for InProcessIpam<S> {
     /// Reserves (or returns the attachment's existing) addresses; `fresh` is false when the
     /// attachment already held a reservation, so a failing repeated ADD never releases it.
     async fn add(&self) -> Result<IpamAdd, CniError> {

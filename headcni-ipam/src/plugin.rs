@@ -1,5 +1,6 @@
-//! The IPAM plugin verbs (ADD, DEL, CHECK, GC, STATUS) over a [`Store`], used in-process by
-//! the main plugin and by the standalone `headcni-ipam` binary. Behaviour follows host-local
+//! The IPAM plugin verbs (ADD, DEL, CHECK, GC, STATUS) over an [`IpamStore`] (by default the
+//! on-disk [`Store`]), used in-process by the main plugin and by the standalone `headcni-ipam`
+//! binary. Behaviour follows host-local
 //! (`plugins/ipam/host-local/main.go`) except where documented (idempotent ADD, GC, STATUS).
 
 use std::net::IpAddr;
@@ -8,15 +9,18 @@ use std::path::{Path, PathBuf};
 use headcni_core::cni::{
     CniArgs, CniError, CniResult, Dns, ErrorCode, IpConfig, MAX_NETWORK_NAME_BYTES, NetConf,
 };
-use headcni_core::ipam::{Attachment, DEFAULT_DATA_DIR, IpamConf, IpamError, IpamStore, PoolUsage};
+use headcni_core::ipam::{
+    AllocationStrategy, Attachment, DEFAULT_DATA_DIR, IpamConf, IpamError, IpamStore, PoolUsage,
+};
 
 use crate::store::Store;
 
-/// An IPAM instance for one request: the parsed `ipam` section, its validated range sets and
-/// the store `<dataDir>/<name>`.
+/// An IPAM instance for one request: the parsed `ipam` section and the store of its validated
+/// range sets: by default the on-disk [`Store`] `<dataDir>/<name>`
+/// ([`IpamPlugin::from_conf`]), or any [`IpamStore`] ([`IpamPlugin::with_store`]).
 #[derive(Debug)]
-pub struct IpamPlugin {
-    store: Store,
+pub struct IpamPlugin<S = Store> {
+    store: S,
     conf: IpamConf,
 }
 
@@ -89,7 +93,7 @@ pub fn parse_resolv_conf(text: &str) -> Dns {
     dns
 }
 
-impl IpamPlugin {
+impl IpamPlugin<Store> {
     /// Builds from a parsed request: `conf.ipam` (raw JSON, host-local's shape), `conf.name`
     /// (the store directory name), `conf.runtime_config.ip_ranges` (prepended range sets).
     ///
@@ -115,6 +119,18 @@ impl IpamPlugin {
         network: &str,
         runtime_ip_ranges: &[Vec<headcni_core::ipam::RangeConf>],
     ) -> Result<Self, CniError> {
+        let strategy = crate::strategy::strategy(ipam.strategy);
+        Self::from_ipam_with_strategy(ipam, network, runtime_ip_ranges, strategy)
+    }
+
+    /// [`IpamPlugin::from_ipam`] with a custom [`AllocationStrategy`] instead of the one
+    /// `ipam.strategy` names (see [`Store::open_with_strategy`]). Same errors.
+    pub fn from_ipam_with_strategy(
+        ipam: IpamConf,
+        network: &str,
+        runtime_ip_ranges: &[Vec<headcni_core::ipam::RangeConf>],
+        strategy: impl AllocationStrategy + 'static,
+    ) -> Result<Self, CniError> {
         if network.len() > MAX_NETWORK_NAME_BYTES {
             return Err(config_error("invalid network name").with_details(format!(
                 "{} bytes is longer than {MAX_NETWORK_NAME_BYTES}, the limit of the store's \
@@ -137,13 +153,8 @@ impl IpamPlugin {
             }
         };
         let sets = ipam.range_sets(runtime_ip_ranges)?;
-        let store = Store::open(&data_dir, network, sets, ipam.strategy)?;
+        let store = Store::open_with_strategy(&data_dir, network, sets, strategy)?;
         Ok(IpamPlugin { store, conf: ipam })
-    }
-
-    /// The underlying store.
-    pub fn store(&self) -> &Store {
-        &self.store
     }
 
     /// Requested IPs: `runtimeConfig.ips`, else `args.cni.ips` of the configuration, else
@@ -188,6 +199,20 @@ impl IpamPlugin {
         }
         Ok(uniq)
     }
+}
+
+impl<S: IpamStore> IpamPlugin<S> {
+    /// An IPAM instance over any [`IpamStore`]: the verbs reserve in `store` (whose
+    /// [`IpamStore::range_sets`] are the ranges), and take only `routes` and `resolvConf` from
+    /// `conf` (its ranges, `dataDir` and `strategy` are the store's business).
+    pub fn with_store(store: S, conf: IpamConf) -> Self {
+        IpamPlugin { store, conf }
+    }
+
+    /// The underlying store.
+    pub fn store(&self) -> &S {
+        &self.store
+    }
 
     /// The DNS of `resolvConf`: the file must be a regular file of at most
     /// [`MAX_RESOLV_CONF_BYTES`]; it is opened non-blocking, so a FIFO or a device there is
@@ -218,7 +243,7 @@ impl IpamPlugin {
     }
 
     /// [`IpamPlugin::add`], also telling whether the attachment held no reservation before
-    /// ([`Store::allocate_fresh`]): the main plugin releases only fresh reservations when its
+    /// ([`IpamStore::allocate_fresh`]): the main plugin releases only fresh reservations when its
     /// ADD fails later. Same errors as `add`.
     pub fn add_fresh(
         &self,

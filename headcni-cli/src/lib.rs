@@ -2,7 +2,7 @@
 //! line and calls into these; the reusable logic lives in the library crates
 //! (`headcni-core`, `headcni-netlink`, `headcni-ipam`, `headcni-headscale`).
 //!
-//! - [`cni`]: CNI plugin mode (`headcni`, and `headcni-ipam` by argv[0]): process wiring of
+//! - [`cni`]: CNI plugin mode (`headcni`, and `headcni-ipam` by `argv[0]`): process wiring of
 //!   [`headcni_plugin`]'s entry point.
 //! - [`daemon`]: `headcni daemon` and its parts (config, PodCIDR, conflist, data plane,
 //!   control plane, metrics/health, the plugin event socket, `headcni status`).

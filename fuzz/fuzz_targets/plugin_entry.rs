@@ -1,4 +1,4 @@
-//! The plugin's whole entry point (`headcni_cli::cni::entry`: environment + stdin → stdout +
+//! The plugin's whole entry point (`headcni_plugin::entry`: environment + stdin → stdout +
 //! exit status) on the recording fake namespace backend, all verbs, both roles.
 //!
 //! Input: up to 4 requests separated by a line `%%`, run in order against one fake world
@@ -23,7 +23,7 @@ use std::os::unix::ffi::OsStringExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use headcni_cli::cni::{Role, entry};
+use headcni_plugin::{Role, entry};
 use headcni_core::plugin::testing::FakeNs;
 use libfuzzer_sys::fuzz_target;
 use serde_json::Value;

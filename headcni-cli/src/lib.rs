@@ -2,13 +2,15 @@
 //! line and calls into these; the reusable logic lives in the library crates
 //! (`headcni-core`, `headcni-netlink`, `headcni-ipam`, `headcni-headscale`).
 //!
-//! - [`cni`]: CNI plugin mode (`headcni`, and `headcni-ipam` by argv[0]).
+//! - [`cni`]: CNI plugin mode (`headcni`, and `headcni-ipam` by `argv[0]`): process wiring of
+//!   [`headcni_plugin`]'s entry point.
 //! - [`daemon`]: `headcni daemon` and its parts (config, PodCIDR, conflist, data plane,
 //!   control plane, metrics/health, the plugin event socket, `headcni status`).
 //! - [`install`]: `headcni install` (binaries into the CNI bin dir).
-//! - [`events`]: the best-effort plugin → daemon event protocol.
+//! - [`events`]: the best-effort plugin → daemon event protocol (owned by
+//!   [`headcni_plugin::events`], the sending side; re-exported for the daemon).
 
 pub mod cni;
 pub mod daemon;
-pub mod events;
+pub use headcni_plugin::events;
 pub mod install;

@@ -606,3 +606,33 @@ fn random_garbage_never_panics_and_always_answers_in_protocol() {
         failures.join("\n")
     );
 }
+
+/// Issue 9 item 3: the entry point returns its warnings and `headcni` writes them to stderr
+/// (`headcni: <message>`); stdout stays exactly the protocol's one JSON document.
+#[test]
+fn warnings_go_to_stderr_and_stdout_stays_the_result() {
+    let net = Net::new("warn", 42);
+    let pod = net.pod("pod");
+    let mut conf = net.conf("1.1.0");
+    conf["ipMasq"] = json!(true);
+    let (cp, pp) = (net.cni_path(), pod.path_str());
+    let add = common::headcni(
+        &net.node,
+        &CniEnv::attach("ADD", "cid-warn", &pp, "eth0", &cp),
+        conf.to_string().as_bytes(),
+    );
+    let r = add.ok("ADD with ipMasq");
+    assert_eq!(r["cniVersion"], "1.1.0", "{add}");
+    assert!(
+        add.stderr.contains(
+            "headcni: ipMasq is ignored: masquerade is done by the node daemon's nftables table"
+        ),
+        "{add}"
+    );
+    let del = common::headcni(
+        &net.node,
+        &CniEnv::attach("DEL", "cid-warn", &pp, "eth0", &cp),
+        conf.to_string().as_bytes(),
+    );
+    assert_eq!(del.ok("DEL"), Value::Null, "{del}");
+}

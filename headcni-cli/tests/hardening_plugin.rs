@@ -16,8 +16,8 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use common::{CniEnv, Net, Out};
-use headcni_cli::cni::{Role, entry};
 use headcni_core::plugin::testing::FakeNs;
+use headcni_plugin::{Role, entry};
 use serde_json::{Value, json};
 
 /// Address-space limit of each plugin run (and of what it execs): 2 GiB.

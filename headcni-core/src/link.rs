@@ -160,14 +160,21 @@ pub enum LinkError {
     },
 }
 
-impl From<LinkError> for CniError {
-    fn from(e: LinkError) -> CniError {
-        let code = match &e {
+impl LinkError {
+    /// The CNI error code of this error: 102 for [`LinkError::Exists`], 11 for
+    /// [`LinkError::Netns`], else 103 (HeadCNI's netlink code).
+    pub fn cni_code(&self) -> ErrorCode {
+        match self {
             LinkError::Exists(_) => ErrorCode::InterfaceExists,
             LinkError::Netns { .. } => ErrorCode::UnknownContainer,
             _ => ErrorCode::Netlink,
-        };
-        CniError::new(code, e.to_string())
+        }
+    }
+}
+
+impl From<LinkError> for CniError {
+    fn from(e: LinkError) -> CniError {
+        CniError::new(e.cni_code(), e.to_string())
     }
 }
 

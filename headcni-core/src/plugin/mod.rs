@@ -119,9 +119,88 @@ pub struct AddRequest<'a> {
     pub dns: Option<&'a Dns>,
 }
 
-/// Rollback and best-effort errors go to stderr; stdout carries only the protocol.
-fn note_on_stderr(msg: &str, err: &dyn std::fmt::Display) {
-    eprintln!("headcni: {msg}: {err}");
+/// A rollback step of a failed ADD that failed too (see [`add`]). The library never prints
+/// it: [`AddError`] hands it to the caller (the `headcni` binary writes it to stderr).
+#[derive(Debug, thiserror::Error)]
+pub enum RollbackError {
+    /// The host namespace could not be opened to delete the veth this ADD created.
+    #[error("rollback: opening the host namespace failed: {0}")]
+    HostNamespace(LinkError),
+    /// Deleting the host end of the veth pair this ADD created failed.
+    #[error("rollback: deleting the host veth failed: {0}")]
+    DeleteHostVeth(LinkError),
+    /// Releasing the IP reservation this ADD made (IPAM DEL) failed.
+    #[error("rollback: releasing the IP reservation failed: {0}")]
+    ReleaseReservation(CniError),
+}
+
+/// A failed [`add`]: the error to answer the runtime with (CNI spec 1.1.0 §"Error") and
+/// every rollback step that failed as well, in the order tried (empty when the rollback
+/// succeeded or nothing needed undoing).
+#[derive(Debug, thiserror::Error)]
+#[error("{error}")]
+pub struct AddError {
+    /// The original failure: what the runtime is told.
+    pub error: CniError,
+    /// Rollback failures, for the operator (never part of the error JSON).
+    pub rollback_errors: Vec<RollbackError>,
+    /// Warnings raised before the failure (see [`Added::warnings`]).
+    pub warnings: Vec<AddWarning>,
+}
+
+impl From<CniError> for AddError {
+    /// A failure before anything needed undoing.
+    fn from(error: CniError) -> AddError {
+        AddError {
+            error,
+            rollback_errors: Vec::new(),
+            warnings: Vec::new(),
+        }
+    }
+}
+
+/// Something an ADD did that the operator may want to know, though the ADD went on.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AddWarning {
+    /// The host veth name (the payload) is held by another attachment's or an unmarked link;
+    /// ADD left that link alone and tried the next [`host_veth_alt_name`].
+    #[error("host veth name held by another link, trying the next name: {0}")]
+    HostVethNameTaken(String),
+}
+
+/// A successful [`add`]: the CNI result and the warnings, in the order they arose.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Added {
+    /// The full ADD result (CNI spec 1.1.0 §"Success").
+    pub result: CniResult,
+    /// What the operator may want to know (never part of the result JSON).
+    pub warnings: Vec<AddWarning>,
+}
+
+/// A failed [`gc`]: the error to answer with (the first failed deletion, or the failure
+/// that stopped GC) and every host veth deletion that failed, in the order tried.
+#[derive(Debug, thiserror::Error)]
+#[error("{error}")]
+pub struct GcError {
+    /// What the runtime is told.
+    pub error: CniError,
+    /// Every failed deletion of a released attachment's host veth (the first is `error`).
+    pub delete_errors: Vec<LinkError>,
+}
+
+impl From<CniError> for GcError {
+    fn from(error: CniError) -> GcError {
+        GcError {
+            error,
+            delete_errors: Vec::new(),
+        }
+    }
+}
+
+impl From<LinkError> for GcError {
+    fn from(e: LinkError) -> GcError {
+        CniError::from(e).into()
+    }
 }
 
 /// The default route (`0.0.0.0/0` or `::/0`) of `addr`'s family.
@@ -192,13 +271,17 @@ fn bridge_addresses(conf: &BridgeConf, ipam: &CniResult) -> Vec<IpNetwork> {
 }
 
 /// CNI ADD. Returns the full result (bridge, host veth, container interface; addresses on
-/// interface 2). See the module docs for the rollback rules.
+/// interface 2) and its warnings. See the module docs for the rollback rules.
+///
+/// Errors: [`AddError`], whose `error` is the original failure and whose `rollback_errors`
+/// lists the rollback steps that failed too (the library prints nothing: the caller decides
+/// where warnings and rollback failures go).
 pub async fn add<N, I>(
     ns: &N,
     ipam: &I,
     conf: &BridgeConf,
     req: &AddRequest<'_>,
-) -> Result<CniResult, CniError>
+) -> Result<Added, AddError>
 where
     N: Namespaces + ?Sized,
     I: IpamClient + ?Sized,
@@ -209,24 +292,30 @@ where
         fresh,
     } = ipam.add().await?;
     let mut veth_created: Option<String> = None;
-    let outcome = add_links(ns, conf, req, &ipam_res, &mut veth_created).await;
+    let mut warnings = Vec::new();
+    let outcome = add_links(ns, conf, req, &ipam_res, &mut veth_created, &mut warnings).await;
     match outcome {
-        Ok(r) => Ok(r),
-        Err(err) => {
+        Ok(result) => Ok(Added { result, warnings }),
+        Err(error) => {
+            let mut rollback_errors = Vec::new();
             if let Some(host_name) = veth_created {
                 match ns.host().await {
                     Ok(h) => {
                         if let Err(e) = h.delete_link(&host_name).await {
-                            note_on_stderr("rollback: deleting the host veth failed", &e);
+                            rollback_errors.push(RollbackError::DeleteHostVeth(e));
                         }
                     }
-                    Err(e) => note_on_stderr("rollback: opening the host namespace failed", &e),
+                    Err(e) => rollback_errors.push(RollbackError::HostNamespace(e)),
                 }
             }
             if fresh && let Err(e) = ipam.del().await {
-                note_on_stderr("rollback: releasing the IP reservation failed", &e);
+                rollback_errors.push(RollbackError::ReleaseReservation(e));
             }
-            Err(err)
+            Err(AddError {
+                error,
+                rollback_errors,
+                warnings,
+            })
         }
     }
 }
@@ -237,6 +326,7 @@ async fn add_links<N: Namespaces + ?Sized>(
     req: &AddRequest<'_>,
     ipam_res: &CniResult,
     veth_created: &mut Option<String>,
+    warnings: &mut Vec<AddWarning>,
 ) -> Result<CniResult, CniError> {
     if ipam_res.ips.is_empty() {
         return Err(CniError::new(
@@ -274,7 +364,7 @@ async fn add_links<N: Namespaces + ?Sized>(
         master: Some(conf.bridge.clone()),
         hairpin: conf.hairpin_mode,
     };
-    let pair = create_marked_veth(ns, &host, &container, spec, req, veth_created).await?;
+    let pair = create_marked_veth(ns, &host, &container, spec, req, veth_created, warnings).await?;
 
     for ip in &ipam_res.ips {
         container.add_address(req.ifname, ip.address).await?;
@@ -351,6 +441,7 @@ async fn create_marked_veth<N: Namespaces + ?Sized>(
     mut spec: VethSpec,
     req: &AddRequest<'_>,
     created: &mut Option<String>,
+    warnings: &mut Vec<AddWarning>,
 ) -> Result<VethPair, CniError> {
     let mark = attachment_mark(req.container_id, req.ifname);
     for salt in 0..HOST_VETH_NAMES {
@@ -370,10 +461,7 @@ async fn create_marked_veth<N: Namespaces + ?Sized>(
                 if holder.is_some_and(|l| l.alias.as_deref() == Some(mark.as_str())) {
                     return Err(interface_exists(&name, req, &spec.host_name));
                 }
-                note_on_stderr(
-                    "host veth name held by another link, trying the next name",
-                    &name,
-                );
+                warnings.push(AddWarning::HostVethNameTaken(name));
             }
             Err(LinkError::Exists(name)) => {
                 return Err(interface_exists(&name, req, &spec.host_name));
@@ -650,13 +738,14 @@ where
 /// released that is known, so no link is deleted. A missing bridge means no ports.
 ///
 /// Errors: code 7 for an invalid `conf`, IPAM GC's error, code 103 when listing the ports
-/// fails; a failed deletion is reported (code 103) after the others were tried.
+/// fails; a failed deletion is reported (code 103) after the others were tried, every failed
+/// deletion in [`GcError::delete_errors`] (the library prints nothing).
 pub async fn gc<N, I>(
     ns: &N,
     ipam: &I,
     conf: &BridgeConf,
     valid: &[GcAttachment],
-) -> Result<(), CniError>
+) -> Result<(), GcError>
 where
     N: Namespaces + ?Sized,
     I: IpamClient + ?Sized,
@@ -681,16 +770,21 @@ where
         Err(LinkError::NotFound(_)) => return Ok(()),
         Err(e) => return Err(e.into()),
     };
-    let mut failed: Option<LinkError> = None;
+    let mut delete_errors: Vec<LinkError> = Vec::new();
     for port in ports {
         if port.alias.as_ref().is_some_and(|a| marks.contains(a))
             && let Err(e) = host.delete_link(&port.name).await
         {
-            note_on_stderr("GC: deleting a host veth failed", &e);
-            failed.get_or_insert(e);
+            delete_errors.push(e);
         }
     }
-    failed.map_or(Ok(()), |e| Err(e.into()))
+    match delete_errors.first() {
+        None => Ok(()),
+        Some(first) => Err(GcError {
+            error: CniError::new(first.cni_code(), first.to_string()),
+            delete_errors,
+        }),
+    }
 }
 
 #[cfg(test)]

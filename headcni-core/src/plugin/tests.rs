@@ -13,6 +13,8 @@ struct FakeIpam {
     dels: Mutex<u32>,
     /// what `gc` reports as released
     released: Mutex<Vec<Attachment>>,
+    /// `del` fails (after counting the call)
+    fail_del: bool,
 }
 
 fn ipam_result() -> CniResult {
@@ -40,6 +42,9 @@ impl IpamClient for FakeIpam {
     }
     async fn del(&self) -> Result<(), CniError> {
         *self.dels.lock().unwrap() += 1;
+        if self.fail_del {
+            return Err(CniError::new(ErrorCode::Io, "store unavailable"));
+        }
         *self.reserved.lock().unwrap() = None;
         Ok(())
     }
@@ -86,7 +91,9 @@ fn conf() -> BridgeConf {
 fn add_builds_result_and_links() {
     let ns = FakeNs::default();
     let ipam = FakeIpam::default();
-    let r = block_on(add(&ns, &ipam, &conf(), &add_req())).unwrap();
+    let r = block_on(add(&ns, &ipam, &conf(), &add_req()))
+        .unwrap()
+        .result;
     assert_eq!(r.interfaces.len(), 3);
     assert_eq!(r.interfaces[0].name, "headcni0");
     assert_eq!(r.interfaces[1].name, host_veth_name("cid-a", "eth0"));
@@ -121,7 +128,9 @@ fn failing_add_rolls_back_veth_and_reservation() {
         let ns = FakeNs::default();
         ns.w().fail_on = Some(step);
         let ipam = FakeIpam::default();
-        let err = block_on(add(&ns, &ipam, &conf(), &add_req())).unwrap_err();
+        let err = block_on(add(&ns, &ipam, &conf(), &add_req()))
+            .unwrap_err()
+            .error;
         assert_eq!(err.code, ErrorCode::Netlink.code(), "{step}");
         let w = ns.w();
         assert!(
@@ -142,6 +151,41 @@ fn failing_add_rolls_back_veth_and_reservation() {
 }
 
 #[test]
+fn failing_rollback_is_returned_not_printed() {
+    // The veth is created, the address fails, and releasing the reservation fails too: the
+    // caller gets the original error and the failed rollback step (the library prints
+    // nothing; before, `add` wrote the rollback failure to stderr and dropped it).
+    let ns = FakeNs::default();
+    ns.w().fail_on = Some("add_address");
+    let ipam = FakeIpam {
+        fail_del: true,
+        ..Default::default()
+    };
+    let err = block_on(add(&ns, &ipam, &conf(), &add_req())).unwrap_err();
+    assert_eq!(err.error.code, ErrorCode::Netlink.code());
+    assert_eq!(err.rollback_errors.len(), 1, "{:?}", err.rollback_errors);
+    assert!(matches!(
+        &err.rollback_errors[0],
+        RollbackError::ReleaseReservation(e) if e.msg == "store unavailable"
+    ));
+    assert_eq!(
+        err.rollback_errors[0].to_string(),
+        "rollback: releasing the IP reservation failed: store unavailable"
+    );
+    // the veth rollback still ran
+    assert!(host_link(&ns, &host_veth_name("cid-a", "eth0")).is_none());
+}
+
+#[test]
+fn successful_rollback_reports_no_rollback_errors() {
+    let ns = FakeNs::default();
+    ns.w().fail_on = Some("add_route");
+    let ipam = FakeIpam::default();
+    let err = block_on(add(&ns, &ipam, &conf(), &add_req())).unwrap_err();
+    assert!(err.rollback_errors.is_empty(), "{:?}", err.rollback_errors);
+}
+
+#[test]
 fn failing_bridge_releases_reservation_but_creates_nothing() {
     let ns = FakeNs::default();
     ns.w().fail_on = Some("ensure_bridge");
@@ -156,7 +200,9 @@ fn repeated_add_fails_and_keeps_the_live_attachment() {
     let ns = FakeNs::default();
     let ipam = FakeIpam::default();
     block_on(add(&ns, &ipam, &conf(), &add_req())).unwrap();
-    let err = block_on(add(&ns, &ipam, &conf(), &add_req())).unwrap_err();
+    let err = block_on(add(&ns, &ipam, &conf(), &add_req()))
+        .unwrap_err()
+        .error;
     assert_eq!(err.code, ErrorCode::InterfaceExists.code());
     assert_eq!(
         *ipam.dels.lock().unwrap(),
@@ -206,7 +252,9 @@ fn del_keeps_reservation_when_the_interface_cannot_be_removed() {
 fn check_passes_then_reports_each_difference() {
     let ns = FakeNs::default();
     let ipam = FakeIpam::default();
-    let prev = block_on(add(&ns, &ipam, &conf(), &add_req())).unwrap();
+    let prev = block_on(add(&ns, &ipam, &conf(), &add_req()))
+        .unwrap()
+        .result;
     let req = CheckRequest {
         container_id: "cid-a",
         ifname: "eth0",
@@ -344,8 +392,16 @@ fn colliding_attachment_gets_another_name_and_its_del_keeps_the_other_pod() {
     assert_eq!(primary, host_veth_name(CID_B, "eth0"));
     let ns = FakeNs::default();
     let (ipam_a, ipam_b) = (FakeIpam::default(), FakeIpam::default());
-    let res_a = block_on(add(&ns, &ipam_a, &conf(), &add_req_for(CID_A, NETNS))).unwrap();
-    let res_b = block_on(add(&ns, &ipam_b, &conf(), &add_req_for(CID_B, NETNS_B))).unwrap();
+    let res_a = block_on(add(&ns, &ipam_a, &conf(), &add_req_for(CID_A, NETNS)))
+        .unwrap()
+        .result;
+    let added_b = block_on(add(&ns, &ipam_b, &conf(), &add_req_for(CID_B, NETNS_B))).unwrap();
+    // the skipped name is returned as a warning, never printed by the library
+    assert_eq!(
+        added_b.warnings,
+        vec![AddWarning::HostVethNameTaken(primary.clone())]
+    );
+    let res_b = added_b.result;
     let alt = host_veth_alt_name(CID_B, "eth0", 1);
     assert_eq!(res_a.interfaces[1].name, primary);
     assert_eq!(res_b.interfaces[1].name, alt);
@@ -390,7 +446,9 @@ fn colliding_attachment_gets_another_name_and_its_del_keeps_the_other_pod() {
 fn del_and_check_never_take_a_link_marked_for_another_attachment() {
     let ns = FakeNs::default();
     let ipam = FakeIpam::default();
-    let prev = block_on(add(&ns, &ipam, &conf(), &add_req_for(CID_A, NETNS))).unwrap();
+    let prev = block_on(add(&ns, &ipam, &conf(), &add_req_for(CID_A, NETNS)))
+        .unwrap()
+        .result;
     let primary = host_veth_name(CID_A, "eth0");
     // B never had an ADD (or its ADD failed): its DEL, with or without a netns, leaves A alone
     for netns in [Some(NETNS_B), None] {
@@ -417,7 +475,9 @@ fn del_and_check_never_take_a_link_marked_for_another_attachment() {
 fn unmarked_links_are_taken_only_when_their_peer_proves_them() {
     let ns = FakeNs::default();
     let ipam = FakeIpam::default();
-    let prev = block_on(add(&ns, &ipam, &conf(), &add_req_for(CID_A, NETNS))).unwrap();
+    let prev = block_on(add(&ns, &ipam, &conf(), &add_req_for(CID_A, NETNS)))
+        .unwrap()
+        .result;
     let primary = host_veth_name(CID_A, "eth0");
     // as made by the version before marks
     ns.w()
@@ -474,7 +534,9 @@ fn failing_mark_rolls_back_the_veth() {
     let ns = FakeNs::default();
     ns.w().fail_on = Some("set_alias");
     let ipam = FakeIpam::default();
-    let err = block_on(add(&ns, &ipam, &conf(), &add_req())).unwrap_err();
+    let err = block_on(add(&ns, &ipam, &conf(), &add_req()))
+        .unwrap_err()
+        .error;
     assert_eq!(err.code, ErrorCode::Netlink.code());
     assert!(host_link(&ns, &host_veth_name("cid-a", "eth0")).is_none());
     assert!(!has_link(&ns, NETNS, "eth0"));
@@ -494,7 +556,9 @@ fn add_fails_cleanly_when_every_name_is_held_by_others() {
         );
     }
     let ipam = FakeIpam::default();
-    let err = block_on(add(&ns, &ipam, &conf(), &add_req())).unwrap_err();
+    let err = block_on(add(&ns, &ipam, &conf(), &add_req()))
+        .unwrap_err()
+        .error;
     assert_eq!(err.code, ErrorCode::InterfaceExists.code());
     assert_eq!(ns.w().links[HOST].len(), 1 + HOST_VETH_NAMES as usize); // + the bridge
     assert!(!ns.w().log.iter().any(|l| l.starts_with("delete")));

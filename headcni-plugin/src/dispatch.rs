@@ -1,95 +1,27 @@
-//! CNI plugin mode: `headcni` (main plugin) and `headcni-ipam` (IPAM plugin, same binary
-//! invoked under that name). stdout carries exactly one result or error JSON; logs go to
-//! stderr.
-
-mod delegate;
-mod ipam_client;
+//! The dispatch behind [`crate::Plugin::call`]: the verb/version gate, the netns and MAC
+//! preconditions, the IPAM client choice, the daemon event, then `headcni-core`'s
+//! ADD/DEL/CHECK/GC or `headcni-ipam`'s store.
 
 use std::ffi::OsString;
-use std::io::{Read, Write};
 use std::path::Path;
 
 use headcni_core::cni::{
     CniEnv, CniError, CniResult, CniVersion, Command, ErrorCode, MAX_NETWORK_NAME_BYTES,
-    MAX_STDIN_BYTES, NetConf, ParsedConf, cap_echoed_version, peek_version, version_reply,
+    MAX_STDIN_BYTES, NetConf, ParsedConf, peek_version, version_reply,
 };
 use headcni_core::ipam::Attachment;
 use headcni_core::plugin::{
     self, AddRequest, BridgeConf, CheckRequest, DelRequest, IpamClient, Namespaces,
 };
+use headcni_ipam::InProcessIpam;
 use headcni_ipam::plugin::IpamPlugin;
 use serde_json::{Map, Value};
 
-use headcni_ipam::InProcessIpam;
-use headcni_netlink::NetlinkNamespaces;
-use ipam_client::DelegatedIpam;
+use crate::delegated_ipam::DelegatedIpam;
+use crate::{Answer, IPAM_TYPE, IpamRequest, Plugin, Role, delegate, events};
 
-/// The in-process IPAM plugin's type name (also the name of the `headcni-ipam` symlink).
-pub const IPAM_TYPE: &str = "headcni-ipam";
-
-/// Which plugin this process is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Role {
-    /// The main plugin (`type: headcni`).
-    Main,
-    /// The IPAM plugin (`type: headcni-ipam`).
-    Ipam,
-}
-
-/// What one plugin invocation answers: the bytes for stdout (exactly one JSON document and a
-/// newline, or nothing for a successful DEL/CHECK/GC/STATUS) and the exit status (0 iff
-/// success).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Answer {
-    /// The bytes to write to stdout.
-    pub stdout: Vec<u8>,
-    /// The process exit status: 0 on success, else the error's [`CniError::exit_code`].
-    pub exit_code: i32,
-}
-
-impl Answer {
-    fn error(e: &CniError, version_hint: Option<&str>) -> Answer {
-        let ver = version_hint.unwrap_or(CniVersion::LATEST.as_str());
-        Answer {
-            stdout: format!("{}\n", e.to_json(cap_echoed_version(ver))).into_bytes(),
-            exit_code: e.exit_code(),
-        }
-    }
-}
-
-/// Runs one CNI invocation with the process environment and stdin (at most
-/// [`MAX_STDIN_BYTES`] + 1 bytes are read) on rtnetlink, writes the answer to stdout and
-/// returns the exit code.
-pub fn run(role: Role) -> i32 {
-    let mut stdin = Vec::new();
-    let read = std::io::stdin()
-        .lock()
-        .take(MAX_STDIN_BYTES as u64 + 1)
-        .read_to_end(&mut stdin);
-    let answer = match read {
-        Err(e) => Answer::error(
-            &CniError::new(ErrorCode::Io, "failed to read stdin").with_details(e.to_string()),
-            None,
-        ),
-        Ok(_) => entry(role, std::env::vars_os(), &stdin, &NetlinkNamespaces),
-    };
-    let mut out = std::io::stdout().lock();
-    let _ = out.write_all(&answer.stdout);
-    let _ = out.flush();
-    answer.exit_code
-}
-
-/// The plugin's entry point as a library function: one CNI invocation of `role` with the
-/// environment `vars` (only `CNI_*` variables are looked at; values must be UTF-8), the
-/// request configuration `stdin` and the namespace backend `ns` (rtnetlink in production,
-/// [`headcni_core::plugin::testing::FakeNs`] in tests and fuzzing).
-///
-/// Always answers, never panics to the caller: a request longer than [`MAX_STDIN_BYTES`] is
-/// code 6 before anything is parsed; a panic inside is caught and answered as code 199.
-/// Errors are written in the request's `cniVersion` (capped, see
-/// [`headcni_core::cni::cap_echoed_version`]) or the latest version. Source: CNI spec 1.1.0
-/// §"Protocol" and §"Error".
-pub fn entry<N, I, K, V>(role: Role, vars: I, stdin: &[u8], ns: &N) -> Answer
+/// See [`Plugin::call`].
+pub(crate) fn entry<N, I, K, V>(plugin: &Plugin<'_, N>, vars: I, stdin: &[u8]) -> Answer
 where
     N: Namespaces,
     I: IntoIterator<Item = (K, V)>,
@@ -109,9 +41,16 @@ where
         .filter(|(k, _)| k.as_encoded_bytes().starts_with(b"CNI_"))
         .collect();
     let version_hint = peek_version(stdin);
+    let mut warnings = Vec::new();
     // A panic is a bug; the runtime still gets the protocol's error JSON, never silence.
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        dispatch(role, cni_vars, stdin, version_hint.as_deref(), ns)
+        dispatch(
+            plugin,
+            cni_vars,
+            stdin,
+            version_hint.as_deref(),
+            &mut warnings,
+        )
     }))
     .unwrap_or_else(|p| {
         let what = p
@@ -121,32 +60,36 @@ where
             .unwrap_or_default();
         Err(CniError::new(ErrorCode::Internal, "internal error").with_details(what))
     });
-    match outcome {
+    let mut answer = match outcome {
         Ok(Some(v)) => Answer {
             stdout: format!("{v}\n").into_bytes(),
             exit_code: 0,
+            warnings: Vec::new(),
         },
         Ok(None) => Answer {
             stdout: Vec::new(),
             exit_code: 0,
+            warnings: Vec::new(),
         },
         Err(e) => Answer::error(&e, version_hint.as_deref()),
-    }
+    };
+    answer.warnings = warnings;
+    answer
 }
 
 fn dispatch<N: Namespaces>(
-    role: Role,
+    plugin: &Plugin<'_, N>,
     cni_vars: Vec<(OsString, OsString)>,
     stdin: &[u8],
     version_hint: Option<&str>,
-    ns: &N,
+    warnings: &mut Vec<String>,
 ) -> Result<Option<Value>, CniError> {
     let env = CniEnv::from_vars(cni_vars.iter().cloned())?;
     if env.command == Command::Version {
         return Ok(Some(version_reply(version_hint)));
     }
-    match role {
-        Role::Main => main_plugin(&env, &cni_vars, stdin, ns),
+    match plugin.role {
+        Role::Main => main_plugin(plugin, &env, &cni_vars, stdin, warnings),
         Role::Ipam => ipam_plugin(&env, stdin),
     }
 }
@@ -213,15 +156,18 @@ fn runtime() -> Result<tokio::runtime::Runtime, CniError> {
 }
 
 fn main_plugin<N: Namespaces>(
+    plugin: &Plugin<'_, N>,
     env: &CniEnv,
     cni_vars: &[(OsString, OsString)],
     stdin: &[u8],
-    ns: &N,
+    warnings: &mut Vec<String>,
 ) -> Result<Option<Value>, CniError> {
     let started = std::time::Instant::now();
     let parsed = NetConf::<BridgeConf>::parse(stdin)?;
-    let outcome = main_verb(env, cni_vars, stdin, &parsed, ns);
-    report_event(env, &parsed.conf.plugin, &outcome, started);
+    let outcome = main_verb(plugin, env, cni_vars, stdin, &parsed, warnings);
+    if plugin.events {
+        report_event(env, &parsed.conf.plugin, &outcome, started);
+    }
     outcome.map(|r| r.map(|res| res.to_json(parsed.version)))
 }
 
@@ -236,8 +182,8 @@ fn report_event(
     let socket = conf
         .daemon_socket
         .as_deref()
-        .unwrap_or(crate::events::DEFAULT_SOCKET);
-    let ev = crate::events::PluginEvent {
+        .unwrap_or(events::DEFAULT_SOCKET);
+    let ev = events::PluginEvent {
         verb: env.command.as_str().to_owned(),
         container_id: env.container_id().to_owned(),
         ifname: env.ifname().to_owned(),
@@ -251,25 +197,27 @@ fn report_event(
         code: outcome.as_ref().err().map(|e| e.code),
         duration_us: u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
     };
-    let _ = crate::events::send(Path::new(socket), &ev);
+    let _ = events::send(Path::new(socket), &ev);
 }
 
 fn main_verb<N: Namespaces>(
+    plugin: &Plugin<'_, N>,
     env: &CniEnv,
     cni_vars: &[(OsString, OsString)],
     stdin: &[u8],
     parsed: &ParsedConf<BridgeConf>,
-    ns: &N,
+    warnings: &mut Vec<String>,
 ) -> Result<Option<CniResult>, CniError> {
+    let ns = plugin.ns;
     let (version, conf) = (parsed.version, &parsed.conf);
     gate(env, version)?;
     conf.plugin.validate()?;
     if conf.plugin.ip_masq {
-        eprintln!(
-            "headcni: ipMasq is ignored: masquerade is done by the node daemon's nftables table"
+        warnings.push(
+            "ipMasq is ignored: masquerade is done by the node daemon's nftables table".into(),
         );
     }
-    let ipam = ipam_client(env, cni_vars, conf, stdin)?;
+    let ipam = ipam_client(plugin.ipam, env, cni_vars, conf, stdin)?;
     let rt = runtime()?;
     match env.command {
         Command::Add => {
@@ -297,8 +245,17 @@ fn main_verb<N: Namespaces>(
                 mac,
                 dns: conf.dns.as_ref(),
             };
-            let result = rt.block_on(plugin::add(ns, ipam.as_ref(), &conf.plugin, &req))?;
-            Ok(Some(result))
+            match rt.block_on(plugin::add(ns, ipam.as_ref(), &conf.plugin, &req)) {
+                Ok(added) => {
+                    warnings.extend(added.warnings.iter().map(ToString::to_string));
+                    Ok(Some(added.result))
+                }
+                Err(e) => {
+                    warnings.extend(e.warnings.iter().map(ToString::to_string));
+                    warnings.extend(e.rollback_errors.iter().map(ToString::to_string));
+                    Err(e.error)
+                }
+            }
         }
         Command::Del => {
             let req = DelRequest {
@@ -329,7 +286,15 @@ fn main_verb<N: Namespaces>(
         }
         Command::Gc => {
             let valid = conf.gc_valid_attachments().unwrap_or(&[]);
-            rt.block_on(plugin::gc(ns, ipam.as_ref(), &conf.plugin, valid))?;
+            rt.block_on(plugin::gc(ns, ipam.as_ref(), &conf.plugin, valid))
+                .map_err(|e| {
+                    warnings.extend(
+                        e.delete_errors
+                            .iter()
+                            .map(|d| format!("GC: deleting a host veth failed: {d}")),
+                    );
+                    e.error
+                })?;
             Ok(None)
         }
         Command::Status => {
@@ -379,7 +344,10 @@ fn del_without_store<P>(env: &CniEnv, conf: &NetConf<P>) -> bool {
     env.command == Command::Del && conf.name.len() > MAX_NETWORK_NAME_BYTES
 }
 
+/// The IPAM client of a main-plugin request: the caller's [`crate::IpamSelector`] first,
+/// then `headcni-ipam` in-process or the delegate `ipam.type` from `CNI_PATH`.
 fn ipam_client(
+    selector: Option<&dyn crate::IpamSelector>,
     env: &CniEnv,
     cni_vars: &[(OsString, OsString)],
     conf: &NetConf<BridgeConf>,
@@ -394,6 +362,18 @@ fn ipam_client(
             CniError::new(ErrorCode::InvalidConfig, "ipam.type is required")
                 .with_details("headcni needs an IPAM plugin")
         })?;
+    if let Some(selector) = selector {
+        let req = IpamRequest {
+            env,
+            cni_vars,
+            conf,
+            ipam_type,
+            stdin,
+        };
+        if let Some(client) = selector.select(&req)? {
+            return Ok(client);
+        }
+    }
     if ipam_type == IPAM_TYPE {
         if del_without_store(env, conf) {
             return Ok(Box::new(NothingReserved));

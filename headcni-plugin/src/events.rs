@@ -20,7 +20,7 @@
 //!   nothing is given up for the normal case.
 //!
 //! Access control is the socket file's mode (0600, root only; see
-//! [`crate::daemon::events::serve`]): `sendto` on a unix socket needs write permission on it.
+//! the daemon's `events::serve` in `headcni-cli`): `sendto` on a unix socket needs write permission on it.
 //! Unknown JSON fields are ignored by the daemon so that the protocol can grow; every known
 //! field is bounded ([`PluginEvent::decode`]), so that a sender cannot grow the daemon's pod
 //! table or corrupt its metrics.

@@ -10,7 +10,7 @@ use headcni_core::cni::{CniError, CniResult, GcAttachment};
 use headcni_core::ipam::Attachment;
 use headcni_core::plugin::{IpamAdd, IpamClient};
 
-use super::delegate;
+use crate::delegate;
 
 /// An IPAM plugin exec'ed from `CNI_PATH` with the whole request configuration.
 pub struct DelegatedIpam {

@@ -3,12 +3,11 @@
 //! (`headcni-core`, `headcni-netlink`, `headcni-ipam`, `headcni-headscale`).
 //!
 //! - [`cni`]: CNI plugin mode (`headcni`, and `headcni-ipam` by argv[0]).
-//! - [`daemon`]: `headcni daemon` and its parts (config, PodCIDR, conflist, data plane,
-//!   control plane, metrics/health, the plugin event socket, `headcni status`).
+//! - The node agent (`headcni daemon`, `status`, `config`, `uninstall`) is the library crate
+//!   `headcni-node`; the `headcni-daemon` binary (`src/bin/headcni-daemon.rs`) wires it up.
 //! - [`install`]: `headcni install` (binaries into the CNI bin dir).
-//! - [`events`]: the best-effort plugin → daemon event protocol.
+//! - [`events`]: the plugin's side of the best-effort plugin → daemon event protocol.
 
 pub mod cni;
-pub mod daemon;
 pub mod events;
 pub mod install;

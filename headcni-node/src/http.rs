@@ -41,8 +41,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::task::{self, AbortHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
 
-use super::metrics::Metrics;
-use super::state::{DaemonState, MAX_STATUS_PODS, SharedState, StatusDoc};
+use crate::metrics::Metrics;
+use crate::state::{DaemonState, MAX_STATUS_PODS, SharedState, StatusDoc};
 
 /// The content type of `/metrics`.
 pub const OPENMETRICS_CONTENT_TYPE: &str =

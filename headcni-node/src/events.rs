@@ -1,6 +1,6 @@
 //! The daemon side of the plugin event socket: receives [`PluginEvent`] datagrams (see
-//! [`crate::events`] for the protocol and why it is datagram-based), keeps the pod table in
-//! [`DaemonState::pods`](super::state::DaemonState) and feeds the CNI metrics.
+//! [`headcni_core::events`] for the protocol and why it is datagram-based), keeps the pod table in
+//! [`DaemonState::pods`](crate::state::DaemonState) and feeds the CNI metrics.
 
 use std::io::ErrorKind;
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, PermissionsExt};
@@ -12,9 +12,9 @@ use anyhow::{Context, bail};
 use tokio::net::UnixDatagram;
 use tokio_util::sync::CancellationToken;
 
-use super::metrics::Metrics;
-use super::state::{PodEntry, SharedState};
-use crate::events::{MAX_DURATION_US, MAX_EVENT_BYTES, PluginEvent};
+use crate::metrics::Metrics;
+use crate::state::{PodEntry, SharedState};
+use headcni_core::events::{MAX_DURATION_US, MAX_EVENT_BYTES, PluginEvent};
 
 /// The most pod attachments the table holds; further ADDs are counted but not stored, so that
 /// a runaway sender cannot grow the daemon without bound (a node runs ~110 pods by default).
@@ -198,7 +198,7 @@ pub async fn serve(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::daemon::state::DaemonState;
+    use crate::state::DaemonState;
     use std::sync::RwLock;
 
     fn ev(verb: &str, cid: &str, ok: bool) -> PluginEvent {

@@ -1,5 +1,5 @@
-//! `headcni status`: asks the local daemon (`GET /status`) and prints what it knows, for
-//! people (or the raw JSON with `--json`).
+//! `headcni status`'s library half: fetching the local daemon's `GET /status` ([`fetch`],
+//! [`fetch_all`], every page) and rendering it for people ([`render`]). The binary prints.
 
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
@@ -14,7 +14,7 @@ use hyper_util::rt::TokioIo;
 use ipnetwork::IpNetwork;
 use tokio::net::TcpStream;
 
-use super::state::{DaemonState, MAX_STATUS_PODS, StatusDoc};
+use crate::state::{DaemonState, MAX_STATUS_PODS, StatusDoc};
 
 /// The whole exchange with the daemon must finish within this time.
 const TIMEOUT: Duration = Duration::from_secs(5);
@@ -24,20 +24,8 @@ const TIMEOUT: Duration = Duration::from_secs(5);
 const MAX_BODY: usize = 4 * 1024 * 1024;
 
 /// The most `/status` pages fetched: enough for the daemon's whole pod table
-/// ([`MAX_PODS`](super::events::MAX_PODS)) with room for pods added while paging.
-const MAX_PAGES: usize = super::events::MAX_PODS / MAX_STATUS_PODS + 8;
-
-/// `headcni status` arguments.
-#[derive(clap::Args, Debug, Clone)]
-pub struct StatusArgs {
-    /// Address of the daemon's HTTP endpoint (`[daemon] listen`).
-    #[arg(long, default_value = "127.0.0.1:8081")]
-    pub listen: SocketAddr,
-    /// Print the daemon's status as JSON (every pod, in one document) instead of the human
-    /// summary.
-    #[arg(long)]
-    pub json: bool,
-}
+/// ([`MAX_PODS`](crate::events::MAX_PODS)) with room for pods added while paging.
+const MAX_PAGES: usize = crate::events::MAX_PODS / MAX_STATUS_PODS + 8;
 
 /// Fetches `GET /status` (its first page of pods) from the daemon at `listen`: the raw JSON
 /// body.
@@ -166,23 +154,6 @@ impl Client {
         }
         Ok(body)
     }
-}
-
-/// Runs `headcni status`: prints the daemon's status (human text, or JSON with `--json`),
-/// every pod included (fetched page by page, [`fetch_all`]), and returns whether the node is
-/// ready. An error (with a clear message) when the daemon is not running or answers something
-/// that is not a status.
-pub async fn run(args: &StatusArgs) -> anyhow::Result<bool> {
-    let doc = fetch_all(args.listen).await?;
-    if args.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&doc).context("encoding the status as JSON")?
-        );
-    } else {
-        print!("{}", render(&doc.state));
-    }
-    Ok(doc.state.not_ready_reasons().is_empty())
 }
 
 /// Replaces control characters so that names received from the network cannot drive the
@@ -377,7 +348,7 @@ pub fn render(state: &DaemonState) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::daemon::state::{PodCidrSource, PodEntry};
+    use crate::state::{PodCidrSource, PodEntry};
     use headcni_core::control::{ControlPlaneStatus, PeerRoutes, Readiness, RouteState};
     use std::time::SystemTime;
 

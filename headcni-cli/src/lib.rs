@@ -2,7 +2,7 @@
 //! line and calls into these; the reusable logic lives in the library crates
 //! (`headcni-core`, `headcni-netlink`, `headcni-ipam`, `headcni-headscale`).
 //!
-//! - [`cni`]: CNI plugin mode (`headcni`, and `headcni-ipam` by argv[0]).
+//! - [`cni`]: CNI plugin mode (`headcni`, and `headcni-ipam` by `argv[0]`).
 //! - The node agent (`headcni daemon`, `status`, `config`, `uninstall`) is the library crate
 //!   `headcni-node`; the `headcni-daemon` binary (`src/bin/headcni-daemon.rs`) wires it up.
 //! - [`install`]: `headcni install` (binaries into the CNI bin dir).

@@ -62,7 +62,7 @@ struct EventServer {
     state: SharedState,
     metrics: Arc<Metrics>,
     cancel: CancellationToken,
-    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+    task: tokio::task::JoinHandle<Result<(), daemon_events::EventSocketError>>,
 }
 
 async fn start_events(socket: PathBuf) -> EventServer {
@@ -314,7 +314,7 @@ struct HttpServer {
     state: SharedState,
     metrics: Arc<Metrics>,
     cancel: CancellationToken,
-    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+    task: tokio::task::JoinHandle<Result<(), std::convert::Infallible>>,
 }
 
 async fn start_http() -> HttpServer {

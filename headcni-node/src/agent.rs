@@ -179,7 +179,10 @@ async fn reconcile(
         cluster_cidrs: cfg.node.cluster_cidr.clone(),
         table: NFT_TABLE.to_owned(),
     };
-    let dp = dataplane::reconcile(&params).await;
+    // As anyhow, so that the log line shows the step and its causes (`{e:#}`).
+    let dp = dataplane::reconcile(&params)
+        .await
+        .map_err(anyhow::Error::from);
     metrics.observe_reconcile("dataplane", t.elapsed().as_secs_f64(), dp.is_ok());
     match &dp {
         Ok(r) => tracing::debug!(?r, "data plane reconciled"),
@@ -373,19 +376,21 @@ pub async fn run(
 
     let listener = http::bind(cfg.daemon.listen).await?;
     let mut tasks = tokio::task::JoinSet::new();
-    tasks.spawn(http::serve(
+    let serve_http = http::serve(
         listener,
         state.clone(),
         metrics.clone(),
         cancel.child_token(),
-    ));
+    );
+    tasks.spawn(async move { serve_http.await.map_err(anyhow::Error::from) });
     if let Some(sock) = cfg.cni.daemon_socket_path() {
-        tasks.spawn(events::serve(
+        let serve_events = events::serve(
             sock.to_path_buf(),
             state.clone(),
             metrics.clone(),
             cancel.child_token(),
-        ));
+        );
+        tasks.spawn(async move { serve_events.await.map_err(anyhow::Error::from) });
     }
 
     if cfg.tailscale.mode == Mode::Daemon {
@@ -541,7 +546,7 @@ pub async fn uninstall(cfg: &Config) -> UninstallReport {
     }
     match dataplane::teardown(NFT_TABLE).await {
         Ok(()) => done.push(format!("removed the nftables table inet {NFT_TABLE}")),
-        Err(e) => problems.push(format!("masquerade table: {e:#}")),
+        Err(e) => problems.push(format!("masquerade table: {:#}", anyhow::Error::from(e))),
     }
     match cniconf::remove(&cfg.cni.conf_dir, &cfg.cni.conflist_name) {
         Ok(true) => done.push(format!("removed {}", conflist.display())),

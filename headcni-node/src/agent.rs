@@ -289,7 +289,7 @@ fn start_daemon_mode(
     pod_cidrs: &[IpNetwork],
     headscale: Option<Arc<HeadscaleClient>>,
     cancel: &CancellationToken,
-) -> Result<tokio::task::JoinHandle<tailscaled::SupervisorReport>> {
+) -> tokio::task::JoinHandle<tailscaled::SupervisorReport> {
     let state_dir = cfg.tailscaled_state_dir();
     let spec = tailscaled::TailscaledSpec {
         binary: cfg.tailscale.tailscaled_path.clone(),
@@ -344,7 +344,30 @@ fn start_daemon_mode(
             }
         }
     });
-    Ok(sup)
+    sup
+}
+
+/// Why [`run`] could not start the node agent (it does not fail once running: failing
+/// reconcile steps are logged, counted and retried).
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// The HTTP listener (`[daemon] listen`) could not be bound.
+    #[error(transparent)]
+    Bind(#[from] http::BindError),
+    /// Daemon mode, but a host tailscaled answers on its LocalAPI socket (`socket`).
+    #[error(
+        "daemon mode refuses to start: a host tailscaled answers on {}. Two tailscaled in one network \
+         namespace fight over route table 52, ip rules 52xx and the ts-* netfilter chains; use \
+         [tailscale] mode = \"host\" on this node",
+        socket.display()
+    )]
+    HostTailscaled {
+        /// The host tailscaled's socket.
+        socket: std::path::PathBuf,
+    },
+    /// No PodCIDR could be discovered.
+    #[error(transparent)]
+    PodCidr(#[from] podcidr::PodCidrError),
 }
 
 /// Runs the node agent with `cfg` (loaded from `flags`, [`load_config`]) until `cancel` is
@@ -356,15 +379,15 @@ fn start_daemon_mode(
 /// tasks get [`SHUTDOWN_BUDGET`] to finish.
 ///
 /// # Errors
-/// Start-up only: the HTTP listener cannot be bound, the event socket cannot be served,
-/// daemon mode beside a host tailscaled, PodCIDR discovery failed (`podcidr::PodCidrError`),
-/// or tailscaled cannot be started. Returned as `anyhow::Error` (not typed yet).
+/// Start-up only ([`NodeError`]): the HTTP listener cannot be bound, daemon mode beside a
+/// host tailscaled, or PodCIDR discovery failed. (A failing event socket ends its task,
+/// logged at shutdown, as before.)
 pub async fn run(
     flags: DaemonFlags,
     cfg: Config,
     cancel: CancellationToken,
     reload: Arc<Notify>,
-) -> Result<()> {
+) -> std::result::Result<(), NodeError> {
     headcni_headscale::tls::install_ring_provider();
     let mut cfg = cfg;
     let state: SharedState = Arc::new(RwLock::new(DaemonState::new(
@@ -398,18 +421,18 @@ pub async fn run(
         if host_socket != cfg.tailscale_socket()
             && headcni_headscale::daemon::tailscaled_answers(host_socket).await
         {
-            bail!(
-                "daemon mode refuses to start: a host tailscaled answers on {}. Two tailscaled in one network \
-                 namespace fight over route table 52, ip rules 52xx and the ts-* netfilter chains; use \
-                 [tailscale] mode = \"host\" on this node",
-                host_socket.display()
-            );
+            return Err(NodeError::HostTailscaled {
+                socket: host_socket.to_path_buf(),
+            });
         }
     }
 
     let discovered = tokio::select! {
         d = podcidr::discover(&cfg, &cancel) => d?,
-        _ = cancel.cancelled() => return shutdown(tasks, None).await,
+        _ = cancel.cancelled() => {
+            shutdown(tasks, None).await;
+            return Ok(());
+        }
     };
     tracing::info!(cidrs = ?discovered.cidrs, source = ?discovered.source, detail = %discovered.detail, "PodCIDR");
     if discovered.source != state::PodCidrSource::Config {
@@ -427,7 +450,7 @@ pub async fn run(
             &discovered.cidrs,
             headscale,
             &cancel,
-        )?)
+        ))
     } else {
         None
     };
@@ -466,13 +489,14 @@ pub async fn run(
             _ = tokio::time::sleep(wait) => {}
         }
     }
-    shutdown(tasks, supervisor).await
+    shutdown(tasks, supervisor).await;
+    Ok(())
 }
 
 async fn shutdown(
     mut tasks: tokio::task::JoinSet<Result<()>>,
     supervisor: Option<tokio::task::JoinHandle<tailscaled::SupervisorReport>>,
-) -> Result<()> {
+) {
     tracing::info!("shutting down");
     let deadline = Instant::now() + SHUTDOWN_BUDGET;
     if let Some(s) = supervisor {
@@ -490,7 +514,6 @@ async fn shutdown(
             }
         }
     }
-    Ok(())
 }
 
 /// The pod CIDRs recorded in the conflist HeadCNI wrote (for uninstall when discovery is not

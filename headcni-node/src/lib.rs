@@ -32,6 +32,6 @@ pub mod status;
 pub mod tailscaled;
 
 pub use agent::{
-    DEFAULT_TAILNET_MTU, NFT_TABLE, SHUTDOWN_BUDGET, UninstallReport, load_config, log_warnings,
-    run, uninstall,
+    DEFAULT_TAILNET_MTU, NFT_TABLE, NodeError, SHUTDOWN_BUDGET, UninstallReport, load_config,
+    log_warnings, run, uninstall,
 };

@@ -121,7 +121,7 @@ fn daemon(flags: DaemonFlags) -> anyhow::Result<()> {
         headcni_node::log_warnings(&warnings);
         let (cancel, reload) = (CancellationToken::new(), Arc::new(Notify::new()));
         spawn_signal_handler(cancel.clone(), reload.clone())?;
-        headcni_node::run(flags, cfg, cancel, reload).await
+        Ok(headcni_node::run(flags, cfg, cancel, reload).await?)
     })
 }
 

@@ -4,13 +4,12 @@
 //!
 //! - [`cni`]: CNI plugin mode (`headcni`, and `headcni-ipam` by `argv[0]`): process wiring of
 //!   [`headcni_plugin`]'s entry point.
-//! - [`daemon`]: `headcni daemon` and its parts (config, PodCIDR, conflist, data plane,
-//!   control plane, metrics/health, the plugin event socket, `headcni status`).
+//! - The node agent (`headcni daemon`, `status`, `config`, `uninstall`) is the library crate
+//!   `headcni-node`; the `headcni-daemon` binary (`src/bin/headcni-daemon.rs`) wires it up.
 //! - [`install`]: `headcni install` (binaries into the CNI bin dir).
 //! - [`events`]: the best-effort plugin → daemon event protocol (owned by
-//!   [`headcni_plugin::events`], the sending side; re-exported for the daemon).
+//!   [`headcni_plugin::events`], the sending side; re-exported here).
 
 pub mod cni;
-pub mod daemon;
 pub use headcni_plugin::events;
 pub mod install;

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use headcni_cli::daemon::config::{
+use headcni_node::config::{
     self, Config, ConfigError, DaemonFlags, Problem, check_from, load_from,
 };
 

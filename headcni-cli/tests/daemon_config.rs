@@ -11,15 +11,15 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use clap::Parser;
-use headcni_cli::daemon::config::{
+use headcni_core::ipam::Strategy;
+use headcni_node::config::{
     self, Approval, Config, ConfigError, DaemonFlags, LogFormat, Mode, Origin, load_from,
 };
-use headcni_cli::daemon::podcidr::{
+use headcni_node::podcidr::{
     self, Discovered, KubeAccess, PodCidrError, cluster_from_local_files, discover_with,
     from_local_files,
 };
-use headcni_cli::daemon::state::PodCidrSource;
-use headcni_core::ipam::Strategy;
+use headcni_node::state::PodCidrSource;
 use ipnetwork::IpNetwork;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
@@ -939,7 +939,17 @@ api_key_file = "/etc/headcni/api-key"
 
 #[test]
 fn run_config_check_and_show() {
-    use config::{ConfigCmd, run_config};
+    // `headcni config check|show` as the binary runs them: exit status and output.
+    let run = |verb: &str, config: &Path| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_headcni-daemon"))
+            .args(["config", verb, "--config"])
+            .arg(config)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        (out.status.success(), text)
+    };
     let dir = tempfile::tempdir().unwrap();
     let key = dir.path().join("api-key");
     std::fs::write(&key, "hskey-api-abc\n").unwrap();
@@ -948,21 +958,20 @@ fn run_config_check_and_show() {
         "[headscale]\nurl = \"https://hs.example.com\"\napi_key_file = \"{}\"\n",
         key.display()
     ));
-    run_config(&ConfigCmd::Check, &flags_for(&good)).unwrap();
-    run_config(&ConfigCmd::Show, &flags_for(&good)).unwrap();
+    let (ok, text) = run("check", &good.path);
+    assert!(ok && text.contains("configuration OK"), "{text}");
+    let (ok, text) = run("show", &good.path);
+    assert!(ok && !text.contains("hskey-api-abc"), "{text}");
     // a group-readable key file is a problem for `check`
     std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
-    let e = run_config(&ConfigCmd::Check, &flags_for(&good)).unwrap_err();
-    assert!(e.to_string().contains("1 problem"), "{e}");
+    let (ok, e) = run("check", &good.path);
+    assert!(!ok && e.contains("1 problem"), "{e}");
     let bad =
         config_file("[cni]\nbridge = \"\"\nmtu = 1\n[headscale]\napproval = \"auto-approvers\"\n");
-    let e = run_config(&ConfigCmd::Check, &flags_for(&bad)).unwrap_err();
-    assert!(e.to_string().contains("2 problems"), "{e}");
-    let missing = DaemonFlags {
-        config: Some(dir.path().join("missing.toml")),
-        ..Default::default()
-    };
-    assert!(run_config(&ConfigCmd::Show, &missing).is_err());
+    let (ok, e) = run("check", &bad.path);
+    assert!(!ok && e.contains("2 problems"), "{e}");
+    let (ok, _) = run("show", &dir.path().join("missing.toml"));
+    assert!(!ok);
 }
 
 // =============================================================================================
@@ -1594,7 +1603,7 @@ chained = [{ type = "portmap", capabilities = { portMappings = true } },
     let mut cfg = load(&flags_for(&f), &[]).unwrap().config;
     cfg.cni.conf_dir = tmp.path().join("net.d");
     let cidrs = [n("10.244.1.0/24"), n("fd00:10:244:1::/64")];
-    assert!(headcni_cli::daemon::cniconf::ensure(&cfg, &cidrs, 1280).unwrap());
+    assert!(headcni_node::cniconf::ensure(&cfg, &cidrs, 1280).unwrap());
     let text = std::fs::read(cfg.cni.conflist_path()).unwrap();
     let v: Value = serde_json::from_slice(&text).unwrap();
     let types: Vec<&str> = v["plugins"]
@@ -1616,5 +1625,5 @@ chained = [{ type = "portmap", capabilities = { portMappings = true } },
         assert_eq!(parsed.conf.name, "headcni");
     }
     assert_eq!(v["plugins"][0]["ipam"]["strategy"], "random");
-    assert!(!headcni_cli::daemon::cniconf::ensure(&cfg, &cidrs, 1280).unwrap());
+    assert!(!headcni_node::cniconf::ensure(&cfg, &cidrs, 1280).unwrap());
 }

@@ -22,15 +22,15 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use headcni_cli::daemon::events::{self as daemon_events, MAX_POD_TABLE_BYTES, MAX_PODS};
-use headcni_cli::daemon::http;
-use headcni_cli::daemon::metrics::Metrics;
-use headcni_cli::daemon::state::{DaemonState, MAX_STATUS_PODS, SharedState, StatusDoc};
-use headcni_cli::daemon::status;
 use headcni_cli::events::{
     MAX_CONTAINER_ID_BYTES, MAX_DURATION_US, MAX_IFNAME_BYTES, MAX_IPS, MAX_POD_NAME_BYTES,
     MAX_POD_NAMESPACE_BYTES, PluginEvent,
 };
+use headcni_node::events::{self as daemon_events, MAX_POD_TABLE_BYTES, MAX_PODS};
+use headcni_node::http;
+use headcni_node::metrics::Metrics;
+use headcni_node::state::{DaemonState, MAX_STATUS_PODS, SharedState, StatusDoc};
+use headcni_node::status;
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 

@@ -1,4 +1,4 @@
-//! The daemon's data plane (`headcni_cli::daemon::dataplane`) with real traffic, in
+//! The daemon's data plane (`headcni_node::dataplane`) with real traffic, in
 //! network namespaces this test creates (`hcdp-<tag>-<pid>-<role>`, removed on drop, also on
 //! panic). Run as root with `ip` (iproute2) and `nft` (nftables) installed.
 //!
@@ -21,8 +21,8 @@ use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use headcni_cli::daemon::dataplane::{self, DataplaneParams, DataplaneReport};
 use headcni_netlink::nft;
+use headcni_node::dataplane::{self, DataplaneParams, DataplaneReport};
 use ipnetwork::IpNetwork;
 
 /// A named namespace `hcdp-<tag>-<pid>-<role>`, deleted on drop (headcni-testkit's fixture).

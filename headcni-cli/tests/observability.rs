@@ -12,12 +12,12 @@ use std::process::Command;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use headcni_cli::daemon::http::{self, OPENMETRICS_CONTENT_TYPE};
-use headcni_cli::daemon::metrics::Metrics;
-use headcni_cli::daemon::state::{DaemonState, PodCidrSource, SharedState};
-use headcni_cli::daemon::{events as daemon_events, status};
 use headcni_cli::events::{self, PluginEvent};
 use headcni_core::control::{ControlPlaneStatus, Readiness, RouteState};
+use headcni_node::http::{self, OPENMETRICS_CONTENT_TYPE};
+use headcni_node::metrics::Metrics;
+use headcni_node::state::{DaemonState, PodCidrSource, SharedState, StatusDoc};
+use headcni_node::{events as daemon_events, status};
 use tokio_util::sync::CancellationToken;
 
 fn new_state() -> SharedState {
@@ -61,7 +61,7 @@ struct EventServer {
     state: SharedState,
     metrics: Arc<Metrics>,
     cancel: CancellationToken,
-    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+    task: tokio::task::JoinHandle<Result<(), daemon_events::EventSocketError>>,
 }
 
 async fn start_events(socket: PathBuf) -> EventServer {
@@ -278,7 +278,7 @@ struct HttpServer {
     state: SharedState,
     metrics: Arc<Metrics>,
     cancel: CancellationToken,
-    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+    task: tokio::task::JoinHandle<Result<(), std::convert::Infallible>>,
 }
 
 async fn start_http() -> HttpServer {
@@ -421,12 +421,12 @@ async fn http_endpoints_and_readiness_transitions() {
     assert!(m.body.contains("\nheadcni_ready 1\n"), "{}", m.body);
     assert!(m.body.ends_with("# EOF\n"));
 
-    // `headcni status` against the live server.
-    let args = status::StatusArgs {
-        listen: addr,
-        json: false,
-    };
-    assert!(status::run(&args).await.expect("status"), "ready");
+    // `headcni status` against the live server (what it prints and its exit status).
+    let ready = |doc: StatusDoc| doc.state.not_ready_reasons().is_empty();
+    assert!(
+        ready(status::fetch_all(addr).await.expect("status")),
+        "ready"
+    );
     let body = status::fetch(addr).await.expect("fetch");
     let st: DaemonState = serde_json::from_slice(&body).expect("json");
     let text = status::render(&st);
@@ -437,7 +437,9 @@ async fn http_endpoints_and_readiness_transitions() {
     );
     assert!(text.ends_with("READY\n"));
     srv.state.write().expect("lock").masquerade_ready = false;
-    assert!(!status::run(&args).await.expect("status"), "not ready");
+    let doc = status::fetch_all(addr).await.expect("status");
+    assert!(status::render(&doc.state).contains("NOT READY"));
+    assert!(!ready(doc), "not ready");
 
     srv.cancel.cancel();
     tokio::time::timeout(Duration::from_secs(2), srv.task)
@@ -453,11 +455,10 @@ async fn status_reports_a_daemon_that_is_not_running() {
     let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let addr = l.local_addr().expect("addr");
     drop(l);
-    let args = status::StatusArgs {
-        listen: addr,
-        json: true,
-    };
-    let err = format!("{:#}", status::run(&args).await.expect_err("not running"));
+    let err = format!(
+        "{:#}",
+        status::fetch_all(addr).await.expect_err("not running")
+    );
     assert!(err.contains("not running"), "{err}");
     assert!(err.contains(&addr.to_string()), "{err}");
 }

@@ -8,10 +8,13 @@
 //!   the [`ipam::AllocationStrategy`] and [`ipam::IpamStore`] traits.
 //! - [`link`]: the [`link::LinkManager`] and [`link::RouteManager`] traits.
 //! - [`control`]: the [`control::ControlPlaneBackend`] trait.
+//! - [`events`]: the plugin → node agent event datagram ([`events::PluginEvent`]), format only.
+//! - [`events`]: the plugin → node agent event datagram ([`events::PluginEvent`]), format only.
 #![warn(missing_docs)]
 
 pub mod cni;
 pub mod control;
+pub mod events;
 pub mod hash;
 pub mod ipam;
 pub mod link;

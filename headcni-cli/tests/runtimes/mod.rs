@@ -12,7 +12,7 @@
 //! - a temp directory holding the CNI `bin/` (a recording wrapper `headcni` that execs the
 //!   plugin under test, the `headcni-ipam` symlink, and the reference `portmap`, `bandwidth`
 //!   and `loopback`), `net.d/` with the conflist **rendered and written by the daemon's own code**
-//!   (`headcni_cli::daemon::cniconf::ensure`, portmap and bandwidth chained), the IPAM
+//!   (`headcni_node::cniconf::ensure`, portmap and bandwidth chained), the IPAM
 //!   `data/`, and the runtimes' roots.
 //!
 //! Dropping the node (also on panic) force-deletes every runc container of both runtimes'
@@ -31,8 +31,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use headcni_cli::daemon::cniconf;
-use headcni_cli::daemon::config::Config;
+use headcni_node::cniconf;
+use headcni_node::config::Config;
 use serde_json::{Value, json};
 
 use crate::common::{EXE, Ns, REF_CNI_DIR, eventually, reservations_in};

@@ -14,9 +14,9 @@
 
 use std::net::IpAddr;
 
-use anyhow::{Context, bail};
-use headcni_core::link::{BridgeSpec, LinkManager};
-use headcni_core::node::masq::{self, MasqueradeSpec};
+use headcni_core::link::{BridgeSpec, LinkError, LinkManager};
+use headcni_core::node::masq::{self, MasqError, MasqueradeSpec};
+use headcni_netlink::nft::NftError;
 use headcni_netlink::{NetlinkHandle, nft};
 use ipnetwork::IpNetwork;
 
@@ -25,6 +25,62 @@ pub const DEFAULT_BRIDGE: &str = "headcni0";
 
 const IPV4_FORWARD: &str = "/proc/sys/net/ipv4/ip_forward";
 const IPV6_FORWARD: &str = "/proc/sys/net/ipv6/conf/all/forwarding";
+
+/// Why [`reconcile`], [`teardown`] or [`gateway_address`] failed. The message names the step
+/// (e.g. `ensure bridge headcni0`); the cause is [`std::error::Error::source`].
+#[derive(Debug, thiserror::Error)]
+pub enum DataplaneError {
+    /// A pod CIDR with host bits set (`network` is its network address).
+    #[error("pod CIDR {cidr} has host bits set (network address is {network})")]
+    HostBits {
+        /// The CIDR as given.
+        cidr: IpNetwork,
+        /// Its network address.
+        network: IpAddr,
+    },
+    /// A pod CIDR too small for a gateway and pods (IPv4 /31, /32, IPv6 /127, /128).
+    #[error("pod CIDR {0} is too small for a gateway and pods")]
+    TooSmall(IpNetwork),
+    /// The masquerade rule set cannot be planned (no pod CIDR, a pod CIDR outside the
+    /// cluster CIDR, a bad table name, ...).
+    #[error("masquerade rule set")]
+    Plan(#[source] MasqError),
+    /// A netlink step failed; `step` says which (e.g. `ensure bridge headcni0`).
+    #[error("{step}")]
+    Link {
+        /// The step.
+        step: String,
+        /// The netlink error.
+        #[source]
+        source: LinkError,
+    },
+    /// A forwarding sysctl file could not be read.
+    #[error("read {path}")]
+    Sysctl {
+        /// The `/proc/sys` path.
+        path: &'static str,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// `nft` failed; `step` says which (e.g. `apply nftables table inet headcni`).
+    #[error("{step}")]
+    Nft {
+        /// The step.
+        step: String,
+        /// The nft error.
+        #[source]
+        source: NftError,
+    },
+    /// The blocking task that runs `nft` panicked or was cancelled.
+    #[error("nft task")]
+    Task(#[source] tokio::task::JoinError),
+}
+
+fn link_step(step: impl Into<String>) -> impl FnOnce(LinkError) -> DataplaneError {
+    let step = step.into();
+    move |source| DataplaneError::Link { step, source }
+}
 
 /// What the node's data plane must look like.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -80,28 +136,29 @@ impl DataplaneReport {
 ///
 /// Errors: host bits set, or a CIDR too small to hold a gateway and pods (IPv4 /31, /32,
 /// IPv6 /127, /128).
-pub fn gateway_address(cidr: &IpNetwork) -> anyhow::Result<IpNetwork> {
+pub fn gateway_address(cidr: &IpNetwork) -> Result<IpNetwork, DataplaneError> {
     if cidr.ip() != cidr.network() {
-        bail!(
-            "pod CIDR {cidr} has host bits set (network address is {})",
-            cidr.network()
-        );
+        return Err(DataplaneError::HostBits {
+            cidr: *cidr,
+            network: cidr.network(),
+        });
     }
     let gw = match cidr.network() {
         IpAddr::V4(a) if cidr.prefix() <= 30 => IpAddr::V4((u32::from(a) + 1).into()),
         IpAddr::V6(a) if cidr.prefix() <= 126 => IpAddr::V6((u128::from(a) + 1).into()),
-        _ => bail!("pod CIDR {cidr} is too small for a gateway and pods"),
+        _ => return Err(DataplaneError::TooSmall(*cidr)),
     };
-    IpNetwork::new(gw, cidr.prefix()).with_context(|| format!("gateway address for {cidr}"))
+    // The prefix is the CIDR's own, so it is valid for the address family.
+    IpNetwork::new(gw, cidr.prefix()).map_err(|_| DataplaneError::TooSmall(*cidr))
 }
 
 /// Reads a sysctl file in the calling thread's namespace; `None` when it does not exist
 /// (IPv6 disabled).
-fn read_sysctl(path: &str) -> anyhow::Result<Option<String>> {
+fn read_sysctl(path: &'static str) -> Result<Option<String>, DataplaneError> {
     match std::fs::read_to_string(path) {
         Ok(s) => Ok(Some(s.trim().to_owned())),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(e).with_context(|| format!("read {path}")),
+        Err(source) => Err(DataplaneError::Sysctl { path, source }),
     }
 }
 
@@ -122,34 +179,34 @@ fn read_sysctl(path: &str) -> anyhow::Result<Option<String>> {
 /// Errors: invalid parameters (no pod CIDR, host bits, tiny CIDRs, pod CIDR outside the
 /// cluster CIDR, bad table name: nothing is changed then), netlink / sysctl failures
 /// (`CAP_NET_ADMIN` needed), `nft` missing or failing. Each carries which step failed.
-pub async fn reconcile(p: &DataplaneParams) -> anyhow::Result<DataplaneReport> {
+pub async fn reconcile(p: &DataplaneParams) -> Result<DataplaneReport, DataplaneError> {
     // Validate everything before touching anything.
     let gateways = p
         .pod_cidrs
         .iter()
         .map(gateway_address)
-        .collect::<anyhow::Result<Vec<_>>>()?;
+        .collect::<Result<Vec<_>, _>>()?;
     let mut spec = MasqueradeSpec::new(p.pod_cidrs.clone(), p.cluster_cidrs.clone());
     spec.table = p.table.clone();
-    let plan = masq::plan(&spec).context("masquerade rule set")?;
+    let plan = masq::plan(&spec).map_err(DataplaneError::Plan)?;
 
     let nl = NetlinkHandle::current()
         .await
-        .context("open netlink in the node namespace")?;
+        .map_err(link_step("open netlink in the node namespace"))?;
     let mut report = DataplaneReport::default();
 
     // 1. Bridge.
     let bridge_ok = match nl
         .link(&p.bridge)
         .await
-        .with_context(|| format!("look up bridge {}", p.bridge))?
+        .map_err(link_step(format!("look up bridge {}", p.bridge)))?
     {
         None => false,
         Some(link) => {
             let have = nl
                 .addresses(&p.bridge)
                 .await
-                .with_context(|| format!("addresses of bridge {}", p.bridge))?;
+                .map_err(link_step(format!("addresses of bridge {}", p.bridge)))?;
             link.kind.as_deref() == Some("bridge")
                 && link.up
                 && p.mtu.is_none_or(|m| m == link.mtu)
@@ -163,7 +220,7 @@ pub async fn reconcile(p: &DataplaneParams) -> anyhow::Result<DataplaneReport> {
             addresses: gateways.clone(),
         })
         .await
-        .with_context(|| format!("ensure bridge {}", p.bridge))?;
+        .map_err(link_step(format!("ensure bridge {}", p.bridge)))?;
         report.bridge_changed = true;
         tracing::info!(bridge = %p.bridge, mtu = ?p.mtu, gateways = ?gateways, "bridge ensured");
     }
@@ -176,7 +233,7 @@ pub async fn reconcile(p: &DataplaneParams) -> anyhow::Result<DataplaneReport> {
     if v4_off || v6_off {
         nl.enable_forwarding(want_v4, want_v6)
             .await
-            .context("enable forwarding")?;
+            .map_err(link_step("enable forwarding"))?;
         report.forwarding_changed = true;
         tracing::info!(ipv4 = v4_off, ipv6 = v6_off, "forwarding enabled");
     }
@@ -186,8 +243,11 @@ pub async fn reconcile(p: &DataplaneParams) -> anyhow::Result<DataplaneReport> {
     let table = p.table.clone();
     report.masquerade_changed = tokio::task::spawn_blocking(move || nft::apply(&plan))
         .await
-        .context("nft task")?
-        .with_context(|| format!("apply nftables table inet {table}"))?;
+        .map_err(DataplaneError::Task)?
+        .map_err(|source| DataplaneError::Nft {
+            step: format!("apply nftables table inet {table}"),
+            source,
+        })?;
     if report.masquerade_changed {
         tracing::info!(table = %p.table, "masquerade table written");
     }
@@ -199,12 +259,15 @@ pub async fn reconcile(p: &DataplaneParams) -> anyhow::Result<DataplaneReport> {
 /// attached to it, and the CNI plugin recreates it anyway.
 ///
 /// Errors: invalid table name, `nft` missing or failing.
-pub async fn teardown(table: &str) -> anyhow::Result<()> {
+pub async fn teardown(table: &str) -> Result<(), DataplaneError> {
     let name = table.to_owned();
     let removed = tokio::task::spawn_blocking(move || nft::remove(&name))
         .await
-        .context("nft task")?
-        .with_context(|| format!("remove nftables table inet {table}"))?;
+        .map_err(DataplaneError::Task)?
+        .map_err(|source| DataplaneError::Nft {
+            step: format!("remove nftables table inet {table}"),
+            source,
+        })?;
     tracing::info!(table, removed, "masquerade table removed");
     Ok(())
 }
@@ -250,13 +313,16 @@ mod tests {
         // These fail in validation, before a netlink socket is even opened.
         let mut p = DataplaneParams::new(vec![], vec![]);
         let e = reconcile(&p).await.unwrap_err();
-        assert!(format!("{e:#}").contains("no pod CIDR"), "{e:#}");
+        assert!(
+            matches!(e, DataplaneError::Plan(MasqError::NoPodCidr)),
+            "{e:?}"
+        );
         p.pod_cidrs = vec![net("10.244.1.0/24")];
         p.cluster_cidrs = vec![net("10.245.0.0/16")];
         let e = reconcile(&p).await.unwrap_err();
         assert!(
-            format!("{e:#}").contains("not inside any cluster CIDR"),
-            "{e:#}"
+            matches!(e, DataplaneError::Plan(MasqError::PodOutsideCluster { .. })),
+            "{e:?}"
         );
         p.cluster_cidrs.clear();
         p.table = "bad name".into();

@@ -1,23 +1,13 @@
-//! `headcni daemon`: one per node. Discovers the node's PodCIDR, writes the CNI conflist,
-//! keeps the bridge, forwarding and the masquerade table in place, and makes the tailnet
-//! carry this node's pods (advertise + approve the PodCIDR through the control plane).
+//! The node agent's loop (`headcni daemon`): discovers the node's PodCIDR, writes the CNI
+//! conflist, keeps the bridge, forwarding and the masquerade table in place, and makes the
+//! tailnet carry this node's pods (advertise + approve the PodCIDR through the control plane);
+//! and `headcni uninstall`'s steps.
 
-pub mod cniconf;
-pub mod config;
-pub mod dataplane;
-pub mod events;
-pub mod http;
-pub mod metrics;
-pub mod podcidr;
-pub mod state;
-pub mod status;
-pub mod tailscaled;
-
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Result, anyhow, bail};
 use headcni_core::control::{ControlPlaneBackend, ControlPlaneStatus};
 use headcni_core::ipam::IpamConf;
 use headcni_core::link::LinkManager;
@@ -29,26 +19,10 @@ use ipnetwork::IpNetwork;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use config::{Approval, Config, DaemonFlags, Mode};
-use metrics::Metrics;
-use state::{DaemonState, SharedState};
-
-/// `headcni daemon` arguments.
-#[derive(clap::Args, Debug, Clone)]
-pub struct DaemonArgs {
-    #[command(flatten)]
-    flags: DaemonFlags,
-}
-
-/// `headcni uninstall` arguments.
-#[derive(clap::Args, Debug, Clone)]
-pub struct UninstallArgs {
-    #[command(flatten)]
-    flags: DaemonFlags,
-    /// Also remove `headcni` and `headcni-ipam` from the CNI bin dir.
-    #[arg(long)]
-    remove_binaries: bool,
-}
+use crate::config::{self, Approval, Config, DaemonFlags, Mode};
+use crate::metrics::Metrics;
+use crate::state::{self, DaemonState, SharedState};
+use crate::{cniconf, dataplane, events, http, podcidr, tailscaled};
 
 /// The nftables table HeadCNI owns (`inet headcni`).
 pub const NFT_TABLE: &str = "headcni";
@@ -57,24 +31,20 @@ pub const DEFAULT_TAILNET_MTU: u32 = 1280;
 /// How long SIGTERM may take before the daemon returns anyway.
 pub const SHUTDOWN_BUDGET: Duration = Duration::from_secs(5);
 
-/// Runs `headcni daemon` until SIGTERM/SIGINT.
-pub fn run(args: &DaemonArgs) -> Result<()> {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
-    rt.block_on(run_async(args.flags.clone()))
+/// The configuration from `flags` and the process environment, with every error at once
+/// ([`config::check_from`]) and its warnings, which the caller logs ([`log_warnings`]) once
+/// logging is set up.
+///
+/// # Errors
+/// [`config::ConfigError`]: the file cannot be used, or one or more values are invalid.
+pub fn load_config(
+    flags: &DaemonFlags,
+) -> std::result::Result<(Config, Vec<config::Problem>), config::ConfigError> {
+    config::check_from(flags, &|k| std::env::var(k).ok())?.into_result()
 }
 
-/// The configuration with every error at once ([`config::check_from`]) and its warnings,
-/// which the caller logs once logging is set up.
-fn load_config(flags: &DaemonFlags) -> Result<(Config, Vec<config::Problem>)> {
-    let checked = config::check_from(flags, &|k| std::env::var(k).ok())?;
-    Ok(checked.into_result()?)
-}
-
-fn log_warnings(warnings: &[config::Problem]) {
+/// Logs configuration warnings (one `warn` event per [`config::Problem`]).
+pub fn log_warnings(warnings: &[config::Problem]) {
     for w in warnings {
         tracing::warn!(key = %w.key, "configuration: {}", w.message);
     }
@@ -209,7 +179,10 @@ async fn reconcile(
         cluster_cidrs: cfg.node.cluster_cidr.clone(),
         table: NFT_TABLE.to_owned(),
     };
-    let dp = dataplane::reconcile(&params).await;
+    // As anyhow, so that the log line shows the step and its causes (`{e:#}`).
+    let dp = dataplane::reconcile(&params)
+        .await
+        .map_err(anyhow::Error::from);
     metrics.observe_reconcile("dataplane", t.elapsed().as_secs_f64(), dp.is_ok());
     match &dp {
         Ok(r) => tracing::debug!(?r, "data plane reconciled"),
@@ -316,7 +289,7 @@ fn start_daemon_mode(
     pod_cidrs: &[IpNetwork],
     headscale: Option<Arc<HeadscaleClient>>,
     cancel: &CancellationToken,
-) -> Result<tokio::task::JoinHandle<tailscaled::SupervisorReport>> {
+) -> tokio::task::JoinHandle<tailscaled::SupervisorReport> {
     let state_dir = cfg.tailscaled_state_dir();
     let spec = tailscaled::TailscaledSpec {
         binary: cfg.tailscale.tailscaled_path.clone(),
@@ -371,58 +344,95 @@ fn start_daemon_mode(
             }
         }
     });
-    Ok(sup)
+    sup
 }
 
-async fn run_async(flags: DaemonFlags) -> Result<()> {
+/// Why [`run`] could not start the node agent (it does not fail once running: failing
+/// reconcile steps are logged, counted and retried).
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// The HTTP listener (`[daemon] listen`) could not be bound.
+    #[error(transparent)]
+    Bind(#[from] http::BindError),
+    /// Daemon mode, but a host tailscaled answers on its LocalAPI socket (`socket`).
+    #[error(
+        "daemon mode refuses to start: a host tailscaled answers on {}. Two tailscaled in one network \
+         namespace fight over route table 52, ip rules 52xx and the ts-* netfilter chains; use \
+         [tailscale] mode = \"host\" on this node",
+        socket.display()
+    )]
+    HostTailscaled {
+        /// The host tailscaled's socket.
+        socket: std::path::PathBuf,
+    },
+    /// No PodCIDR could be discovered.
+    #[error(transparent)]
+    PodCidr(#[from] podcidr::PodCidrError),
+}
+
+/// Runs the node agent with `cfg` (loaded from `flags`, [`load_config`]) until `cancel` is
+/// cancelled (the binary cancels on SIGTERM/SIGINT); each `reload` notification (SIGHUP)
+/// reloads the configuration from the same `flags` and the environment. Serves the HTTP
+/// endpoints ([`http`]) and the plugin event socket ([`events`]), discovers the PodCIDR
+/// ([`podcidr`]), supervises tailscaled in daemon mode ([`tailscaled`]) and reconciles every
+/// `[daemon] reconcile_interval_secs` (sooner, with backoff, while not ready). On cancel the
+/// tasks get [`SHUTDOWN_BUDGET`] to finish.
+///
+/// # Errors
+/// Start-up only ([`NodeError`]): the HTTP listener cannot be bound, daemon mode beside a
+/// host tailscaled, or PodCIDR discovery failed. (A failing event socket ends its task,
+/// logged at shutdown, as before.)
+pub async fn run(
+    flags: DaemonFlags,
+    cfg: Config,
+    cancel: CancellationToken,
+    reload: Arc<Notify>,
+) -> std::result::Result<(), NodeError> {
     headcni_headscale::tls::install_ring_provider();
-    let (mut cfg, warnings) = load_config(&flags)?;
-    init_logging(&cfg);
-    log_warnings(&warnings);
+    let mut cfg = cfg;
     let state: SharedState = Arc::new(RwLock::new(DaemonState::new(
         cfg.node_name(),
         cfg.tailscale.mode.as_str(),
     )));
     let metrics = Arc::new(Metrics::new());
-    let cancel = CancellationToken::new();
-    let reload = Arc::new(Notify::new());
     tracing::info!(node = %cfg.node_name(), mode = cfg.tailscale.mode.as_str(), "headcni daemon starting");
 
     let listener = http::bind(cfg.daemon.listen).await?;
     let mut tasks = tokio::task::JoinSet::new();
-    tasks.spawn(http::serve(
+    let serve_http = http::serve(
         listener,
         state.clone(),
         metrics.clone(),
         cancel.child_token(),
-    ));
+    );
+    tasks.spawn(async move { serve_http.await.map_err(anyhow::Error::from) });
     if let Some(sock) = cfg.cni.daemon_socket_path() {
-        tasks.spawn(events::serve(
+        let serve_events = events::serve(
             sock.to_path_buf(),
             state.clone(),
             metrics.clone(),
             cancel.child_token(),
-        ));
+        );
+        tasks.spawn(async move { serve_events.await.map_err(anyhow::Error::from) });
     }
-    spawn_signal_handler(cancel.clone(), reload.clone())?;
 
     if cfg.tailscale.mode == Mode::Daemon {
         let host_socket = Path::new(config::HOST_TAILSCALE_SOCKET);
         if host_socket != cfg.tailscale_socket()
             && headcni_headscale::daemon::tailscaled_answers(host_socket).await
         {
-            bail!(
-                "daemon mode refuses to start: a host tailscaled answers on {}. Two tailscaled in one network \
-                 namespace fight over route table 52, ip rules 52xx and the ts-* netfilter chains; use \
-                 [tailscale] mode = \"host\" on this node",
-                host_socket.display()
-            );
+            return Err(NodeError::HostTailscaled {
+                socket: host_socket.to_path_buf(),
+            });
         }
     }
 
     let discovered = tokio::select! {
         d = podcidr::discover(&cfg, &cancel) => d?,
-        _ = cancel.cancelled() => return shutdown(tasks, None).await,
+        _ = cancel.cancelled() => {
+            shutdown(tasks, None).await;
+            return Ok(());
+        }
     };
     tracing::info!(cidrs = ?discovered.cidrs, source = ?discovered.source, detail = %discovered.detail, "PodCIDR");
     if discovered.source != state::PodCidrSource::Config {
@@ -440,7 +450,7 @@ async fn run_async(flags: DaemonFlags) -> Result<()> {
             &discovered.cidrs,
             headscale,
             &cancel,
-        )?)
+        ))
     } else {
         None
     };
@@ -479,29 +489,14 @@ async fn run_async(flags: DaemonFlags) -> Result<()> {
             _ = tokio::time::sleep(wait) => {}
         }
     }
-    shutdown(tasks, supervisor).await
-}
-
-/// Daemon logs: `[daemon] log_level` (a tracing filter; `HEADCNI_LOG` overrides it) and
-/// `log_format` (`text` or `json`), to stderr.
-fn init_logging(cfg: &Config) {
-    let filter = std::env::var("HEADCNI_LOG").unwrap_or_else(|_| cfg.daemon.log_level.clone());
-    let filter = tracing_subscriber::EnvFilter::try_new(&filter)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr);
-    let _ = match cfg.daemon.log_format {
-        config::LogFormat::Json => builder.json().try_init(),
-        config::LogFormat::Text => builder.try_init(),
-    };
+    shutdown(tasks, supervisor).await;
+    Ok(())
 }
 
 async fn shutdown(
     mut tasks: tokio::task::JoinSet<Result<()>>,
     supervisor: Option<tokio::task::JoinHandle<tailscaled::SupervisorReport>>,
-) -> Result<()> {
+) {
     tracing::info!("shutting down");
     let deadline = Instant::now() + SHUTDOWN_BUDGET;
     if let Some(s) = supervisor {
@@ -519,24 +514,6 @@ async fn shutdown(
             }
         }
     }
-    Ok(())
-}
-
-fn spawn_signal_handler(cancel: CancellationToken, reload: Arc<Notify>) -> Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    let mut hup = signal(SignalKind::hangup())?;
-    tokio::spawn(async move {
-        loop {
-            tokio::select! {
-                _ = term.recv() => { tracing::info!("SIGTERM"); cancel.cancel(); return; }
-                _ = int.recv() => { tracing::info!("SIGINT"); cancel.cancel(); return; }
-                _ = hup.recv() => { tracing::info!("SIGHUP: reloading"); reload.notify_one(); }
-            }
-        }
-    });
-    Ok(())
 }
 
 /// The pod CIDRs recorded in the conflist HeadCNI wrote (for uninstall when discovery is not
@@ -556,57 +533,48 @@ fn cidrs_from_conflist(path: &Path) -> Vec<IpNetwork> {
         .collect()
 }
 
-/// `headcni uninstall`: withdraw this node's routes, remove the masquerade table and the
-/// conflist (only HeadCNI's own file), optionally the binaries. Not done on a plain restart.
-pub fn uninstall(args: &UninstallArgs) -> Result<()> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    rt.block_on(async {
-        headcni_headscale::tls::install_ring_provider();
-        let (cfg, _) = load_config(&args.flags)?;
-        let conflist = cfg.cni.conf_dir.join(&cfg.cni.conflist_name);
-        let mut cidrs = cidrs_from_conflist(&conflist);
-        if cidrs.is_empty() {
-            cidrs = podcidr::from_config(&cfg).unwrap_or_default();
+/// What [`uninstall`] did (one line per step, for people) and what it could not do.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UninstallReport {
+    /// Steps done, e.g. `removed the nftables table inet headcni`.
+    pub done: Vec<String>,
+    /// Steps that failed or could not be attempted, each with its reason.
+    pub problems: Vec<String>,
+}
+
+/// `headcni uninstall`: withdraw this node's routes (the PodCIDRs of the conflist HeadCNI
+/// wrote, else the configured ones), remove the masquerade table and the conflist (only
+/// HeadCNI's own file). Not done on a plain restart. Prints nothing: the caller reports.
+pub async fn uninstall(cfg: &Config) -> UninstallReport {
+    headcni_headscale::tls::install_ring_provider();
+    let mut report = UninstallReport::default();
+    let (done, problems) = (&mut report.done, &mut report.problems);
+    let conflist = cfg.cni.conf_dir.join(&cfg.cni.conflist_name);
+    let mut cidrs = cidrs_from_conflist(&conflist);
+    if cidrs.is_empty() {
+        cidrs = podcidr::from_config(cfg).unwrap_or_default();
+    }
+    if cidrs.is_empty() {
+        problems.push(
+            "no PodCIDR known (no conflist, none configured): routes not withdrawn".to_owned(),
+        );
+    } else {
+        match backend(cfg, None) {
+            Ok((b, _)) => match b.withdraw_routes(&cidrs).await {
+                Ok(()) => done.push(format!("withdrew {cidrs:?} from the tailnet")),
+                Err(e) => problems.push(format!("withdrawing routes: {e}")),
+            },
+            Err(e) => problems.push(format!("control plane: {e:#}")),
         }
-        let mut problems = Vec::new();
-        if cidrs.is_empty() {
-            problems.push(
-                "no PodCIDR known (no conflist, none configured): routes not withdrawn".to_owned(),
-            );
-        } else {
-            match backend(&cfg, None) {
-                Ok((b, _)) => match b.withdraw_routes(&cidrs).await {
-                    Ok(()) => eprintln!("withdrew {cidrs:?} from the tailnet"),
-                    Err(e) => problems.push(format!("withdrawing routes: {e}")),
-                },
-                Err(e) => problems.push(format!("control plane: {e:#}")),
-            }
-        }
-        match dataplane::teardown(NFT_TABLE).await {
-            Ok(()) => eprintln!("removed the nftables table inet {NFT_TABLE}"),
-            Err(e) => problems.push(format!("masquerade table: {e:#}")),
-        }
-        match cniconf::remove(&cfg.cni.conf_dir, &cfg.cni.conflist_name) {
-            Ok(true) => eprintln!("removed {}", conflist.display()),
-            Ok(false) => {}
-            Err(e) => problems.push(format!("removing {}: {e}", conflist.display())),
-        }
-        if args.remove_binaries {
-            for name in ["headcni-ipam", "headcni"] {
-                let p: PathBuf = cfg.cni.bin_dir.join(name);
-                match std::fs::remove_file(&p) {
-                    Ok(()) => eprintln!("removed {}", p.display()),
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                    Err(e) => problems.push(format!("removing {}: {e}", p.display())),
-                }
-            }
-        }
-        if problems.is_empty() {
-            Ok(())
-        } else {
-            Err(anyhow!("uninstall incomplete: {}", problems.join("; ")))
-        }
-    })
+    }
+    match dataplane::teardown(NFT_TABLE).await {
+        Ok(()) => done.push(format!("removed the nftables table inet {NFT_TABLE}")),
+        Err(e) => problems.push(format!("masquerade table: {:#}", anyhow::Error::from(e))),
+    }
+    match cniconf::remove(&cfg.cni.conf_dir, &cfg.cni.conflist_name) {
+        Ok(true) => done.push(format!("removed {}", conflist.display())),
+        Ok(false) => {}
+        Err(e) => problems.push(format!("removing {}: {e}", conflist.display())),
+    }
+    report
 }

@@ -20,7 +20,7 @@ use headcni_core::node::cniconf::{ConflistParams, render};
 use ipnetwork::IpNetwork;
 use serde_json::Value;
 
-use super::config::Config;
+use crate::config::Config;
 
 /// The conflist's file mode.
 pub const CONFLIST_MODE: u32 = 0o644;

@@ -20,7 +20,7 @@
 //! | `headcni_ready` | gauge 0/1 | — |
 //!
 //! Label values come from the daemon itself (verbs are checked against
-//! [`crate::events::VERBS`] before they get here), so cardinality stays bounded.
+//! [`headcni_core::events::VERBS`] before they get here), so cardinality stays bounded.
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::encoding::text::encode;

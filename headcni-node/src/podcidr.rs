@@ -46,8 +46,8 @@ use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event};
 use tokio_util::sync::CancellationToken;
 
-use super::config::Config;
-use super::state::PodCidrSource;
+use crate::config::Config;
+use crate::state::PodCidrSource;
 
 /// The environment variable of the env source.
 pub const NODE_POD_CIDR_ENV: &str = "NODE_POD_CIDR";

@@ -29,7 +29,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context;
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::Full;
@@ -41,8 +40,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::task::{self, AbortHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
 
-use super::metrics::Metrics;
-use super::state::{DaemonState, MAX_STATUS_PODS, SharedState, StatusDoc};
+use crate::metrics::Metrics;
+use crate::state::{DaemonState, MAX_STATUS_PODS, SharedState, StatusDoc};
 
 /// The content type of `/metrics`.
 pub const OPENMETRICS_CONTENT_TYPE: &str =
@@ -72,12 +71,26 @@ fn out_of_fds(e: &std::io::Error) -> bool {
     matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE))
 }
 
+/// The HTTP listener could not be bound (address in use, no permission, ...).
+#[derive(Debug, thiserror::Error)]
+#[error("binding the HTTP endpoint {listen} (/metrics, /healthz, /readyz)")]
+pub struct BindError {
+    /// The address.
+    pub listen: SocketAddr,
+    /// The `bind(2)` error.
+    #[source]
+    pub source: std::io::Error,
+}
+
 /// Binds the HTTP listener, so the daemon fails fast (before starting anything else) when the
 /// address is taken.
-pub async fn bind(listen: SocketAddr) -> anyhow::Result<TcpListener> {
-    TcpListener::bind(listen).await.with_context(|| {
-        format!("binding the HTTP endpoint {listen} (/metrics, /healthz, /readyz)")
-    })
+///
+/// # Errors
+/// [`BindError`] with the `bind(2)` error.
+pub async fn bind(listen: SocketAddr) -> Result<TcpListener, BindError> {
+    TcpListener::bind(listen)
+        .await
+        .map_err(|source| BindError { listen, source })
 }
 
 fn text(
@@ -292,7 +305,7 @@ pub async fn serve(
     state: SharedState,
     metrics: Arc<Metrics>,
     cancel: CancellationToken,
-) -> anyhow::Result<()> {
+) -> Result<(), Infallible> {
     if let Ok(addr) = listener.local_addr() {
         tracing::info!("HTTP endpoints on http://{addr} (/metrics, /healthz, /readyz, /status)");
     }

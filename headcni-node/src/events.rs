@@ -1,6 +1,6 @@
 //! The daemon side of the plugin event socket: receives [`PluginEvent`] datagrams (see
-//! [`crate::events`] for the protocol and why it is datagram-based), keeps the pod table in
-//! [`DaemonState::pods`](super::state::DaemonState) and feeds the CNI metrics.
+//! [`headcni_core::events`] for the protocol and why it is datagram-based), keeps the pod table in
+//! [`DaemonState::pods`](crate::state::DaemonState) and feeds the CNI metrics.
 
 use std::io::ErrorKind;
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, PermissionsExt};
@@ -8,13 +8,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use anyhow::{Context, bail};
 use tokio::net::UnixDatagram;
 use tokio_util::sync::CancellationToken;
 
-use super::metrics::Metrics;
-use super::state::{PodEntry, SharedState};
-use crate::events::{MAX_DURATION_US, MAX_EVENT_BYTES, PluginEvent};
+use crate::metrics::Metrics;
+use crate::state::{PodEntry, SharedState};
+use headcni_core::events::{MAX_DURATION_US, MAX_EVENT_BYTES, PluginEvent};
 
 /// The most pod attachments the table holds; further ADDs are counted but not stored, so that
 /// a runaway sender cannot grow the daemon without bound (a node runs ~110 pods by default).
@@ -74,11 +73,47 @@ pub fn apply(state: &SharedState, metrics: &Metrics, ev: PluginEvent) {
     metrics.set_pods(st.pods.len() as u64);
 }
 
+/// Why the plugin event socket could not be served ([`serve`]).
+#[derive(Debug, thiserror::Error)]
+pub enum EventSocketError {
+    /// A live socket is bound at the path (another daemon).
+    #[error("{} is in use by a running process (another headcni daemon?)", .0.display())]
+    InUse(PathBuf),
+    /// A socket that refuses a datagram probe for another reason than "nobody bound"
+    /// (e.g. `EPROTOTYPE`: another program's stream socket).
+    #[error(
+        "{} exists and is not a stale headcni socket ({reason}); refusing to replace it",
+        path.display()
+    )]
+    NotStale {
+        /// The path.
+        path: PathBuf,
+        /// The probe's error.
+        reason: std::io::Error,
+    },
+    /// Something that is not a socket is at the path.
+    #[error("{} exists and is not a socket; refusing to replace it", .0.display())]
+    NotASocket(PathBuf),
+    /// The path has no file name (e.g. `/`).
+    #[error("{} has no file name", .0.display())]
+    NoFileName(PathBuf),
+    /// An I/O step failed; `step` says which (e.g. `binding /run/headcni/.daemon.sock.1.tmp`).
+    #[error("{step}")]
+    Io {
+        /// The step.
+        step: String,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
 /// Binds `socket` for plugin events, mode 0600, without a window in which the socket is
 /// reachable with a looser mode: it is bound under a temporary name in the (root-owned, 0755)
 /// parent directory, chmod'ed, then renamed over `socket`. Refuses to replace a live socket
 /// (another daemon) or a file that is not a socket.
-fn bind(socket: &Path) -> anyhow::Result<UnixDatagram> {
+fn bind(socket: &Path) -> Result<UnixDatagram, EventSocketError> {
+    let io = |step: String| move |source| EventSocketError::Io { step, source };
     let parent = socket
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
@@ -87,48 +122,47 @@ fn bind(socket: &Path) -> anyhow::Result<UnixDatagram> {
         .recursive(true)
         .mode(0o755)
         .create(parent)
-        .with_context(|| format!("creating {}", parent.display()))?;
+        .map_err(io(format!("creating {}", parent.display())))?;
     match std::fs::symlink_metadata(socket) {
         Ok(md) if md.file_type().is_socket() => {
-            let probe =
-                std::os::unix::net::UnixDatagram::unbound().context("creating a probe socket")?;
+            let probe = std::os::unix::net::UnixDatagram::unbound()
+                .map_err(io("creating a probe socket".to_owned()))?;
             match probe.connect(socket) {
-                Ok(()) => bail!(
-                    "{} is in use by a running process (another headcni daemon?)",
-                    socket.display()
-                ),
+                Ok(()) => return Err(EventSocketError::InUse(socket.to_path_buf())),
                 // Nobody bound to it any more: a leftover of a daemon that died.
                 Err(e) if e.kind() == ErrorKind::ConnectionRefused => {}
                 // E.g. EPROTOTYPE: a live stream socket of some other program.
-                Err(e) => bail!(
-                    "{} exists and is not a stale headcni socket ({e}); refusing to replace it",
-                    socket.display()
-                ),
+                Err(e) => {
+                    return Err(EventSocketError::NotStale {
+                        path: socket.to_path_buf(),
+                        reason: e,
+                    });
+                }
             }
             tracing::info!("removing stale event socket {}", socket.display());
         }
-        Ok(_) => bail!(
-            "{} exists and is not a socket; refusing to replace it",
-            socket.display()
-        ),
+        Ok(_) => return Err(EventSocketError::NotASocket(socket.to_path_buf())),
         Err(e) if e.kind() == ErrorKind::NotFound => {}
-        Err(e) => return Err(e).with_context(|| format!("inspecting {}", socket.display())),
+        Err(e) => return Err(io(format!("inspecting {}", socket.display()))(e)),
     }
     let file_name = socket
         .file_name()
-        .with_context(|| format!("{} has no file name", socket.display()))?;
+        .ok_or_else(|| EventSocketError::NoFileName(socket.to_path_buf()))?;
     let tmp = parent.join(format!(
         ".{}.{}.tmp",
         file_name.to_string_lossy(),
         std::process::id()
     ));
     let _ = std::fs::remove_file(&tmp);
-    let sock = UnixDatagram::bind(&tmp).with_context(|| format!("binding {}", tmp.display()))?;
+    let sock = UnixDatagram::bind(&tmp).map_err(io(format!("binding {}", tmp.display())))?;
     let finish = std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))
-        .with_context(|| format!("chmod 0600 {}", tmp.display()))
+        .map_err(io(format!("chmod 0600 {}", tmp.display())))
         .and_then(|()| {
-            std::fs::rename(&tmp, socket)
-                .with_context(|| format!("renaming {} to {}", tmp.display(), socket.display()))
+            std::fs::rename(&tmp, socket).map_err(io(format!(
+                "renaming {} to {}",
+                tmp.display(),
+                socket.display()
+            )))
         });
     if let Err(e) = finish {
         let _ = std::fs::remove_file(&tmp);
@@ -160,7 +194,7 @@ pub async fn serve(
     state: SharedState,
     metrics: Arc<Metrics>,
     cancel: CancellationToken,
-) -> anyhow::Result<()> {
+) -> Result<(), EventSocketError> {
     let sock = bind(&socket)?;
     let ino = std::fs::symlink_metadata(&socket)
         .ok()
@@ -187,7 +221,12 @@ pub async fn serve(
                 }
             },
             Err(e) if matches!(e.kind(), ErrorKind::Interrupted | ErrorKind::WouldBlock) => {}
-            Err(e) => break Err(anyhow::Error::new(e).context("receiving plugin events")),
+            Err(source) => {
+                break Err(EventSocketError::Io {
+                    step: "receiving plugin events".to_owned(),
+                    source,
+                });
+            }
         }
     };
     drop(sock);
@@ -198,7 +237,7 @@ pub async fn serve(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::daemon::state::DaemonState;
+    use crate::state::DaemonState;
     use std::sync::RwLock;
 
     fn ev(verb: &str, cid: &str, ok: bool) -> PluginEvent {

@@ -1,12 +1,11 @@
-//! `headcni status`: asks the local daemon (`GET /status`) and prints what it knows, for
-//! people (or the raw JSON with `--json`).
+//! `headcni status`'s library half: fetching the local daemon's `GET /status` ([`fetch`],
+//! [`fetch_all`], every page) and rendering it for people ([`render`]). The binary prints.
 
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use anyhow::{Context, bail};
 use bytes::Bytes;
 use http::{Request, StatusCode, header};
 use http_body_util::{BodyExt, Empty, Limited};
@@ -14,7 +13,7 @@ use hyper_util::rt::TokioIo;
 use ipnetwork::IpNetwork;
 use tokio::net::TcpStream;
 
-use super::state::{DaemonState, MAX_STATUS_PODS, StatusDoc};
+use crate::state::{DaemonState, MAX_STATUS_PODS, StatusDoc};
 
 /// The whole exchange with the daemon must finish within this time.
 const TIMEOUT: Duration = Duration::from_secs(5);
@@ -24,24 +23,95 @@ const TIMEOUT: Duration = Duration::from_secs(5);
 const MAX_BODY: usize = 4 * 1024 * 1024;
 
 /// The most `/status` pages fetched: enough for the daemon's whole pod table
-/// ([`MAX_PODS`](super::events::MAX_PODS)) with room for pods added while paging.
-const MAX_PAGES: usize = super::events::MAX_PODS / MAX_STATUS_PODS + 8;
+/// ([`MAX_PODS`](crate::events::MAX_PODS)) with room for pods added while paging.
+const MAX_PAGES: usize = crate::events::MAX_PODS / MAX_STATUS_PODS + 8;
 
-/// `headcni status` arguments.
-#[derive(clap::Args, Debug, Clone)]
-pub struct StatusArgs {
-    /// Address of the daemon's HTTP endpoint (`[daemon] listen`).
-    #[arg(long, default_value = "127.0.0.1:8081")]
-    pub listen: SocketAddr,
-    /// Print the daemon's status as JSON (every pod, in one document) instead of the human
-    /// summary.
-    #[arg(long)]
-    pub json: bool,
+/// Why `headcni status` could not get the daemon's status. Messages name the daemon's
+/// address; causes are [`std::error::Error::source`].
+#[derive(Debug, thiserror::Error)]
+pub enum StatusError {
+    /// Nothing listens on the address (connection refused).
+    #[error(
+        "the headcni daemon is not running: nothing listens on {0} \
+         (start it with `headcni daemon`, or pass --listen with its [daemon] listen address)"
+    )]
+    NotRunning(SocketAddr),
+    /// Connecting failed for another reason.
+    #[error("connecting to the headcni daemon at {listen}")]
+    Connect {
+        /// The daemon's address.
+        listen: SocketAddr,
+        /// The connect error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// An HTTP step failed (`what`: `HTTP handshake with …`, `GET http://…`).
+    #[error("{what}")]
+    Http {
+        /// The step.
+        what: String,
+        /// hyper's error.
+        #[source]
+        source: hyper::Error,
+    },
+    /// The request could not be built.
+    #[error("building the /status request")]
+    Request(#[source] http::Error),
+    /// The body could not be read, or is larger than 4 MiB.
+    #[error("reading the {path} body from {listen}: {message}")]
+    Body {
+        /// The request path.
+        path: String,
+        /// The daemon's address.
+        listen: SocketAddr,
+        /// What went wrong.
+        message: String,
+    },
+    /// An answer other than `200 OK` (`body`: its trimmed text).
+    #[error("GET http://{listen}{path} answered {status}: {body}")]
+    Status {
+        /// The daemon's address.
+        listen: SocketAddr,
+        /// The request path.
+        path: String,
+        /// The HTTP status.
+        status: StatusCode,
+        /// The answer's body, trimmed.
+        body: String,
+    },
+    /// The answer is not a status document.
+    #[error("{listen} did not answer a headcni status")]
+    NotAStatus {
+        /// The daemon's address.
+        listen: SocketAddr,
+        /// The JSON error.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// More pages than the daemon's pod table can fill.
+    #[error("the daemon at {listen} lists more than {pages} pages of pods")]
+    TooManyPages {
+        /// The daemon's address.
+        listen: SocketAddr,
+        /// The page limit.
+        pages: usize,
+    },
+    /// The whole exchange took longer than its budget (5 s).
+    #[error("the headcni daemon at {listen} did not answer within {secs}s")]
+    Timeout {
+        /// The daemon's address.
+        listen: SocketAddr,
+        /// The budget in seconds.
+        secs: u64,
+    },
 }
 
 /// Fetches `GET /status` (its first page of pods) from the daemon at `listen`: the raw JSON
 /// body.
-pub async fn fetch(listen: SocketAddr) -> anyhow::Result<Bytes> {
+///
+/// # Errors
+/// [`StatusError`]; the whole exchange is bounded by 5 s and the body by 4 MiB.
+pub async fn fetch(listen: SocketAddr) -> Result<Bytes, StatusError> {
     within_timeout(listen, async {
         let mut client = Client::connect(listen).await?;
         client.get("/status").await
@@ -53,7 +123,11 @@ pub async fn fetch(listen: SocketAddr) -> anyhow::Result<Bytes> {
 /// connection, until the pod table is complete, and merges the pages (a pod added or removed
 /// while paging may be missed or listed twice, as in any listing of a changing table; the
 /// pods are keyed, so twice is once). Works with a daemon that sends every pod in one answer.
-pub async fn fetch_all(listen: SocketAddr) -> anyhow::Result<StatusDoc> {
+///
+/// # Errors
+/// [`StatusError`]; the whole exchange is bounded by 5 s, each page by 4 MiB, the number of
+/// pages by the daemon's pod table size.
+pub async fn fetch_all(listen: SocketAddr) -> Result<StatusDoc, StatusError> {
     within_timeout(listen, async {
         let mut client = Client::connect(listen).await?;
         let mut doc = parse(listen, &client.get("/status").await?)?;
@@ -61,7 +135,10 @@ pub async fn fetch_all(listen: SocketAddr) -> anyhow::Result<StatusDoc> {
         let mut pages = 1;
         while doc.pods_truncated {
             if pages >= MAX_PAGES {
-                bail!("the daemon at {listen} lists more than {MAX_PAGES} pages of pods");
+                return Err(StatusError::TooManyPages {
+                    listen,
+                    pages: MAX_PAGES,
+                });
             }
             let path = format!("/status?pods_offset={next}&pods_limit={MAX_STATUS_PODS}");
             let page = parse(listen, &client.get(&path).await?)?;
@@ -79,21 +156,24 @@ pub async fn fetch_all(listen: SocketAddr) -> anyhow::Result<StatusDoc> {
     .await
 }
 
-fn parse(listen: SocketAddr, body: &[u8]) -> anyhow::Result<StatusDoc> {
-    serde_json::from_slice(body)
-        .with_context(|| format!("{listen} did not answer a headcni status"))
+fn parse(listen: SocketAddr, body: &[u8]) -> Result<StatusDoc, StatusError> {
+    serde_json::from_slice(body).map_err(|source| StatusError::NotAStatus { listen, source })
 }
 
 async fn within_timeout<T>(
     listen: SocketAddr,
-    f: impl std::future::Future<Output = anyhow::Result<T>>,
-) -> anyhow::Result<T> {
-    tokio::time::timeout(TIMEOUT, f).await.map_err(|_| {
-        anyhow::anyhow!(
-            "the headcni daemon at {listen} did not answer within {}s",
-            TIMEOUT.as_secs()
-        )
-    })?
+    f: impl std::future::Future<Output = Result<T, StatusError>>,
+) -> Result<T, StatusError> {
+    tokio::time::timeout(TIMEOUT, f)
+        .await
+        .map_err(|_| StatusError::Timeout {
+            listen,
+            secs: TIMEOUT.as_secs(),
+        })?
+}
+
+fn http_step(what: String) -> impl FnOnce(hyper::Error) -> StatusError {
+    move |source| StatusError::Http { what, source }
 }
 
 /// One HTTP/1.1 keep-alive connection to the daemon.
@@ -110,21 +190,17 @@ impl Drop for Client {
 }
 
 impl Client {
-    async fn connect(listen: SocketAddr) -> anyhow::Result<Client> {
+    async fn connect(listen: SocketAddr) -> Result<Client, StatusError> {
         let stream = match TcpStream::connect(listen).await {
             Ok(s) => s,
-            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => bail!(
-                "the headcni daemon is not running: nothing listens on {listen} \
-                 (start it with `headcni daemon`, or pass --listen with its [daemon] listen address)"
-            ),
-            Err(e) => {
-                return Err(e)
-                    .with_context(|| format!("connecting to the headcni daemon at {listen}"));
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                return Err(StatusError::NotRunning(listen));
             }
+            Err(source) => return Err(StatusError::Connect { listen, source }),
         };
         let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
-            .with_context(|| format!("HTTP handshake with {listen}"))?;
+            .map_err(http_step(format!("HTTP handshake with {listen}")))?;
         let driver = tokio::spawn(async move {
             let _ = conn.await;
         });
@@ -136,53 +212,42 @@ impl Client {
     }
 
     /// `GET path`: the body of a `200` answer (at most [`MAX_BODY`] bytes), else an error.
-    async fn get(&mut self, path: &str) -> anyhow::Result<Bytes> {
+    async fn get(&mut self, path: &str) -> Result<Bytes, StatusError> {
         let listen = self.listen;
         self.sender
             .ready()
             .await
-            .with_context(|| format!("GET http://{listen}{path}"))?;
+            .map_err(http_step(format!("GET http://{listen}{path}")))?;
         let req = Request::get(path)
             .header(header::HOST, listen.to_string())
             .header(header::ACCEPT, "application/json")
             .body(Empty::<Bytes>::new())
-            .context("building the /status request")?;
+            .map_err(StatusError::Request)?;
         let resp = self
             .sender
             .send_request(req)
             .await
-            .with_context(|| format!("GET http://{listen}{path}"))?;
+            .map_err(http_step(format!("GET http://{listen}{path}")))?;
         let status = resp.status();
         let body = Limited::new(resp.into_body(), MAX_BODY)
             .collect()
             .await
-            .map_err(|e| anyhow::anyhow!("reading the {path} body from {listen}: {e}"))?
+            .map_err(|e| StatusError::Body {
+                path: path.to_owned(),
+                listen,
+                message: e.to_string(),
+            })?
             .to_bytes();
         if status != StatusCode::OK {
-            bail!(
-                "GET http://{listen}{path} answered {status}: {}",
-                String::from_utf8_lossy(&body).trim()
-            );
+            return Err(StatusError::Status {
+                listen,
+                path: path.to_owned(),
+                status,
+                body: String::from_utf8_lossy(&body).trim().to_owned(),
+            });
         }
         Ok(body)
     }
-}
-
-/// Runs `headcni status`: prints the daemon's status (human text, or JSON with `--json`),
-/// every pod included (fetched page by page, [`fetch_all`]), and returns whether the node is
-/// ready. An error (with a clear message) when the daemon is not running or answers something
-/// that is not a status.
-pub async fn run(args: &StatusArgs) -> anyhow::Result<bool> {
-    let doc = fetch_all(args.listen).await?;
-    if args.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&doc).context("encoding the status as JSON")?
-        );
-    } else {
-        print!("{}", render(&doc.state));
-    }
-    Ok(doc.state.not_ready_reasons().is_empty())
 }
 
 /// Replaces control characters so that names received from the network cannot drive the
@@ -377,7 +442,7 @@ pub fn render(state: &DaemonState) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::daemon::state::{PodCidrSource, PodEntry};
+    use crate::state::{PodCidrSource, PodEntry};
     use headcni_core::control::{ControlPlaneStatus, PeerRoutes, Readiness, RouteState};
     use std::time::SystemTime;
 

@@ -386,10 +386,20 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         record_exchanges: false,
         ..FakeHeadscaleOptions::default()
     };
-    let listener = tokio::net::TcpListener::bind(args.listen)
-        .await
+    // Bound now (the address goes into the state), but listening only once the key files are
+    // written: a client that waits for the port may then read them at once (as Headscale's
+    // operators read the key it printed before serving).
+    let socket = if args.listen.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()
+    } else {
+        tokio::net::TcpSocket::new_v6()
+    }
+    .context("creating the listening socket")?;
+    socket.set_reuseaddr(true)?;
+    socket
+        .bind(args.listen)
         .with_context(|| format!("bind {}", args.listen))?;
-    let addr = listener.local_addr()?;
+    let addr = socket.local_addr()?;
     let (endpoints, hs_state) = match persisted {
         Some(p) => (p.endpoints, Some(p.headscale)),
         None => (BTreeMap::new(), None),
@@ -493,6 +503,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             resp
         })
     });
+    let listener = socket
+        .listen(1024)
+        .with_context(|| format!("listen {addr}"))?;
     tracing::info!(%addr, reloaded, version = ?version, "headscale stand-in listening");
     eprintln!("headscale-standin: listening on {addr} (state reloaded: {reloaded})");
     let server = tokio::spawn(tcp_loop(listener, handler));

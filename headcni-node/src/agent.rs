@@ -24,8 +24,8 @@ use crate::metrics::Metrics;
 use crate::state::{self, DaemonState, SharedState};
 use crate::{cniconf, dataplane, events, http, podcidr, tailscaled};
 
-/// The nftables table HeadCNI owns (`inet headcni`).
-pub const NFT_TABLE: &str = "headcni";
+/// The nftables table HeadCNI owns (`inet headcni`): [`headcni_core::defaults::NFT_TABLE`].
+pub use headcni_core::defaults::NFT_TABLE;
 /// MTU when neither the config nor the tailnet interface gives one (tailscaled's TUN MTU).
 pub const DEFAULT_TAILNET_MTU: u32 = 1280;
 /// How long SIGTERM may take before the daemon returns anyway.

@@ -32,10 +32,10 @@ use crate::ipam::Strategy;
 pub const CONFLIST_VERSION: &str = "1.0.0";
 /// The conflist's `cniVersions`: every version the plugin implements, ascending.
 pub const CONFLIST_VERSIONS: [&str; 4] = ["0.3.1", "0.4.0", "1.0.0", "1.1.0"];
-/// The main plugin's type.
-pub const PLUGIN_TYPE: &str = "headcni";
-/// The IPAM plugin's type.
-pub const IPAM_PLUGIN_TYPE: &str = "headcni-ipam";
+/// The IPAM plugin's type ([`crate::defaults::IPAM_TYPE`]).
+pub use crate::defaults::IPAM_TYPE as IPAM_PLUGIN_TYPE;
+/// The main plugin's type ([`crate::defaults::PLUGIN_TYPE`]).
+pub use crate::defaults::PLUGIN_TYPE;
 
 /// What the conflist is made of.
 #[derive(Debug, Clone)]

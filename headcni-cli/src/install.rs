@@ -15,10 +15,11 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 
-/// The plugin binary's name in the bin dir.
-pub const BINARY_NAME: &str = "headcni";
-/// The IPAM plugin's name: a symlink to [`BINARY_NAME`].
-pub const IPAM_LINK_NAME: &str = "headcni-ipam";
+/// The IPAM plugin's name, a symlink to [`BINARY_NAME`]: [`headcni_core::defaults::IPAM_TYPE`].
+pub use headcni_core::defaults::IPAM_TYPE as IPAM_LINK_NAME;
+/// The plugin binary's name in the bin dir (runtimes exec the plugin `type`):
+/// [`headcni_core::defaults::PLUGIN_TYPE`].
+pub use headcni_core::defaults::PLUGIN_TYPE as BINARY_NAME;
 /// The binary's mode.
 pub const BINARY_MODE: u32 = 0o755;
 

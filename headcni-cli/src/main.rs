@@ -110,7 +110,7 @@ fn main() {
     let invoked_as = Path::new(&argv0)
         .file_name()
         .and_then(|n| n.to_str())
-        .unwrap_or("headcni")
+        .unwrap_or(install::BINARY_NAME)
         .to_owned();
     // libcni always sets all six CNI_* variables (empty when unused): a present CNI_COMMAND,
     // even empty, means a runtime is calling, and an empty one must get error code 4.

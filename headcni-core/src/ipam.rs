@@ -410,7 +410,8 @@ impl RangeConf {
                 return Err(cfg_err(format!("gateway {g} not in network {subnet}")));
             }
             Some(g) => g,
-            None => u128_to_ip(first + 1, v4),
+            None => crate::defaults::gateway(&subnet)
+                .ok_or_else(|| cfg_err(format!("network {subnet} too small to allocate from")))?,
         };
         Ok(IpRange {
             subnet,

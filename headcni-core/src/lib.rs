@@ -8,12 +8,13 @@
 //!   the [`ipam::AllocationStrategy`] and [`ipam::IpamStore`] traits.
 //! - [`link`]: the [`link::LinkManager`] and [`link::RouteManager`] traits.
 //! - [`control`]: the [`control::ControlPlaneBackend`] trait.
-//! - [`events`]: the plugin → node agent event datagram ([`events::PluginEvent`]), format only.
+//! - [`defaults`]: the one owner of HeadCNI's fixed names, sysctl paths and the gateway rule.
 //! - [`events`]: the plugin → node agent event datagram ([`events::PluginEvent`]), format only.
 #![warn(missing_docs)]
 
 pub mod cni;
 pub mod control;
+pub mod defaults;
 pub mod events;
 pub mod hash;
 pub mod ipam;

@@ -7,8 +7,9 @@ use std::path::Path;
 
 use headcni_core::link::LinkError;
 
-const IPV4_FORWARD: &str = "/proc/sys/net/ipv4/ip_forward";
-const IPV6_FORWARD: &str = "/proc/sys/net/ipv6/conf/all/forwarding";
+use headcni_core::defaults::{
+    IPV4_FORWARDING_SYSCTL as IPV4_FORWARD, IPV6_FORWARDING_SYSCTL as IPV6_FORWARD,
+};
 
 /// Writes `value` to the sysctl file `path` unless it already holds it. Returns whether it
 /// wrote.

@@ -11,6 +11,7 @@ use anyhow::{Result, anyhow, bail};
 use headcni_core::control::{ControlPlaneBackend, ControlPlaneStatus};
 use headcni_core::ipam::IpamConf;
 use headcni_core::link::LinkManager;
+use headcni_core::node::cniconf::{Conflist, ConflistIpam};
 use headcni_headscale::{
     ApprovalMode, BackendOptions, HeadscaleClient, HeadscaleConfig, LocalApiClient,
     RequestObserver, Secret, TailnetBackend,
@@ -24,8 +25,8 @@ use crate::metrics::Metrics;
 use crate::state::{self, DaemonState, SharedState};
 use crate::{cniconf, dataplane, events, http, podcidr, tailscaled};
 
-/// The nftables table HeadCNI owns (`inet headcni`).
-pub const NFT_TABLE: &str = "headcni";
+/// The nftables table HeadCNI owns (`inet headcni`): [`headcni_core::defaults::NFT_TABLE`].
+pub use headcni_core::defaults::NFT_TABLE;
 /// MTU when neither the config nor the tailnet interface gives one (tailscaled's TUN MTU).
 pub const DEFAULT_TAILNET_MTU: u32 = 1280;
 /// How long SIGTERM may take before the daemon returns anyway.
@@ -194,7 +195,7 @@ async fn reconcile(
     lock(state).masquerade_ready = dp.is_ok();
 
     let t = Instant::now();
-    let conflist = cniconf::render_for(cfg, pod_cidrs, mtu);
+    let conflist = cniconf::conflist_for(cfg, pod_cidrs, mtu);
     let written = cniconf::write_if_changed(&cfg.cni.conf_dir, &cfg.cni.conflist_name, &conflist);
     metrics.observe_reconcile("conflist", t.elapsed().as_secs_f64(), written.is_ok());
     match &written {
@@ -213,7 +214,7 @@ async fn reconcile(
         st.conflist = Some(cfg.cni.conflist_path().display().to_string());
     }
 
-    ipam_metrics(&cfg.cni.network_name, &conflist, metrics);
+    ipam_metrics(&cfg.cni.network_name, &conflist.plugin.ipam, metrics);
 
     let t = Instant::now();
     let status: ControlPlaneStatus = match backend {
@@ -259,9 +260,12 @@ async fn reconcile(
 }
 
 /// IPAM usage per range set of the store the conflist's `ipam` section points at (the same
-/// rendering the conflist was written from, so the metrics always describe the pods' store).
-fn ipam_metrics(network: &str, conflist: &serde_json::Value, metrics: &Metrics) {
-    let Ok(ipam) = IpamConf::parse(&conflist["plugins"][0]["ipam"]) else {
+/// conflist that was written, so the metrics always describe the pods' store).
+fn ipam_metrics(network: &str, section: &ConflistIpam, metrics: &Metrics) {
+    let Ok(section) = serde_json::to_value(section) else {
+        return;
+    };
+    let Ok(ipam) = IpamConf::parse(&section) else {
         return;
     };
     let subnets: Vec<String> = ipam
@@ -519,18 +523,11 @@ async fn shutdown(
 /// The pod CIDRs recorded in the conflist HeadCNI wrote (for uninstall when discovery is not
 /// possible any more).
 fn cidrs_from_conflist(path: &Path) -> Vec<IpNetwork> {
-    let Ok(text) = std::fs::read_to_string(path) else {
-        return Vec::new();
-    };
-    let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) else {
-        return Vec::new();
-    };
-    v["plugins"][0]["ipam"]["ranges"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|set| set[0]["subnet"].as_str()?.parse().ok())
-        .collect()
+    std::fs::read(path)
+        .ok()
+        .and_then(|bytes| Conflist::parse(&bytes).ok())
+        .map(|c| c.pod_cidrs())
+        .unwrap_or_default()
 }
 
 /// What [`uninstall`] did (one line per step, for people) and what it could not do.

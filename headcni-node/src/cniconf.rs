@@ -1,4 +1,4 @@
-//! The daemon's CNI conflist: rendered by [`headcni_core::node::cniconf::render`], written
+//! The daemon's CNI conflist: built as a typed [`Conflist`] from the configuration, written
 //! atomically and only when it changes.
 //!
 //! The writer touches exactly two names in the configuration directory: its own conflist and
@@ -16,8 +16,9 @@ use std::io::{self, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use headcni_core::node::cniconf::{ConflistParams, render};
+use headcni_core::node::cniconf::{Conflist, ConflistParams};
 use ipnetwork::IpNetwork;
+use serde::Serialize;
 use serde_json::Value;
 
 use crate::config::Config;
@@ -95,11 +96,22 @@ fn atomic_write(dir: &Path, name: &str, temp: &str, bytes: &[u8], mode: u32) -> 
     result
 }
 
-/// Writes `conflist` to `conf_dir/file_name` unless the file already holds the same JSON
-/// (compared parsed, so formatting does not matter). Creates `conf_dir` (0755) if missing and
-/// restores mode 0644 on an unchanged file if it drifted. Returns `Ok(true)` when written.
-pub fn write_if_changed(conf_dir: &Path, file_name: &str, conflist: &Value) -> io::Result<bool> {
+/// Writes `conflist` (a [`Conflist`], or any JSON-serializable value) to `conf_dir/file_name`
+/// as pretty JSON with sorted keys, unless the file already holds the same JSON (compared
+/// parsed, so formatting does not matter). Creates `conf_dir` (0755) if missing and restores
+/// mode 0644 on an unchanged file if it drifted. Returns `Ok(true)` when written.
+///
+/// Errors: `file_name` is not a plain file name, `conflist` does not serialize as JSON
+/// ([`io::ErrorKind::InvalidData`]), or the file system's.
+pub fn write_if_changed<T: Serialize + ?Sized>(
+    conf_dir: &Path,
+    file_name: &str,
+    conflist: &T,
+) -> io::Result<bool> {
     check_name(file_name)?;
+    let conflist = serde_json::to_value(conflist)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+    let conflist = &conflist;
     ensure_dir(conf_dir)?;
     let path = conf_dir.join(file_name);
     match std::fs::read(&path) {
@@ -138,10 +150,10 @@ pub fn remove(conf_dir: &Path, file_name: &str) -> io::Result<bool> {
     }
 }
 
-/// Renders the daemon's conflist from the configuration, the node's CIDRs and the MTU in use
+/// The daemon's conflist from the configuration, the node's CIDRs and the MTU in use
 /// (`[cni] mtu`, else the tailnet interface's, resolved by the caller).
-pub fn render_for(cfg: &Config, pod_cidrs: &[IpNetwork], mtu: u32) -> Value {
-    render(&ConflistParams {
+pub fn conflist_for(cfg: &Config, pod_cidrs: &[IpNetwork], mtu: u32) -> Conflist {
+    Conflist::new(&ConflistParams {
         network_name: &cfg.cni.network_name,
         bridge: &cfg.cni.bridge,
         mtu,
@@ -153,13 +165,18 @@ pub fn render_for(cfg: &Config, pod_cidrs: &[IpNetwork], mtu: u32) -> Value {
     })
 }
 
-/// Renders and writes the daemon's conflist ([`render_for`] + [`write_if_changed`]) into
+/// [`conflist_for`] as JSON ([`Conflist::to_value`]).
+pub fn render_for(cfg: &Config, pod_cidrs: &[IpNetwork], mtu: u32) -> Value {
+    conflist_for(cfg, pod_cidrs, mtu).to_value()
+}
+
+/// Builds and writes the daemon's conflist ([`conflist_for`] + [`write_if_changed`]) into
 /// `[cni] conf_dir` as `[cni] conflist_name`. Returns `Ok(true)` when written.
 pub fn ensure(cfg: &Config, pod_cidrs: &[IpNetwork], mtu: u32) -> io::Result<bool> {
     write_if_changed(
         &cfg.cni.conf_dir,
         &cfg.cni.conflist_name,
-        &render_for(cfg, pod_cidrs, mtu),
+        &conflist_for(cfg, pod_cidrs, mtu),
     )
 }
 

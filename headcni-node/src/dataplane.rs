@@ -20,11 +20,13 @@ use headcni_netlink::nft::NftError;
 use headcni_netlink::{NetlinkHandle, nft};
 use ipnetwork::IpNetwork;
 
-/// Default bridge name (the plugin configuration's default too).
-pub const DEFAULT_BRIDGE: &str = "headcni0";
+/// Default bridge name (the plugin configuration's default too):
+/// [`headcni_core::defaults::BRIDGE`].
+pub use headcni_core::defaults::BRIDGE as DEFAULT_BRIDGE;
 
-const IPV4_FORWARD: &str = "/proc/sys/net/ipv4/ip_forward";
-const IPV6_FORWARD: &str = "/proc/sys/net/ipv6/conf/all/forwarding";
+use headcni_core::defaults::{
+    IPV4_FORWARDING_SYSCTL as IPV4_FORWARD, IPV6_FORWARDING_SYSCTL as IPV6_FORWARD,
+};
 
 /// Why [`reconcile`], [`teardown`] or [`gateway_address`] failed. The message names the step
 /// (e.g. `ensure bridge headcni0`); the cause is [`std::error::Error::source`].
@@ -143,11 +145,7 @@ pub fn gateway_address(cidr: &IpNetwork) -> Result<IpNetwork, DataplaneError> {
             network: cidr.network(),
         });
     }
-    let gw = match cidr.network() {
-        IpAddr::V4(a) if cidr.prefix() <= 30 => IpAddr::V4((u32::from(a) + 1).into()),
-        IpAddr::V6(a) if cidr.prefix() <= 126 => IpAddr::V6((u128::from(a) + 1).into()),
-        _ => return Err(DataplaneError::TooSmall(*cidr)),
-    };
+    let gw = headcni_core::defaults::gateway(cidr).ok_or(DataplaneError::TooSmall(*cidr))?;
     // The prefix is the CIDR's own, so it is valid for the address family.
     IpNetwork::new(gw, cidr.prefix()).map_err(|_| DataplaneError::TooSmall(*cidr))
 }

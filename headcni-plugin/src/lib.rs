@@ -44,8 +44,9 @@ use headcni_core::plugin::{BridgeConf, IpamClient, Namespaces};
 
 pub use delegate::MAX_DELEGATE_OUTPUT_BYTES;
 
-/// The in-process IPAM plugin's type name (also the name of the `headcni-ipam` symlink).
-pub const IPAM_TYPE: &str = "headcni-ipam";
+/// The in-process IPAM plugin's type name (also the name of the `headcni-ipam` symlink):
+/// [`headcni_core::defaults::IPAM_TYPE`].
+pub use headcni_core::defaults::IPAM_TYPE;
 
 /// Which plugin this process is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

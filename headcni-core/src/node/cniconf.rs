@@ -20,10 +20,14 @@
 //! Debian bookworm's reference portmap/bandwidth (1.1.1) refuse a 1.1.0 configuration
 //! (observed in headcni-cli/tests/runtime_podman.rs and runtime_containerd.rs).
 
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::Path;
 
 use ipnetwork::IpNetwork;
-use serde_json::{Value, json};
+use serde::de::Error as _;
+use serde::ser::SerializeSeq;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde_json::Value;
 
 use crate::ipam::Strategy;
 
@@ -32,10 +36,10 @@ use crate::ipam::Strategy;
 pub const CONFLIST_VERSION: &str = "1.0.0";
 /// The conflist's `cniVersions`: every version the plugin implements, ascending.
 pub const CONFLIST_VERSIONS: [&str; 4] = ["0.3.1", "0.4.0", "1.0.0", "1.1.0"];
-/// The main plugin's type.
-pub const PLUGIN_TYPE: &str = "headcni";
-/// The IPAM plugin's type.
-pub const IPAM_PLUGIN_TYPE: &str = "headcni-ipam";
+/// The IPAM plugin's type ([`crate::defaults::IPAM_TYPE`]).
+pub use crate::defaults::IPAM_TYPE as IPAM_PLUGIN_TYPE;
+/// The main plugin's type ([`crate::defaults::PLUGIN_TYPE`]).
+pub use crate::defaults::PLUGIN_TYPE;
 
 /// What the conflist is made of.
 #[derive(Debug, Clone)]
@@ -58,49 +62,222 @@ pub struct ConflistParams<'a> {
     pub chained: &'a [Value],
 }
 
-/// Renders the conflist. Deterministic: equal parameters give an equal value, so the daemon
-/// can compare it with what is on disk.
-pub fn render(p: &ConflistParams) -> Value {
-    let mut cidrs: Vec<IpNetwork> = p.pod_cidrs.to_vec();
-    // IPv4 first (a stable sort keeps the given order within a family).
-    cidrs.sort_by_key(|c| c.is_ipv6());
-    let ranges: Vec<Value> = cidrs
-        .iter()
-        .map(|c| json!([{ "subnet": c.to_string() }]))
-        .collect();
-    let mut routes = Vec::new();
-    if cidrs.iter().any(IpNetwork::is_ipv4) {
-        routes.push(json!({ "dst": "0.0.0.0/0" }));
-    }
-    if cidrs.iter().any(IpNetwork::is_ipv6) {
-        routes.push(json!({ "dst": "::/0" }));
-    }
-    let mut plugin = json!({
-        "type": PLUGIN_TYPE,
-        "bridge": p.bridge,
-        "mtu": p.mtu,
-        "isGateway": true,
-        "isDefaultGateway": true,
-        "hairpinMode": true,
-        "ipam": {
-            "type": IPAM_PLUGIN_TYPE,
-            "ranges": ranges,
-            "routes": routes,
-            "dataDir": p.data_dir.to_string_lossy(),
-            "strategy": p.strategy,
+/// The conflist the daemon writes, typed (CNI spec 1.1.0 §"Network configuration lists"):
+/// HeadCNI's plugin first, then the chained plugins as given. Serializes to the JSON in the
+/// module documentation (`plugins` = `[plugin, chained...]`); deserializing refuses a list
+/// whose first plugin is not HeadCNI's ([`PLUGIN_TYPE`]) or lacks one of its keys.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Conflist {
+    /// `cniVersion`, e.g. [`CONFLIST_VERSION`].
+    pub cni_version: String,
+    /// `cniVersions` (libcni ≥ 1.2), e.g. [`CONFLIST_VERSIONS`]; empty when absent.
+    pub cni_versions: Vec<String>,
+    /// `name`: the network name.
+    pub name: String,
+    /// `plugins[0]`: HeadCNI's plugin.
+    pub plugin: HeadcniPlugin,
+    /// `plugins[1..]`: the chained plugins, verbatim.
+    pub chained: Vec<Value>,
+}
+
+/// HeadCNI's plugin object in the conflist (`plugins[0]`); the keys are a subset of
+/// [`crate::plugin::BridgeConf`]'s.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HeadcniPlugin {
+    /// `type`: [`PLUGIN_TYPE`].
+    #[serde(rename = "type")]
+    pub plugin_type: String,
+    /// `bridge`: the bridge name.
+    pub bridge: String,
+    /// `mtu` (bytes) of the bridge and the pods' interfaces.
+    pub mtu: u32,
+    /// `isGateway`: the bridge carries the gateway address.
+    pub is_gateway: bool,
+    /// `isDefaultGateway`: the pods' default route goes through the gateway.
+    pub is_default_gateway: bool,
+    /// `hairpinMode` on the bridge ports.
+    pub hairpin_mode: bool,
+    /// `daemonSocket`: the node agent's event socket path; omitted when `None`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub daemon_socket: Option<String>,
+    /// `ipam`: HeadCNI's IPAM section.
+    pub ipam: ConflistIpam,
+}
+
+/// The `ipam` section of HeadCNI's plugin object (host-local compatible keys).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ConflistIpam {
+    /// `type`: [`IPAM_PLUGIN_TYPE`].
+    #[serde(rename = "type")]
+    pub ipam_type: String,
+    /// `ranges`: one range set per PodCIDR, IPv4 first, each one range of the whole subnet.
+    pub ranges: Vec<Vec<ConflistRange>>,
+    /// `routes`: a default route per family present.
+    pub routes: Vec<ConflistRoute>,
+    /// `dataDir`: the IPAM store root (a path, lossily UTF-8).
+    pub data_dir: String,
+    /// `strategy`: the allocation strategy.
+    pub strategy: Strategy,
+}
+
+/// One range of a range set: `{"subnet": "10.244.1.0/24"}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConflistRange {
+    /// `subnet`: a PodCIDR.
+    pub subnet: IpNetwork,
+}
+
+/// One route: `{"dst": "0.0.0.0/0"}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConflistRoute {
+    /// `dst`: the destination.
+    pub dst: IpNetwork,
+}
+
+impl Conflist {
+    /// Builds the conflist from `p`. Deterministic: equal parameters give an equal value, so
+    /// the daemon can compare it with what is on disk.
+    pub fn new(p: &ConflistParams) -> Conflist {
+        let mut cidrs: Vec<IpNetwork> = p.pod_cidrs.to_vec();
+        // IPv4 first (a stable sort keeps the given order within a family).
+        cidrs.sort_by_key(|c| c.is_ipv6());
+        let ranges = cidrs
+            .iter()
+            .map(|&subnet| vec![ConflistRange { subnet }])
+            .collect();
+        let mut routes = Vec::new();
+        for (present, any) in [
+            (
+                cidrs.iter().any(IpNetwork::is_ipv4),
+                IpAddr::from(Ipv4Addr::UNSPECIFIED),
+            ),
+            (
+                cidrs.iter().any(IpNetwork::is_ipv6),
+                IpAddr::from(Ipv6Addr::UNSPECIFIED),
+            ),
+        ] {
+            // A /0 prefix is valid for both families.
+            if let (true, Ok(dst)) = (present, IpNetwork::new(any, 0)) {
+                routes.push(ConflistRoute { dst });
+            }
         }
-    });
-    if let Some(sock) = p.daemon_socket {
-        plugin["daemonSocket"] = json!(sock.to_string_lossy());
+        Conflist {
+            cni_version: CONFLIST_VERSION.to_owned(),
+            cni_versions: CONFLIST_VERSIONS.iter().map(|v| (*v).to_owned()).collect(),
+            name: p.network_name.to_owned(),
+            plugin: HeadcniPlugin {
+                plugin_type: PLUGIN_TYPE.to_owned(),
+                bridge: p.bridge.to_owned(),
+                mtu: p.mtu,
+                is_gateway: true,
+                is_default_gateway: true,
+                hairpin_mode: true,
+                daemon_socket: p.daemon_socket.map(|s| s.to_string_lossy().into_owned()),
+                ipam: ConflistIpam {
+                    ipam_type: IPAM_PLUGIN_TYPE.to_owned(),
+                    ranges,
+                    routes,
+                    data_dir: p.data_dir.to_string_lossy().into_owned(),
+                    strategy: p.strategy,
+                },
+            },
+            chained: p.chained.to_vec(),
+        }
     }
-    let mut plugins = vec![plugin];
-    plugins.extend(p.chained.iter().cloned());
-    json!({
-        "cniVersion": CONFLIST_VERSION,
-        "cniVersions": CONFLIST_VERSIONS,
-        "name": p.network_name,
-        "plugins": plugins,
-    })
+
+    /// Parses a conflist HeadCNI wrote (JSON bytes). Errors: not JSON, or not of this shape.
+    pub fn parse(bytes: &[u8]) -> Result<Conflist, serde_json::Error> {
+        serde_json::from_slice(bytes)
+    }
+
+    /// The JSON value (object keys in sorted order, as `serde_json::Value` keeps them).
+    pub fn to_value(&self) -> Value {
+        // Serializing plain structs, strings, numbers and `Value`s into a `Value` cannot fail.
+        serde_json::to_value(self).unwrap_or(Value::Null)
+    }
+
+    /// The PodCIDRs of the IPAM range sets (the first range's subnet of each set), in order.
+    pub fn pod_cidrs(&self) -> Vec<IpNetwork> {
+        self.plugin
+            .ipam
+            .ranges
+            .iter()
+            .filter_map(|set| set.first().map(|r| r.subnet))
+            .collect()
+    }
+}
+
+impl Serialize for Conflist {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        struct Plugins<'a>(&'a HeadcniPlugin, &'a [Value]);
+        impl Serialize for Plugins<'_> {
+            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                let mut seq = s.serialize_seq(Some(1 + self.1.len()))?;
+                seq.serialize_element(self.0)?;
+                for p in self.1 {
+                    seq.serialize_element(p)?;
+                }
+                seq.end()
+            }
+        }
+        #[derive(Serialize)]
+        #[serde(rename_all = "camelCase")]
+        struct Wire<'a> {
+            cni_version: &'a str,
+            cni_versions: &'a [String],
+            name: &'a str,
+            plugins: Plugins<'a>,
+        }
+        Wire {
+            cni_version: &self.cni_version,
+            cni_versions: &self.cni_versions,
+            name: &self.name,
+            plugins: Plugins(&self.plugin, &self.chained),
+        }
+        .serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for Conflist {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(rename_all = "camelCase")]
+        struct Wire {
+            cni_version: String,
+            #[serde(default)]
+            cni_versions: Vec<String>,
+            name: String,
+            plugins: Vec<Value>,
+        }
+        let w = Wire::deserialize(d)?;
+        let mut plugins = w.plugins.into_iter();
+        let first = plugins
+            .next()
+            .ok_or_else(|| D::Error::custom("the conflist has no plugins"))?;
+        let plugin: HeadcniPlugin = serde_json::from_value(first).map_err(D::Error::custom)?;
+        if plugin.plugin_type != PLUGIN_TYPE {
+            return Err(D::Error::custom(format!(
+                "the first plugin is {:?}, not {PLUGIN_TYPE:?}",
+                plugin.plugin_type
+            )));
+        }
+        Ok(Conflist {
+            cni_version: w.cni_version,
+            cni_versions: w.cni_versions,
+            name: w.name,
+            plugin,
+            chained: plugins.collect(),
+        })
+    }
+}
+
+/// Renders the conflist as JSON: [`Conflist::new`] then [`Conflist::to_value`].
+/// Deterministic: equal parameters give an equal value, so the daemon can compare it with
+/// what is on disk.
+pub fn render(p: &ConflistParams) -> Value {
+    Conflist::new(p).to_value()
 }
 
 /// The per-plugin request configurations a runtime derives from a conflist (libcni's
@@ -132,6 +309,7 @@ mod tests {
     use crate::cni::NetConf;
     use crate::ipam::IpamConf;
     use crate::plugin::BridgeConf;
+    use serde_json::json;
 
     fn portmap() -> Value {
         json!({"type": "portmap", "capabilities": {"portMappings": true}})
@@ -226,6 +404,38 @@ mod tests {
             assert_eq!(sets.len(), cidrs.len());
             assert_eq!(ipam.strategy, Strategy::Sequential);
             assert_eq!(ipam.routes.len(), cidrs.len());
+        }
+    }
+
+    /// The typed conflist round-trips through its JSON, and parsing refuses a list that is
+    /// not HeadCNI's.
+    #[test]
+    fn typed_round_trip() {
+        let cidrs: Vec<IpNetwork> = vec![
+            "fd00:10:244:1::/64".parse().unwrap(),
+            "10.244.1.0/24".parse().unwrap(),
+        ];
+        let chained = [portmap()];
+        let typed = Conflist::new(&params(&cidrs, &chained));
+        let bytes = serde_json::to_vec_pretty(&render(&params(&cidrs, &chained))).unwrap();
+        let parsed = Conflist::parse(&bytes).unwrap();
+        assert_eq!(parsed, typed);
+        assert_eq!(parsed.to_value(), render(&params(&cidrs, &chained)));
+        assert_eq!(
+            parsed.pod_cidrs(),
+            vec![cidrs[1], cidrs[0]],
+            "IPv4 first, one per range set"
+        );
+        assert_eq!(parsed.chained, chained);
+        for bad in [
+            json!({"cniVersion": "1.0.0", "name": "n", "plugins": []}),
+            json!({"cniVersion": "1.0.0", "name": "n", "plugins": [portmap()]}),
+            json!({"cniVersion": "1.0.0", "name": "n", "plugins": [{"type": "headcni"}]}),
+        ] {
+            assert!(
+                Conflist::parse(bad.to_string().as_bytes()).is_err(),
+                "{bad}"
+            );
         }
     }
 }

@@ -41,10 +41,10 @@ pub const TAILNET_V6: &str = "fd7a:115c:a1e0::/48";
 pub const MULTICAST_V4: &str = "224.0.0.0/4";
 /// IPv6 multicast (`ff00::/8`, RFC 4291); never masqueraded.
 pub const MULTICAST_V6: &str = "ff00::/8";
-/// Default name of HeadCNI's table (family [`TABLE_FAMILY`]).
-pub const DEFAULT_TABLE: &str = "headcni";
-/// The nftables family of HeadCNI's table: `inet` (IPv4 and IPv6 in one table).
-pub const TABLE_FAMILY: &str = "inet";
+/// Default name of HeadCNI's table ([`crate::defaults::NFT_TABLE`], family [`TABLE_FAMILY`]).
+pub use crate::defaults::NFT_TABLE as DEFAULT_TABLE;
+/// The nftables family of HeadCNI's table ([`crate::defaults::NFT_TABLE_FAMILY`]).
+pub use crate::defaults::NFT_TABLE_FAMILY as TABLE_FAMILY;
 /// Name of the NAT chain in the table.
 pub const POSTROUTING_CHAIN: &str = "postrouting";
 /// Priority of the NAT chain: `srcnat` (100), as for iptables' `nat POSTROUTING`.

@@ -4,8 +4,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::cni::{CniError, ErrorCode, validate_ifname};
 
-/// The default bridge name.
-pub const DEFAULT_BRIDGE: &str = "headcni0";
+/// The default bridge name ([`crate::defaults::BRIDGE`]).
+pub use crate::defaults::BRIDGE as DEFAULT_BRIDGE;
 
 fn default_bridge() -> String {
     DEFAULT_BRIDGE.to_owned()

@@ -230,7 +230,7 @@ impl Default for CniConfig {
             conf_dir: PathBuf::from("/etc/cni/net.d"),
             bin_dir: PathBuf::from("/opt/cni/bin"),
             data_dir: PathBuf::from(headcni_core::ipam::DEFAULT_DATA_DIR),
-            bridge: headcni_core::plugin::DEFAULT_BRIDGE.to_owned(),
+            bridge: headcni_core::defaults::BRIDGE.to_owned(),
             mtu: None,
             ipam_strategy: Strategy::Sequential,
             conflist_name: "10-headcni.conflist".to_owned(),

@@ -6,6 +6,7 @@ use ipnetwork::IpNetwork;
 
 use super::error::{ConfigError, Problem};
 use super::schema::{API_KEY_ENV, Approval, Config, Mode};
+use headcni_core::defaults;
 use headcni_core::node::podcidr as fmt_cidr;
 
 fn is_dns_subdomain(s: &str) -> bool {
@@ -196,7 +197,7 @@ impl Config {
                 Some(t) if !is_plugin_type(t) => {
                     bad("cni.chained", format!("plugin {i}: invalid type {t:?}"))
                 }
-                Some(t) if t == "headcni" || t == "headcni-ipam" => bad(
+                Some(t) if t == defaults::PLUGIN_TYPE || t == defaults::IPAM_TYPE => bad(
                     "cni.chained",
                     format!("plugin {i}: {t:?} is HeadCNI itself (always first)"),
                 ),

@@ -10,7 +10,7 @@ mod common;
 use std::ffi::OsString;
 use std::os::unix::ffi::OsStringExt;
 use std::os::unix::fs::PermissionsExt;
-use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -96,14 +96,7 @@ fn run_binary(
         panic!("headcni did not answer within {limit:?} (vars {vars:?})");
     }
     let _ = writer.join();
-    let out = child.wait_with_output().expect("collect output");
-    Out {
-        code: out.status.code(),
-        signal: out.status.signal(),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        elapsed: started.elapsed(),
-    }
+    common::finish(child, started)
 }
 
 fn run(net: &Net, env: &CniEnv, conf: &Value) -> Out {

@@ -13,9 +13,7 @@ use anyhow::{Context, Result, anyhow};
 use futures::TryStreamExt;
 use ipnetwork::IpNetwork;
 use rtnetlink::packet_route::AddressFamily;
-use rtnetlink::packet_route::address::{
-    AddressAttribute, AddressFlags, AddressHeaderFlags, AddressMessage, AddressProtocol,
-};
+use rtnetlink::packet_route::address::AddressMessage;
 use rtnetlink::packet_route::link::{LinkAttribute, LinkFlags, LinkMessage};
 use rtnetlink::packet_route::route::{
     RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType,
@@ -90,30 +88,6 @@ fn link_name(msg: &LinkMessage) -> Option<String> {
         LinkAttribute::IfName(n) => Some(n.clone()),
         _ => None,
     })
-}
-
-/// A user-configured permanent address of an `RTM_NEWADDR` reply (kernel-made ones skipped;
-/// `IFA_LOCAL` is the interface's own address on point-to-point links).
-fn configured_address(msg: &AddressMessage) -> Option<IpNetwork> {
-    let (mut addr, mut local) = (None, None);
-    let mut permanent = msg.header.flags.contains(AddressHeaderFlags::Permanent);
-    for attr in &msg.attributes {
-        match attr {
-            AddressAttribute::Address(a) => addr = Some(*a),
-            AddressAttribute::Local(a) => local = Some(*a),
-            AddressAttribute::Flags(f) => permanent = f.contains(AddressFlags::Permanent),
-            AddressAttribute::Protocol(
-                AddressProtocol::LinkLocal
-                | AddressProtocol::Loopback
-                | AddressProtocol::RouterAnnouncement,
-            ) => return None,
-            _ => {}
-        }
-    }
-    if !permanent {
-        return None;
-    }
-    IpNetwork::new(local.or(addr)?, msg.header.prefix_len).ok()
 }
 
 /// An rtnetlink connection in one network namespace, driven by the current tokio runtime.
@@ -356,7 +330,7 @@ impl Rtnl {
             .context("dump addresses")?;
         let mut out = Vec::new();
         for a in replies {
-            let Some(net) = configured_address(&a) else {
+            let Some(net) = headcni_netlink::configured_address(&a) else {
                 continue;
             };
             let name = self

@@ -116,7 +116,7 @@ pub(crate) fn link_info(msg: &LinkMessage) -> LinkInfo {
 /// The address (with prefix) of an `RTM_NEWADDR` reply, if it is a user-configured
 /// permanent address: kernel-generated ones (IPv6 link-local, loopback, RA; `IFA_PROTO`
 /// kernel_*) and non-permanent (SLAAC, temporary) ones are skipped.
-pub(crate) fn configured_address(msg: &AddressMessage) -> Option<IpNetwork> {
+pub fn configured_address(msg: &AddressMessage) -> Option<IpNetwork> {
     let mut addr = None;
     let mut local = None;
     let mut permanent = msg.header.flags.contains(AddressHeaderFlags::Permanent);

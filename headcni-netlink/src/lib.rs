@@ -29,6 +29,7 @@ pub mod nft;
 mod route_ops;
 mod sysctl;
 
+pub use convert::configured_address;
 pub use handle::NetlinkHandle;
 pub use namespaces::NetlinkNamespaces;
 pub use netns::NetnsError;

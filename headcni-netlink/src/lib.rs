@@ -21,11 +21,13 @@
 
 mod convert;
 mod error;
+pub mod forward;
 mod handle;
 mod link_ops;
 pub mod namespaces;
 pub mod netns;
 pub mod nft;
+mod process;
 mod route_ops;
 mod sysctl;
 

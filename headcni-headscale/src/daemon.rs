@@ -190,6 +190,140 @@ pub async fn login_as(
     }
 }
 
+/// What the dedicated tailscaled needs next, decided from its LocalAPI status alone (never
+/// from files: real tailscaled writes `{}` to its state file at start-up, before any login,
+/// tailscale `cmd/tailscaled/tailscaled.go` → `ipn/store/stores.go` `New`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LoginStep {
+    /// `Running`: logged in; nothing to do.
+    Running,
+    /// `Starting`: it is connecting to control with its node key; wait.
+    Wait,
+    /// Call LocalAPI `start` with every pref explicit; `mint_key`: with a fresh bootstrap
+    /// pre-auth key (it has no usable node key: `NeedsLogin`, or `NoState` without
+    /// `HaveNodeKey`, e.g. a first start, a node deleted or expired in Headscale, a login
+    /// that failed earlier).
+    Start {
+        /// Whether a pre-auth key must be created and sent.
+        mint_key: bool,
+    },
+    /// A state HeadCNI cannot fix by logging in (`NeedsMachineAuth`: an admin must approve
+    /// the machine; `InUseOtherUser`; an unknown state); the reason says which.
+    Blocked {
+        /// For `/readyz` and `headcni status`.
+        reason: String,
+    },
+}
+
+/// Decides [`LoginStep`] from `GET /localapi/v0/status` (`BackendState`, `HaveNodeKey`;
+/// states from tailscale `ipn/backend.go`). `NeedsLogin` always gets a fresh key: with a
+/// node key it means control no longer accepts it (node deleted or key expired).
+pub fn login_step(st: &Status) -> LoginStep {
+    match st.backend_state.as_str() {
+        "Running" => LoginStep::Running,
+        "Starting" => LoginStep::Wait,
+        "NeedsLogin" => LoginStep::Start { mint_key: true },
+        "NoState" | "" => LoginStep::Start {
+            mint_key: !st.have_node_key,
+        },
+        "Stopped" => LoginStep::Start { mint_key: false },
+        "NeedsMachineAuth" => LoginStep::Blocked {
+            reason: "tailscaled is NeedsMachineAuth: the machine must be authorized in the control server".into(),
+        },
+        other => LoginStep::Blocked {
+            reason: format!("tailscaled BackendState is {other:?}"),
+        },
+    }
+}
+
+/// One login attempt of the dedicated tailscaled, for the reconcile loop (which calls it on
+/// every pass until tailscaled is `Running`, so a failed bootstrap is retried with the loop's
+/// backoff, forever): reads the status, and per [`login_step`] starts it with every pref
+/// explicit, creating a bootstrap pre-auth key for `user` with `acl_tags` when one is needed,
+/// then `login-interactive` when it still has no node key, and waits at most `wait` for
+/// `Running`. Returns the step it took.
+///
+/// Errors: [`ControlPlaneError::Refused`] when a key is needed and no API client is given, or
+/// Headscale/tailscaled refuse; [`ControlPlaneError::Unreachable`] after retries;
+/// [`ControlPlaneError::NotReady`] when blocked or not `Running` within `wait`.
+pub async fn ensure_logged_in(
+    localapi: &LocalApiClient,
+    headscale: Option<&HeadscaleClient>,
+    prefs: &DaemonPrefs,
+    user: &str,
+    acl_tags: &[String],
+    wait: Duration,
+    backoff: &Backoff,
+) -> Result<LoginStep, ControlPlaneError> {
+    let la = |e: crate::localapi::LocalApiError| {
+        cp_err("tailscaled LocalAPI", e.is_retryable(), e.to_string())
+    };
+    let st = backoff
+        .retry("localapi status", || localapi.status_without_peers())
+        .await
+        .map_err(la)?;
+    let mint_key = match login_step(&st) {
+        step @ (LoginStep::Running | LoginStep::Wait) => return Ok(step),
+        LoginStep::Blocked { reason } => return Err(ControlPlaneError::NotReady { reason }),
+        LoginStep::Start { mint_key } => mint_key,
+    };
+    let key = if mint_key {
+        let client = headscale.ok_or_else(|| ControlPlaneError::Refused {
+            endpoint: "headscale API".into(),
+            reason: format!(
+                "tailscaled is {} and no API key is configured to create a pre-auth key",
+                st.backend_state
+            ),
+        })?;
+        let k = backoff
+            .retry("headscale bootstrap key", || {
+                bootstrap_key(client, user, BOOTSTRAP_KEY_TTL, acl_tags.to_vec())
+            })
+            .await
+            .map_err(|e| cp_err("headscale API", e.is_retryable(), e.to_string()))?;
+        Some(k.key)
+    } else {
+        None
+    };
+    let opts = start_options(prefs, key);
+    backoff
+        .retry("localapi start", || localapi.start(&opts))
+        .await
+        .map_err(la)?;
+    let st = backoff
+        .retry("localapi status", || localapi.status_without_peers())
+        .await
+        .map_err(la)?;
+    if !st.have_node_key {
+        backoff
+            .retry("localapi login-interactive", || {
+                localapi.login_interactive()
+            })
+            .await
+            .map_err(la)?;
+    }
+    let deadline = Instant::now() + wait;
+    loop {
+        let st = backoff
+            .retry("localapi status", || localapi.status_without_peers())
+            .await
+            .map_err(la)?;
+        if st.is_running() {
+            return Ok(LoginStep::Start { mint_key });
+        }
+        if Instant::now() >= deadline {
+            return Err(ControlPlaneError::NotReady {
+                reason: format!(
+                    "tailscaled is {} after login (waited {wait:?}; health: {})",
+                    st.backend_state,
+                    st.health.join("; ")
+                ),
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 fn cp_err(endpoint: &str, retryable: bool, reason: String) -> ControlPlaneError {
     if retryable {
         ControlPlaneError::Unreachable {
@@ -207,6 +341,51 @@ fn cp_err(endpoint: &str, retryable: bool, reason: String) -> ControlPlaneError 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn status(state: &str, have_node_key: bool) -> Status {
+        Status {
+            backend_state: state.into(),
+            have_node_key,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn login_step_comes_from_the_backend_state_not_from_files() {
+        assert_eq!(login_step(&status("Running", true)), LoginStep::Running);
+        assert_eq!(login_step(&status("Starting", true)), LoginStep::Wait);
+        // a first start (state file `{}` already written), or a failed first bootstrap
+        assert_eq!(
+            login_step(&status("NoState", false)),
+            LoginStep::Start { mint_key: true }
+        );
+        assert_eq!(
+            login_step(&status("NeedsLogin", false)),
+            LoginStep::Start { mint_key: true }
+        );
+        // node deleted or expired in Headscale: it has a key control no longer accepts
+        assert_eq!(
+            login_step(&status("NeedsLogin", true)),
+            LoginStep::Start { mint_key: true }
+        );
+        // a restart with a good identity: start without a key
+        assert_eq!(
+            login_step(&status("NoState", true)),
+            LoginStep::Start { mint_key: false }
+        );
+        assert_eq!(
+            login_step(&status("Stopped", true)),
+            LoginStep::Start { mint_key: false }
+        );
+        assert!(matches!(
+            login_step(&status("NeedsMachineAuth", true)),
+            LoginStep::Blocked { .. }
+        ));
+        assert!(matches!(
+            login_step(&status("InUseOtherUser", true)),
+            LoginStep::Blocked { .. }
+        ));
+    }
 
     #[test]
     fn start_request_sets_every_pref() {

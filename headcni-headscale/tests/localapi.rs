@@ -467,3 +467,96 @@ async fn daemon_login_with_a_bad_key_reports_not_ready() {
     assert!(t0.elapsed() < Duration::from_secs(3), "bounded wait");
     assert!(matches!(e, ControlPlaneError::NotReady { .. }), "{e}");
 }
+
+/// Issue 10, failure 1: a first bootstrap that fails while Headscale is down is retried by
+/// the next reconcile pass, decided from the LocalAPI status (not from a state file that
+/// real tailscaled writes at start-up), and succeeds once Headscale is back.
+#[tokio::test]
+async fn a_bootstrap_that_fails_while_headscale_is_down_succeeds_on_a_later_pass() {
+    let dir = tempfile::tempdir().unwrap();
+    let hs = FakeHeadscale::start(FakeHeadscaleOptions::default())
+        .await
+        .unwrap();
+    let ts = FakeTailscaled::start(dir.path().join("t.sock"), Some(hs.control()))
+        .await
+        .unwrap();
+    let la = LocalApiClient::new(ts.socket());
+    let api = HeadscaleClient::new(HeadscaleConfig::new(
+        hs.url(),
+        Some(Secret::new(hs.api_key())),
+    ))
+    .unwrap();
+    let prefs = DaemonPrefs {
+        control_url: hs.url().to_string(),
+        hostname: "node-9".into(),
+        routes: vec![net("10.244.9.0/24")],
+        advertise_tags: vec![],
+        netfilter_mode: NetfilterMode::On,
+    };
+    let tags = vec!["tag:headcni".to_owned()];
+    hs.control()
+        .inject(headcni_testkit::Fault::Unavailable, 1000);
+    let e = daemon::ensure_logged_in(
+        &la,
+        Some(&api),
+        &prefs,
+        "headcni",
+        &tags,
+        Duration::from_secs(2),
+        &fast_backoff(),
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(e, ControlPlaneError::Unreachable { .. }), "{e}");
+    assert_eq!(ts.backend_state(), "NeedsLogin");
+    assert!(ts.node_id().is_none());
+
+    hs.control().clear_faults();
+    let step = daemon::ensure_logged_in(
+        &la,
+        Some(&api),
+        &prefs,
+        "headcni",
+        &tags,
+        Duration::from_secs(2),
+        &fast_backoff(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(step, daemon::LoginStep::Start { mint_key: true });
+    assert_eq!(ts.backend_state(), "Running");
+    let keys = hs.preauth_keys();
+    assert_eq!(keys.len(), 1);
+    assert!(keys[0].used);
+    // the key carries the configured ACL tags (a tag alias in autoApprovers resolves only
+    // tagged nodes, headscale `hscontrol/policy/v2/types.go`)
+    let create = hs
+        .control()
+        .exchanges()
+        .into_iter()
+        .rfind(|x| x.method == "POST" && x.path == "/api/v1/preauthkey" && x.status == 200)
+        .unwrap();
+    assert_eq!(
+        create.request_json.unwrap()["aclTags"],
+        json!(["tag:headcni"])
+    );
+
+    // the next pass finds it running and does nothing
+    let step = daemon::ensure_logged_in(
+        &la,
+        Some(&api),
+        &prefs,
+        "headcni",
+        &tags,
+        Duration::from_secs(2),
+        &fast_backoff(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(step, daemon::LoginStep::Running);
+    assert_eq!(
+        hs.preauth_keys().len(),
+        1,
+        "no key minted for a running node"
+    );
+}

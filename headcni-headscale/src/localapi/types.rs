@@ -296,6 +296,10 @@ pub struct Status {
     /// `HaveNodeKey` (omitempty): false ⇒ fresh state, needs `login-interactive` after `start`.
     #[serde(rename = "HaveNodeKey", deserialize_with = "de_null_default")]
     pub have_node_key: bool,
+    /// `AuthURL`: the URL control handed out for an interactive login, empty otherwise
+    /// (tailscale `ipn/ipnstate/ipnstate.go`). Never logged: it lets anyone authorize the node.
+    #[serde(rename = "AuthURL", deserialize_with = "de_null_default")]
+    pub auth_url: String,
     /// `TailscaleIPs`.
     #[serde(rename = "TailscaleIPs", deserialize_with = "de_null_default")]
     pub tailscale_ips: Vec<std::net::IpAddr>,

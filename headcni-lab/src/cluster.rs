@@ -120,6 +120,10 @@ pub struct LabSpec {
     pub bin_dir: PathBuf,
     /// The daemon's reconcile interval (the lab uses a short one so drift repair is quick).
     pub reconcile_secs: u64,
+    /// Set every node up as Docker leaves a host: iptables `filter FORWARD` policy `DROP`
+    /// and bridged frames through iptables (`net.bridge.bridge-nf-call-iptables=1`).
+    #[serde(default)]
+    pub forward_drop: bool,
 }
 
 impl LabSpec {
@@ -134,6 +138,7 @@ impl LabSpec {
             approval: Approval::Api,
             bin_dir: default_bin_dir()?,
             reconcile_secs: 2,
+            forward_drop: false,
         })
     }
 }
@@ -606,6 +611,9 @@ impl Lab {
             .await?;
             anyhow::Ok(())
         })?;
+        if self.state.spec.forward_drop {
+            self.docker_like_firewall(n)?;
+        }
         self.write_daemon_config(n)?;
         if self.state.spec.mode == Mode::Host {
             // As on a real node, tailscaled is up before the DaemonSet starts.
@@ -613,6 +621,36 @@ impl Lab {
             self.wait_tailnet(n, Duration::from_secs(20))?;
         }
         self.start_daemon(n)?;
+        Ok(())
+    }
+
+    /// node-N's firewall as Docker leaves a host (`LabSpec::forward_drop`): `iptables -P
+    /// FORWARD DROP` (the host's default iptables, nft on Debian bookworm) and
+    /// `br_netfilter` with `bridge-nf-call-iptables=1` (per network namespace).
+    fn docker_like_firewall(&self, n: u32) -> Result<()> {
+        let ctx = self.node_ctx(n);
+        let _ = std::process::Command::new("modprobe")
+            .arg("br_netfilter")
+            .stdin(Stdio::null())
+            .status();
+        for args in [
+            &["iptables", "-w", "5", "-P", "FORWARD", "DROP"][..],
+            &["ip6tables", "-w", "5", "-P", "FORWARD", "DROP"][..],
+            &["sysctl", "-qw", "net.bridge.bridge-nf-call-iptables=1"][..],
+        ] {
+            let (mut cmd, _fds) = ctx.command(args[0], false)?;
+            let out = cmd
+                .args(&args[1..])
+                .stdin(Stdio::null())
+                .output()
+                .with_context(|| format!("node-{n}: {args:?}"))?;
+            if !out.status.success() {
+                bail!(
+                    "node-{n}: {args:?}: {}",
+                    String::from_utf8_lossy(&out.stderr).trim()
+                );
+            }
+        }
         Ok(())
     }
 

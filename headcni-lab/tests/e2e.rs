@@ -526,3 +526,41 @@ fn auto_approvers_policy() {
         "auto-approvers mode must not call approve_routes:\n{calls}"
     );
 }
+
+/// Issue 10, failure 3: nodes set up as Docker leaves a host (iptables `FORWARD` policy
+/// `DROP`, bridged frames through iptables). Same-node pod↔pod, cross-node pod↔pod and
+/// pod→internet all work, in host mode and in daemon mode, because the daemon accepts pod
+/// traffic in `filter FORWARD` (HEADCNI-FWD).
+#[test]
+fn docker_like_forward_drop_host_and_daemon_mode() {
+    for (mode, tag) in [(Mode::Host, "e2eh"), (Mode::Daemon, "e2ei")] {
+        let mut s = spec(&unique(tag), 2, 2);
+        s.mode = mode;
+        s.forward_drop = true;
+        let (lab, _g) = up(s);
+        let fwd = run_in(&lab, "node-1", &["iptables", "-w", "5", "-S", "FORWARD"]);
+        let fwd = String::from_utf8_lossy(&fwd.stdout);
+        assert!(fwd.contains("-P FORWARD DROP"), "{mode:?}: {fwd}");
+        assert!(fwd.contains("-j HEADCNI-FWD"), "{mode:?}: {fwd}");
+        // Lab::up waited for the full mesh (same node and across nodes); check each kind.
+        let p11 = pod(&lab, "pod-1-1");
+        let p12 = pod(&lab, "pod-1-2");
+        let p21 = pod(&lab, "pod-2-1");
+        for (a, b) in [(&p11, &p12), (&p11, &p21), (&p21, &p12)] {
+            assert!(
+                lab.ping_from(a, IpAddr::V4(ip(b)), Duration::from_secs(2))
+                    .unwrap(),
+                "{mode:?}: {} -> {}",
+                a.name,
+                b.name
+            );
+        }
+        let inet = seen_source(
+            &lab,
+            "pod-1-1",
+            "inet",
+            SocketAddr::new(IpAddr::V4(INET_ADDR), 0),
+        );
+        assert_eq!(inet, IpAddr::V4(lab.nodes()[&1].underlay), "{mode:?}");
+    }
+}

@@ -36,6 +36,10 @@ enum Cmd {
         /// Route approval: through the REST API, or a policy's autoApprovers.
         #[arg(long, value_enum, default_value = "api")]
         approval: Approval,
+        /// Set the nodes up as Docker leaves a host: iptables FORWARD policy DROP and
+        /// bridged frames through iptables.
+        #[arg(long)]
+        forward_drop: bool,
         /// Lab name (namespace prefix, 1-24 letters/digits).
         #[arg(long, default_value = "hclab")]
         name: String,
@@ -76,6 +80,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             mode,
             api,
             approval,
+            forward_drop,
             name,
         } => {
             let mut spec = LabSpec::new(&name)?;
@@ -84,6 +89,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             spec.mode = mode;
             spec.api = api;
             spec.approval = approval;
+            spec.forward_drop = forward_drop;
             let name = spec.name.clone();
             let lab = Lab::up(spec)?;
             print!("{}", lab.report()?);

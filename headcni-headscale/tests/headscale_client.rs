@@ -154,6 +154,100 @@ async fn detects_each_generation() {
 }
 
 #[tokio::test]
+async fn detection_uses_version_and_probes_only_without_it() {
+    // ≥ 0.27 (and main, whose `/version` says `dev`): one unauthenticated GET /version, no
+    // route probe; 0.25/0.26: /version is 404, then the GET /api/v1/routes probe decides.
+    for (v, generation, probed) in [
+        (FakeApiVersion::V0_30, ApiGeneration::ApprovedRoutes, false),
+        (FakeApiVersion::V0_29, ApiGeneration::ApprovedRoutes, false),
+        (FakeApiVersion::V0_26, ApiGeneration::ApprovedRoutes, true),
+        (FakeApiVersion::V0_25, ApiGeneration::RouteRows, true),
+    ] {
+        let hs = fake(v).await;
+        let info = client(&hs).detect().await.unwrap();
+        assert_eq!(info.generation, generation, "{v:?}");
+        let paths: Vec<String> = hs.exchanges().into_iter().map(|e| e.path).collect();
+        assert_eq!(paths[0], "/version", "{v:?}");
+        assert_eq!(
+            paths.iter().any(|p| p == "/api/v1/routes"),
+            probed,
+            "{v:?}: {paths:?}"
+        );
+        assert_eq!(paths.len(), if probed { 2 } else { 1 }, "{v:?}: {paths:?}");
+    }
+}
+
+#[tokio::test]
+async fn main_problem_json_errors_keep_their_message() {
+    // headscale main answers RFC 7807 bodies (hscontrol/api/v1/errors.go mapError).
+    let hs = fake(FakeApiVersion::V0_30).await;
+    let c = client(&hs);
+    let e = c.list_nodes(Some("nope")).await.unwrap_err();
+    assert!(matches!(e, HeadscaleError::NotFound { .. }), "{e}");
+    assert!(
+        e.to_string().contains("listing nodes: user not found"),
+        "{e}"
+    );
+    let e = c
+        .approve_routes(42, &[net("10.244.1.0/24")])
+        .await
+        .unwrap_err();
+    assert!(e.is_not_found(), "{e}");
+    assert!(
+        e.to_string()
+            .contains("setting approved routes: node no longer exists in NodeStore: 42"),
+        "{e}"
+    );
+    let u = c.ensure_user("headcni").await.unwrap();
+    let opts = PreAuthKeyOptions {
+        acl_tags: vec!["Tag:Bad".into()],
+        ..PreAuthKeyOptions::default()
+    };
+    match c.create_preauth_key(&u, &opts).await.unwrap_err() {
+        HeadscaleError::Api {
+            status: 400,
+            code: None,
+            message,
+            ..
+        } => assert_eq!(
+            message,
+            "invalid tag: tag must start with the string 'tag:'"
+        ),
+        other => panic!("{other}"),
+    }
+    // the success path is unchanged on main: user by id string, key created
+    let k = c
+        .create_preauth_key(&u, &PreAuthKeyOptions::default())
+        .await
+        .unwrap();
+    assert!(k.key.expose().starts_with("hskey-auth-"));
+}
+
+#[tokio::test]
+async fn approve_routes_on_a_deleted_node_is_not_found_on_0_26_and_0_29() {
+    for v in [FakeApiVersion::V0_26, FakeApiVersion::V0_29] {
+        let hs = fake(v).await;
+        let e = client(&hs)
+            .approve_routes(42, &[net("10.244.1.0/24")])
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                e,
+                HeadscaleError::Api {
+                    status: 400,
+                    code: Some(3),
+                    ..
+                }
+            ),
+            "{v:?}: {e}"
+        );
+        assert!(e.is_not_found(), "{v:?}: {e}");
+        assert_spec_valid(&hs);
+    }
+}
+
+#[tokio::test]
 async fn round_trip_v029() {
     let hs = fake(FakeApiVersion::V0_29).await;
     let c = client(&hs);
@@ -221,7 +315,20 @@ async fn round_trip_v029() {
     assert_eq!(listed.len(), 1);
     assert_eq!(listed[0].subnet_routes, vec![net("10.244.1.0/24")]);
     assert_eq!(c.list_nodes(Some("headcni")).await.unwrap().len(), 1);
-    assert!(c.list_nodes(Some("nobody")).await.unwrap().is_empty());
+    // an unknown user is an error, not an empty list (hscontrol/grpcv1.go ListNodes: 500)
+    let e = c.list_nodes(Some("nobody")).await.unwrap_err();
+    assert!(
+        matches!(
+            e,
+            HeadscaleError::Api {
+                status: 500,
+                code: Some(2),
+                ..
+            }
+        ),
+        "{e}"
+    );
+    assert!(e.to_string().contains("user not found"), "{e}");
     let n = c.approve_routes(node.id, &[]).await.unwrap();
     assert!(n.approved_routes.is_empty());
 

@@ -57,6 +57,9 @@ pub struct Hostinfo {
     pub endpoints: Vec<SocketAddr>,
     /// `Hostinfo.RoutableIPs` = the `AdvertiseRoutes` pref while `WantRunning`.
     pub routable_ips: Vec<IpNetwork>,
+    /// `Hostinfo.RequestTags` = the `AdvertiseTags` pref (`tailscale up --advertise-tags`).
+    #[serde(default)]
+    pub request_tags: Vec<String>,
 }
 
 /// Answer to `register`, `attach` and `hostinfo`.

@@ -1,7 +1,7 @@
 //! The Headscale stand-in process (a **test double**, see `docs/lab-standins.md`).
 //!
 //! `headscale-standin --listen ADDR:PORT --state-file PATH --api-key-file PATH
-//! [--preauth-key-file PATH] [--user NAME] [--api 0.29|0.25] [--policy PATH]`
+//! [--preauth-key-file PATH] [--user NAME] [--api main|0.29|0.26|0.25] [--policy PATH]`
 //!
 //! - serves Headscale's REST API with the very code of
 //!   [`headcni_testkit::FakeHeadscale`] ([`HeadscaleControl::handle`]), plus the
@@ -55,7 +55,7 @@ pub struct Args {
     /// User owning the pre-auth key.
     #[arg(long, default_value = "lab")]
     pub user: String,
-    /// Imitated API generation: 0.29 or 0.25.
+    /// Imitated API generation: main (0.30), 0.29, 0.26 or 0.25.
     #[arg(long, default_value = "0.29")]
     pub api: String,
     /// Policy file (JSON; HuJSON without comments); its `autoApprovers.routes` auto-approve.
@@ -222,10 +222,11 @@ impl Coord {
                 };
                 let id = match self.control.node_by_key(&r.hostinfo.node_key) {
                     Some(n) => n.id,
-                    None => match self.control.register_with_auth_key(
+                    None => match self.control.register_with_auth_key_requesting_tags(
                         &r.auth_key,
                         &r.hostinfo.hostname,
                         &r.hostinfo.node_key,
+                        &r.hostinfo.request_tags,
                     ) {
                         Ok(n) => n.id,
                         Err(e) => return err(StatusCode::FORBIDDEN, &e),
@@ -347,10 +348,11 @@ impl Coord {
 
 fn api_version(s: &str) -> anyhow::Result<FakeApiVersion> {
     Ok(match s.trim_start_matches('v') {
+        "main" | "0.30" => FakeApiVersion::V0_30,
         "0.29" | "0.29.2" => FakeApiVersion::V0_29,
         "0.26" => FakeApiVersion::V0_26,
         "0.25" | "0.25.1" => FakeApiVersion::V0_25,
-        other => bail!("--api {other}: expected 0.29 or 0.25"),
+        other => bail!("--api {other}: expected main, 0.29, 0.26 or 0.25"),
     })
 }
 

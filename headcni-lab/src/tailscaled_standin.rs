@@ -31,7 +31,8 @@ use headcni_headscale::localapi::{NetfilterMode, Prefs};
 use headcni_netlink::NetlinkHandle;
 use headcni_testkit::server::{Req, unix_loop};
 use headcni_testkit::{
-    LocalApi, LocalApiInit, LoginOutcome, NodeView, TailnetControl, default_prefs,
+    LocalApi, LocalApiInit, LoginOutcome, NodeView, TailnetControl, TailscaledVersion,
+    default_prefs,
 };
 use ipnetwork::IpNetwork;
 use serde::{Deserialize, Serialize};
@@ -81,6 +82,25 @@ pub struct Args {
     /// Host name reported to control (default: the OS host name).
     #[arg(long)]
     pub hostname: Option<String>,
+    /// Imitated tailscaled: `1.102` (default) or `1.64` (no `NoStatefulFiltering` pref; see
+    /// [`TailscaledVersion`]). From the environment too, since `headcni daemon` starts it with
+    /// tailscaled's own flags only.
+    #[arg(long, env = "HEADCNI_STANDIN_TAILSCALE_VERSION", default_value = "1.102", value_parser = parse_version)]
+    pub tailscale_version: TailscaledVersion,
+    /// Write `<statedir>/tailscaled.state` at start-up, before any login, as real tailscaled
+    /// does (`cmd/tailscaled/tailscaled.go` → `ipn/store/stores.go` `New` creates the file).
+    /// Off by default for now: `headcni daemon` still decides whether to mint a pre-auth key
+    /// from that file's existence (issue 10 item 1).
+    #[arg(long, env = "HEADCNI_STANDIN_WRITE_STATE_AT_START")]
+    pub write_state_at_start: bool,
+}
+
+fn parse_version(s: &str) -> Result<TailscaledVersion, String> {
+    match s {
+        "1.102" | "1.102.3" => Ok(TailscaledVersion::V1_102),
+        "1.62" | "1.64" | "1.64.2" => Ok(TailscaledVersion::V1_64),
+        other => Err(format!("{other}: expected 1.102 or 1.64")),
+    }
 }
 
 /// `<statedir>/tailscaled.state`.
@@ -149,7 +169,15 @@ fn view(n: &NetmapNode) -> NodeView {
 struct ControlRef(Arc<Control>);
 
 impl TailnetControl for ControlRef {
-    fn login(&self, url: &str, auth_key: &str, hostname: &str, _node_key: &str) -> LoginOutcome {
+    /// The tags travel in the hostinfo of the `register` call (read from the prefs there).
+    fn login(
+        &self,
+        url: &str,
+        auth_key: &str,
+        hostname: &str,
+        _node_key: &str,
+        _request_tags: &[String],
+    ) -> LoginOutcome {
         if url.is_empty() {
             return LoginOutcome::Failed("no ControlURL".to_string());
         }
@@ -299,6 +327,7 @@ impl Standin {
             },
             endpoints,
             routable_ips: routes,
+            request_tags: prefs.advertise_tags,
         }
     }
 
@@ -689,6 +718,11 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         rtnl,
         mtu,
     });
+    api.set_version(args.tailscale_version);
+    if args.write_state_at_start && persisted.is_none() {
+        // A fresh identity, no node id: the file exists although nothing is logged in.
+        standin.persist();
+    }
     // router.CleanUp: leftovers of a previous run.
     standin.cleanup().await;
     let _ = std::fs::remove_file(&standin.uapi);

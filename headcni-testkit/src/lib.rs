@@ -31,6 +31,7 @@ pub mod metrics;
 pub mod netns;
 pub mod server;
 pub mod tailscaled;
+mod tailscaled_json;
 
 pub use headscale::{
     Exchange, FakeApiVersion, FakeHeadscale, FakeHeadscaleOptions, Fault, HeadscaleControl,
@@ -39,5 +40,5 @@ pub use headscale::{
 pub use netns::Ns;
 pub use tailscaled::{
     FakeTailscaled, LocalApi, LocalApiInit, LocalApiRequest, LoginOutcome, TailnetControl,
-    default_prefs,
+    TailscaledVersion, default_prefs,
 };

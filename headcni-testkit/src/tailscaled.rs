@@ -4,7 +4,9 @@
 //! `ipn/prefs.go`, `ipn/ipnlocal/local.go`): `Host` must be empty or `local-tailscaled.sock`
 //! and requests with `Referer`/`Origin` are refused (403, text); `PATCH prefs` applies only
 //! fields whose `<Field>Set` is true, replaces lists, and answers 400 `{"Error":…}` for an
-//! unmasked `AdvertiseRoutes` prefix; `start` replaces all prefs except the identity; status
+//! unmasked `AdvertiseRoutes` prefix, and decodes bodies with Go's `encoding/json` rules
+//! (`opt.Bool` only `true`/`false`/`null`, mistyped fields refused, unknown keys ignored:
+//! `tailscaled_json`); `start` replaces all prefs except the identity; status
 //! reports `Self.ID`/`PublicKey`/`PrimaryRoutes` and peers from the attached
 //! [`crate::FakeHeadscale`].
 //!
@@ -29,6 +31,38 @@ use headcni_headscale::localapi::{NetfilterMode, OptBool, Prefs};
 /// How many [`LocalApiRequest`]s a [`LocalApi`] keeps (the oldest are dropped).
 const MAX_RECORDED: usize = 10_000;
 
+/// Which tailscaled a [`LocalApi`] imitates: the prefs fields differ between releases.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TailscaledVersion {
+    /// 1.62/1.64 (the clients Headscale 0.25–0.27 support): `ipn.Prefs` has no
+    /// `NoStatefulFiltering` (added in 1.66.0 by tailscale commit c28f5767b, `ipn/prefs.go`;
+    /// absent at v1.62.1 and v1.64.2). `GET prefs` omits it, and a `PATCH` carrying
+    /// `NoStatefulFiltering`/`NoStatefulFilteringSet` succeeds without changing anything
+    /// (unknown JSON keys are ignored by `encoding/json`).
+    V1_64,
+    /// v1.102.3 (default).
+    #[default]
+    V1_102,
+}
+
+impl TailscaledVersion {
+    /// Prefs fields this version does not have.
+    fn missing_fields(self) -> &'static [&'static str] {
+        match self {
+            TailscaledVersion::V1_64 => &["NoStatefulFiltering"],
+            TailscaledVersion::V1_102 => &[],
+        }
+    }
+
+    /// `Status.Version`.
+    fn status_version(self) -> &'static str {
+        match self {
+            TailscaledVersion::V1_64 => "1.64.2-fake",
+            TailscaledVersion::V1_102 => "1.102.3-fake",
+        }
+    }
+}
+
 /// The result of [`TailnetControl::login`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LoginOutcome {
@@ -46,13 +80,15 @@ pub enum LoginOutcome {
 /// Every method is called with the LocalAPI's state locked: it must not block on I/O.
 pub trait TailnetControl: Send + Sync + std::fmt::Debug {
     /// Log in with a pre-auth key as `hostname` with `node_key` (`nodekey:<hex>`) at
-    /// `control_url` (the `ControlURL` pref).
+    /// `control_url` (the `ControlURL` pref), requesting `request_tags` (the `AdvertiseTags`
+    /// pref, sent as `Hostinfo.RequestTags`).
     fn login(
         &self,
         control_url: &str,
         auth_key: &str,
         hostname: &str,
         node_key: &str,
+        request_tags: &[String],
     ) -> LoginOutcome;
     /// The node's hostinfo routable IPs changed (`AdvertiseRoutes` while `WantRunning`).
     fn announce_routes(&self, node_id: u64, routes: &[IpNetwork]);
@@ -69,8 +105,20 @@ pub trait TailnetControl: Send + Sync + std::fmt::Debug {
 }
 
 impl TailnetControl for HeadscaleControl {
-    fn login(&self, _url: &str, auth_key: &str, hostname: &str, node_key: &str) -> LoginOutcome {
-        match self.register_with_auth_key(auth_key, hostname, node_key) {
+    fn login(
+        &self,
+        _url: &str,
+        auth_key: &str,
+        hostname: &str,
+        node_key: &str,
+        request_tags: &[String],
+    ) -> LoginOutcome {
+        match self.register_with_auth_key_requesting_tags(
+            auth_key,
+            hostname,
+            node_key,
+            request_tags,
+        ) {
             Ok(n) => LoginOutcome::Registered(n),
             Err(e) => LoginOutcome::Failed(e),
         }
@@ -126,6 +174,7 @@ struct TsState {
     overwrite_after_patch: VecDeque<Vec<IpNetwork>>,
     write_denied: bool,
     delay: Option<Duration>,
+    version: TailscaledVersion,
 }
 
 /// The prefs of a fresh tailscaled on Linux (`ipn.NewPrefs`): `WantRunning` false until
@@ -184,12 +233,17 @@ fn check_prefs(p: &Prefs) -> Result<(), String> {
     Ok(())
 }
 
-/// `ipn.MaskedPrefs.ApplyEdits`: for every known field whose `<Field>Set` is true, take the
-/// field's value (its zero value when absent); lists are replaced.
-fn apply_masked(prefs: &Prefs, body: &Value) -> Result<Prefs, PatchError> {
-    let obj = body.as_object().ok_or_else(|| {
-        PatchError::Decode("json: cannot unmarshal into Go value of type ipn.MaskedPrefs".into())
-    })?;
+/// `ipn.MaskedPrefs.ApplyEdits` after Go's decoding of the body
+/// ([`crate::tailscaled_json::decode_prefs`]: mistyped values refused, keys matched
+/// case-insensitively, unknown keys ignored): for every known field whose `<Field>Set` is
+/// true, take the field's value (its zero value when absent or `null`); lists are replaced.
+fn apply_masked(
+    prefs: &Prefs,
+    body: &Value,
+    version: TailscaledVersion,
+) -> Result<Prefs, PatchError> {
+    let obj = crate::tailscaled_json::decode_prefs(body, true, version.missing_fields())
+        .map_err(PatchError::Decode)?;
     let cur = serde_json::to_value(prefs).map_err(|e| PatchError::Decode(e.to_string()))?;
     let Value::Object(mut map) = cur else {
         return Err(PatchError::Decode("prefs are not an object".into()));
@@ -214,6 +268,17 @@ fn apply_masked(prefs: &Prefs, body: &Value) -> Result<Prefs, PatchError> {
 }
 
 impl TsState {
+    /// The prefs as this version's `GET prefs` shows them (fields it lacks omitted).
+    fn prefs_json(&self) -> Value {
+        let mut v = serde_json::to_value(&self.prefs).unwrap_or(Value::Null);
+        if let Some(o) = v.as_object_mut() {
+            for f in self.version.missing_fields() {
+                o.remove(*f);
+            }
+        }
+        v
+    }
+
     /// A logged-in node settles: `Running` when `WantRunning`, else `Stopped`, and its routes
     /// are announced.
     fn settle(&mut self) {
@@ -301,7 +366,7 @@ impl TsState {
                 self.backend_state.as_str()
             };
         let mut v = json!({
-            "Version": "1.102.3-fake", "TUN": true, "BackendState": backend_state,
+            "Version": self.version.status_version(), "TUN": true, "BackendState": backend_state,
             "AuthURL": "", "TailscaleIPs": ips, "Self": self_json, "Health": health,
             "MagicDNSSuffix": "", "CurrentTailnet": null, "CertDomains": null, "Peer": peers,
             "User": null, "ClientVersion": null
@@ -393,6 +458,7 @@ impl LocalApi {
             overwrite_after_patch: VecDeque::new(),
             write_denied: false,
             delay: None,
+            version: TailscaledVersion::default(),
         };
         state.announce();
         let (tx, _rx) = watch::channel(0u64);
@@ -433,6 +499,19 @@ impl LocalApi {
             self.changed();
         }
         resp
+    }
+
+    /// Imitate `version` from now on (default [`TailscaledVersion::V1_102`]). Switching to
+    /// [`TailscaledVersion::V1_64`] drops the `NoStatefulFiltering` value.
+    pub fn set_version(&self, version: TailscaledVersion) {
+        {
+            let mut s = self.lock();
+            s.version = version;
+            if version == TailscaledVersion::V1_64 {
+                s.prefs.no_stateful_filtering = OptBool::Unset;
+            }
+        }
+        self.changed();
     }
 
     /// Current prefs.
@@ -670,7 +749,7 @@ fn route(s: &mut TsState, req: &Req, host: &str, had_ro: bool, body: Option<&Val
             json_resp(StatusCode::OK, &s.status_json(peers))
         }
         ("GET", "prefs") => {
-            let v = serde_json::to_value(&s.prefs).unwrap_or(Value::Null);
+            let v = s.prefs_json();
             if let Some(extra) = s.concurrent_writes.pop_front() {
                 for r in extra {
                     if !s.prefs.advertise_routes.contains(&r) {
@@ -685,20 +764,17 @@ fn route(s: &mut TsState, req: &Req, host: &str, had_ro: bool, body: Option<&Val
             let Some(b) = body else {
                 return text(StatusCode::BAD_REQUEST, "EOF");
             };
-            match apply_masked(&s.prefs, b) {
+            match apply_masked(&s.prefs, b, s.version) {
                 Ok(new) => {
                     s.prefs = new;
                     if let Some(over) = s.overwrite_after_patch.pop_front() {
-                        let answer = serde_json::to_value(&s.prefs).unwrap_or(Value::Null);
+                        let answer = s.prefs_json();
                         s.prefs.advertise_routes = over;
                         s.announce();
                         return json_resp(StatusCode::OK, &answer);
                     }
                     s.announce();
-                    json_resp(
-                        StatusCode::OK,
-                        &serde_json::to_value(&s.prefs).unwrap_or(Value::Null),
-                    )
+                    json_resp(StatusCode::OK, &s.prefs_json())
                 }
                 Err(PatchError::Decode(m)) => text(StatusCode::BAD_REQUEST, &m),
                 Err(PatchError::Edit(m)) => {
@@ -725,9 +801,15 @@ fn route(s: &mut TsState, req: &Req, host: &str, had_ro: bool, body: Option<&Val
             let prefs: Prefs = if up.is_null() {
                 s.prefs.clone()
             } else {
-                match serde_json::from_value(up) {
+                let decoded =
+                    crate::tailscaled_json::decode_prefs(&up, false, s.version.missing_fields())
+                        .and_then(|m| {
+                            serde_json::from_value(Value::Object(m))
+                                .map_err(|e| format!("json: {e}"))
+                        });
+                match decoded {
                     Ok(p) => p,
-                    Err(e) => return text(StatusCode::BAD_REQUEST, &e.to_string()),
+                    Err(e) => return text(StatusCode::BAD_REQUEST, &e),
                 }
             };
             if let Err(e) = check_prefs(&prefs) {
@@ -763,7 +845,8 @@ fn route(s: &mut TsState, req: &Req, host: &str, had_ro: bool, body: Option<&Val
                             s.prefs.hostname.clone()
                         };
                         let url = s.prefs.control_url.clone();
-                        match hs.login(&url, &key, &hostname, &s.node_key) {
+                        let tags = s.prefs.advertise_tags.clone();
+                        match hs.login(&url, &key, &hostname, &s.node_key, &tags) {
                             LoginOutcome::Pending => {
                                 s.backend_state = "Starting".to_string();
                             }

@@ -622,14 +622,15 @@ fn truncate(s: &str, n: usize) -> String {
     format!("{}…", &s[..end])
 }
 
-/// Maps an error answer: 401 plain text, ≤ 0.25's 500 `Unauthorized`, grpc-gateway
-/// `{code,message,details}` bodies, 404 (object missing or unknown route), others.
+/// Maps an error answer: 401 (plain text ≤ 0.29, problem+json on main), ≤ 0.25's 500
+/// `Unauthorized`, grpc-gateway `{code,message,details}` bodies (0.22–0.29), RFC 7807
+/// problem bodies (main: [`Problem::message`]), 404 (object missing or unknown route), others.
+/// The message is bounded to 512 bytes.
 pub(crate) fn error_from_response(
     endpoint: &str,
     status: StatusCode,
     body: &str,
 ) -> HeadscaleError {
-    let rpc: Option<RpcStatus> = serde_json::from_str(body).ok();
     let trimmed = body.trim();
     if status == StatusCode::UNAUTHORIZED
         || (status == StatusCode::INTERNAL_SERVER_ERROR && trimmed == "Unauthorized")
@@ -639,9 +640,10 @@ pub(crate) fn error_from_response(
             status: status.as_u16(),
         };
     }
-    let (code, message) = match rpc {
-        Some(r) => (Some(r.code), r.message),
-        None => (None, trimmed.to_string()),
+    let (code, message) = match ErrorBody::parse(trimmed) {
+        ErrorBody::Rpc(r) => (Some(r.code), r.message),
+        ErrorBody::Problem(p) => (None, p.message()),
+        ErrorBody::Text => (None, trimmed.to_string()),
     };
     let message = truncate(&message, 512);
     if status == StatusCode::NOT_FOUND {
@@ -655,6 +657,40 @@ pub(crate) fn error_from_response(
         status: status.as_u16(),
         code,
         message,
+    }
+}
+
+/// The two JSON error forms Headscale answers with.
+enum ErrorBody {
+    /// grpc-gateway `rpcStatus` (0.22–0.29): an object with an integer `code`.
+    Rpc(RpcStatus),
+    /// RFC 7807 (main): an object with `title`, `detail`, `status` or `errors` and no `code`.
+    Problem(Problem),
+    /// Anything else (plain text, HTML from a proxy, other JSON).
+    Text,
+}
+
+impl ErrorBody {
+    fn parse(body: &str) -> ErrorBody {
+        let Ok(serde_json::Value::Object(obj)) = serde_json::from_str::<serde_json::Value>(body)
+        else {
+            return ErrorBody::Text;
+        };
+        let obj = serde_json::Value::Object(obj);
+        if obj.get("code").is_some_and(serde_json::Value::is_i64) {
+            if let Ok(r) = serde_json::from_value::<RpcStatus>(obj) {
+                return ErrorBody::Rpc(r);
+            }
+            return ErrorBody::Text;
+        }
+        let problem_keys = ["title", "detail", "status", "errors"];
+        if problem_keys.iter().any(|k| obj.get(k).is_some())
+            && let Ok(p) = serde_json::from_value::<Problem>(obj)
+            && !p.message().is_empty()
+        {
+            return ErrorBody::Problem(p);
+        }
+        ErrorBody::Text
     }
 }
 
@@ -716,6 +752,80 @@ mod tests {
         );
         assert!(matches!(e, HeadscaleError::Api { code: Some(2), .. }));
         assert!(crate::retry::Retryable::is_retryable(&e));
+    }
+
+    #[test]
+    fn problem_json_keeps_its_message() {
+        // headscale main `hscontrol/api/v1/nodes.go` setApprovedRoutes → mapError → huma 404.
+        let body = r#"{"title":"Not Found","status":404,"detail":"setting approved routes","errors":[{"message":"node no longer exists in NodeStore: 9"}]}"#;
+        let e = error_from_response("POST /x", StatusCode::NOT_FOUND, body);
+        assert!(e.is_not_found());
+        assert!(
+            e.to_string()
+                .contains("setting approved routes: node no longer exists in NodeStore: 9"),
+            "{e}"
+        );
+        // 400 with a detail only (main parseNodeID), no grpc code
+        let body = r#"{"title":"Bad Request","status":400,"detail":"type mismatch, parameter: node_id, error: x"}"#;
+        let e = error_from_response("GET /x", StatusCode::BAD_REQUEST, body);
+        match &e {
+            HeadscaleError::Api {
+                status: 400,
+                code: None,
+                message,
+                ..
+            } => assert_eq!(message, "type mismatch, parameter: node_id, error: x"),
+            other => panic!("{other:?}"),
+        }
+        // only a title
+        let e = error_from_response(
+            "GET /x",
+            StatusCode::INTERNAL_SERVER_ERROR,
+            r#"{"title":"Internal Server Error","status":500}"#,
+        );
+        assert!(e.to_string().ends_with(": Internal Server Error"), "{e}");
+        assert!(crate::retry::Retryable::is_retryable(&e));
+        // main's 401 is a problem too, still Unauthorized
+        let e = error_from_response(
+            "GET /x",
+            StatusCode::UNAUTHORIZED,
+            r#"{"title":"Unauthorized","status":401,"detail":"Unauthorized"}"#,
+        );
+        assert!(matches!(e, HeadscaleError::Unauthorized { .. }));
+        // bounded: a huge detail is cut to 512 bytes (+ the ellipsis)
+        let big = format!(
+            r#"{{"title":"Bad Request","status":400,"detail":"{}"}}"#,
+            "é".repeat(2000)
+        );
+        let e = error_from_response("GET /x", StatusCode::BAD_REQUEST, &big);
+        let HeadscaleError::Api { message, .. } = e else {
+            panic!("not Api")
+        };
+        assert!(message.len() <= 512 + '…'.len_utf8(), "{}", message.len());
+        // other JSON is kept as text
+        let e = error_from_response("GET /x", StatusCode::BAD_GATEWAY, r#"{"error":"upstream"}"#);
+        assert!(e.to_string().contains(r#"{"error":"upstream"}"#), "{e}");
+    }
+
+    #[test]
+    fn approve_routes_unknown_node_is_not_found_on_every_generation() {
+        // 0.26 (db.GetNodeByID), 0.27, 0.28–0.29: HTTP 400 InvalidArgument.
+        for m in [
+            "record not found",
+            "node not found in NodeStore: 7",
+            "node no longer exists in NodeStore: 7",
+        ] {
+            let body = format!(r#"{{"code":3,"message":"{m}","details":[]}}"#);
+            let e = error_from_response("POST /x", StatusCode::BAD_REQUEST, &body);
+            assert!(e.is_not_found(), "{m}");
+            assert!(!crate::retry::Retryable::is_retryable(&e));
+        }
+        let e = error_from_response(
+            "POST /x",
+            StatusCode::BAD_REQUEST,
+            r#"{"code":3,"message":"invalid tag","details":[]}"#,
+        );
+        assert!(!e.is_not_found());
     }
 
     #[test]

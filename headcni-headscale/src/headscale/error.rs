@@ -31,18 +31,18 @@ pub enum HeadscaleError {
     NotFound {
         /// `METHOD /path`.
         endpoint: String,
-        /// The gateway message.
+        /// The gateway message, or the problem+json message (main), truncated to 512 bytes.
         message: String,
     },
-    /// Another HTTP error status with its grpc-gateway `{code,message,details}` body (or the
-    /// plain text when the body is not JSON).
+    /// Another HTTP error status with its grpc-gateway `{code,message,details}` body (0.22–0.29),
+    /// its RFC 7807 problem body (main: `detail: errors[].message…`), or the plain text.
     #[error("{endpoint}: HTTP {status} (grpc code {code:?}): {message}")]
     Api {
         /// `METHOD /path`.
         endpoint: String,
         /// HTTP status.
         status: u16,
-        /// gRPC code from the body, if it was a grpc-gateway error.
+        /// gRPC code from the body, if it was a grpc-gateway error (`None` for problem+json).
         code: Option<i32>,
         /// Message (truncated to 512 bytes).
         message: String,
@@ -93,7 +93,12 @@ impl HeadscaleError {
         }
     }
 
-    /// "The object does not exist": HTTP 404, or ≤ 0.25's HTTP 500 `record not found`.
+    /// "The object does not exist": HTTP 404 (grpc-gateway ≤ 0.29 and main's RFC 7807 form),
+    /// ≤ 0.25's HTTP 500 `record not found`, or the HTTP 400 (grpc `InvalidArgument`) that
+    /// `approve_routes` answers for an unknown node on 0.26–0.29: `record not found` (0.26,
+    /// `db.GetNodeByID`), `node not found in NodeStore: N` (0.27), `node no longer exists in
+    /// NodeStore: N` (0.28–0.29; headscale `hscontrol/grpcv1.go` `SetApprovedRoutes`,
+    /// `hscontrol/state/state.go` `ErrNodeNotInNodeStore`).
     pub fn is_not_found(&self) -> bool {
         match self {
             HeadscaleError::NotFound { .. } => true,
@@ -102,6 +107,16 @@ impl HeadscaleError {
                 message,
                 ..
             } => message.contains("record not found"),
+            HeadscaleError::Api {
+                status: 400,
+                code: Some(3),
+                message,
+                ..
+            } => {
+                message == "record not found"
+                    || message.starts_with("node not found in NodeStore")
+                    || message.starts_with("node no longer exists in NodeStore")
+            }
             _ => false,
         }
     }

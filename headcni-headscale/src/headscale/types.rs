@@ -212,6 +212,65 @@ pub struct RpcStatus {
     pub message: String,
 }
 
+/// RFC 7807 problem body (`Content-Type: application/problem+json`) of Headscale main (0.30):
+/// huma's `ErrorModel` — `{"title","status","detail","errors":[{"message","location","value"}]}`
+/// (all optional). `detail` is the handler's context (e.g. `setting approved routes`), the
+/// cause is in `errors[].message`. Sources: juanfont/headscale main `hscontrol/api/v1/errors.go`
+/// (`mapError`), `gen/client/v1/client.gen.go` (`ErrorModel`, `ErrorDetail`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(default)]
+pub struct Problem {
+    /// URI of the problem type (`about:blank` when absent).
+    #[serde(rename = "type", deserialize_with = "de_null_default")]
+    pub type_uri: String,
+    /// HTTP status text, e.g. `Not Found`.
+    #[serde(deserialize_with = "de_null_default")]
+    pub title: String,
+    /// HTTP status repeated in the body (0 when absent).
+    #[serde(deserialize_with = "de_null_default")]
+    pub status: u16,
+    /// Explanation of this occurrence.
+    #[serde(deserialize_with = "de_null_default")]
+    pub detail: String,
+    /// Individual causes.
+    #[serde(deserialize_with = "de_null_default")]
+    pub errors: Vec<ProblemDetail>,
+}
+
+/// One entry of [`Problem::errors`] (huma `ErrorDetail`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(default)]
+pub struct ProblemDetail {
+    /// Error text.
+    #[serde(deserialize_with = "de_null_default")]
+    pub message: String,
+    /// Where, e.g. `body.user` (empty when absent).
+    #[serde(deserialize_with = "de_null_default")]
+    pub location: String,
+}
+
+impl Problem {
+    /// The message Headscale's own CLI prints for it (`cmd/headscale/cli/utils.go` `apiError`
+    /// on main): `detail`, then every non-empty `errors[].message`, joined by `": "`; the
+    /// `title` when both are empty.
+    pub fn message(&self) -> String {
+        let mut parts: Vec<&str> = Vec::new();
+        if !self.detail.is_empty() {
+            parts.push(&self.detail);
+        }
+        parts.extend(
+            self.errors
+                .iter()
+                .map(|e| e.message.as_str())
+                .filter(|m| !m.is_empty()),
+        );
+        if parts.is_empty() && !self.title.is_empty() {
+            parts.push(&self.title);
+        }
+        parts.join(": ")
+    }
+}
+
 // ---- request bodies (swagger body schemas) ----
 
 /// `HeadscaleServiceSetApprovedRoutesBody` (≥ 0.26).

@@ -33,7 +33,7 @@ impl HeadscaleControl {
     ) -> (HeadscaleControl, String) {
         let api_key = match (&opts.api_key, opts.version) {
             (Some(k), _) => k.clone(),
-            (None, FakeApiVersion::V0_29) => {
+            (None, v) if v.at_least_0_28() => {
                 format!("hskey-api-{}-{}", rand_hex(6), rand_hex(24))
             }
             (None, _) => format!("{}.{}", rand_hex(5), rand_hex(24)),
@@ -122,12 +122,13 @@ impl HeadscaleControl {
         id
     }
 
-    /// A fresh pre-auth key string in the imitated version's format (`hskey-auth-…` for
-    /// 0.29, 48 hex digits before); not stored (see [`HeadscaleControl::ensure_preauth_key`]).
+    /// A fresh pre-auth key string in the imitated version's format (`hskey-auth-…` from
+    /// 0.28 on, 48 hex digits before); not stored (see [`HeadscaleControl::ensure_preauth_key`]).
     pub fn generate_preauth_key(&self) -> String {
-        match self.lock().version {
-            FakeApiVersion::V0_29 => format!("hskey-auth-{}-{}", rand_hex(6), rand_hex(24)),
-            _ => rand_hex(24),
+        if self.lock().version.at_least_0_28() {
+            format!("hskey-auth-{}-{}", rand_hex(6), rand_hex(24))
+        } else {
+            rand_hex(24)
         }
     }
 
@@ -171,12 +172,31 @@ impl HeadscaleControl {
     }
 
     /// Registers a node with a pre-auth key, as the control protocol does: the key must exist,
-    /// be unexpired, and unused unless reusable. Errors carry Headscale's messages.
+    /// be unexpired, and unused unless reusable. Errors carry Headscale's messages. The node
+    /// requests no tags (see [`HeadscaleControl::register_with_auth_key_requesting_tags`]).
     pub fn register_with_auth_key(
         &self,
         key: &str,
         hostname: &str,
         node_key: &str,
+    ) -> Result<NodeView, String> {
+        self.register_with_auth_key_requesting_tags(key, hostname, node_key, &[])
+    }
+
+    /// [`HeadscaleControl::register_with_auth_key`] for a node whose `Hostinfo.RequestTags`
+    /// (tailscaled's `AdvertiseTags` pref, `tailscale up --advertise-tags`) is `request_tags`.
+    /// From 0.28 on Headscale refuses any tag request with a pre-auth key — the key's own
+    /// `aclTags` decide — with `requested tags [tag:a tag:b] are invalid or not permitted`
+    /// (`hscontrol/state/state.go` `HandleNodeFromPreAuthKey` at v0.28.0/v0.29.2/main,
+    /// `ErrRequestedTagsInvalidOrNotPermitted` in `hscontrol/state/tags.go`). Before 0.28 the
+    /// request is accepted at registration (tags are then checked against `tagOwners`, which
+    /// this fake does not model).
+    pub fn register_with_auth_key_requesting_tags(
+        &self,
+        key: &str,
+        hostname: &str,
+        node_key: &str,
+        request_tags: &[String],
     ) -> Result<NodeView, String> {
         let mut s = self.lock();
         let now = unix_now();
@@ -189,6 +209,12 @@ impl HeadscaleControl {
         }
         if k.used && !k.reusable {
             return Err("authkey already used".to_string());
+        }
+        if s.version.at_least_0_28() && !request_tags.is_empty() {
+            return Err(format!(
+                "requested tags [{}] are invalid or not permitted",
+                request_tags.join(" ")
+            ));
         }
         s.keys[idx].used = true;
         let uid = match k.user_id {

@@ -8,7 +8,6 @@ use serde_json::{Value, json};
 
 use super::HeadscaleControl;
 use super::faults::Exchange;
-use super::json::{grpc_status, rpc};
 use super::options::FakeApiVersion;
 use crate::server::{Req, Resp, json as json_resp, respond, text};
 
@@ -31,15 +30,25 @@ impl HeadscaleControl {
             return respond(st, "application/health+json", v.to_string());
         }
         if path == "/version" && req.method == Method::GET {
-            if matches!(s.version, FakeApiVersion::V0_29) {
-                let v = json!({
+            // ≥ 0.27: `hscontrol/handlers.go` `VersionHandler` encodes `types.VersionInfo`
+            // (`hscontrol/types/version.go`); absent before (the router's 404).
+            let v = match s.version {
+                FakeApiVersion::V0_29 => json!({
                     "version": "v0.29.2", "commit": "8eea89488c642f3d5f617fab5493d5f51f6f4ad0",
                     "buildTime": "2026-07-01T00:00:00Z",
                     "go": {"version": "go1.25", "os": "linux", "arch": "amd64"}, "dirty": false
-                });
-                return json_resp(StatusCode::OK, &v);
-            }
-            return text(StatusCode::NOT_FOUND, "404 page not found");
+                }),
+                // A build of main without a release tag: `GetVersionInfo` keeps "dev".
+                FakeApiVersion::V0_30 => json!({
+                    "version": "dev", "commit": "f20f1f127842c74dd5f6e10254307b65b1aee936",
+                    "buildTime": "2026-07-21T11:28:35Z",
+                    "go": {"version": "go1.26", "os": "linux", "arch": "amd64"}, "dirty": false
+                }),
+                FakeApiVersion::V0_26 | FakeApiVersion::V0_25 => {
+                    return text(StatusCode::NOT_FOUND, "404 page not found");
+                }
+            };
+            return json_resp(StatusCode::OK, &v);
         }
         let Some(rest) = path.strip_prefix("/api/v1/") else {
             return text(StatusCode::NOT_FOUND, "404 page not found");
@@ -51,6 +60,15 @@ impl HeadscaleControl {
             .and_then(|v| v.strip_prefix("Bearer "))
             .is_some_and(|k| s.api_keys.iter().any(|x| x == k));
         if !authorized {
+            if s.version.problem_errors() {
+                // main: `hscontrol/api/v1/api.go` authMiddleware → huma.WriteErr(401).
+                let v = json!({"title": "Unauthorized", "status": 401, "detail": "Unauthorized"});
+                return respond(
+                    StatusCode::UNAUTHORIZED,
+                    "application/problem+json",
+                    v.to_string(),
+                );
+            }
             return text(StatusCode::UNAUTHORIZED, "Unauthorized");
         }
         let segs: Vec<&str> = rest.split('/').filter(|x| !x.is_empty()).collect();
@@ -66,12 +84,21 @@ impl HeadscaleControl {
         let body = body.unwrap_or_else(|| json!({}));
         let (op, res) = s.api(&req.method, &segs, &q, &body);
         ex.operation = op;
-        let (status, v) = match res {
-            Ok(v) => (StatusCode::OK, v),
-            Err((code, msg)) => (grpc_status(code), rpc(code, &msg)),
-        };
-        ex.response_json = Some(v.clone());
-        json_resp(status, &v)
+        if op.is_none() && s.version.problem_errors() {
+            // main: a path no huma operation serves falls through to chi's plain 404.
+            return text(StatusCode::NOT_FOUND, "404 page not found");
+        }
+        match res {
+            Ok(v) => {
+                ex.response_json = Some(v.clone());
+                json_resp(StatusCode::OK, &v)
+            }
+            Err(fail) => {
+                let (status, v, content_type) = fail.render(s.version);
+                ex.response_json = Some(v.clone());
+                respond(status, content_type, v.to_string())
+            }
+        }
     }
 }
 

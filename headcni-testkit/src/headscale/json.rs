@@ -13,6 +13,72 @@ pub(super) fn rpc(code: i32, message: &str) -> Value {
     json!({"code": code, "message": message, "details": []})
 }
 
+/// A refused request, rendered per generation by [`Fail::render`]: the gRPC (code, message)
+/// that grpc-gateway turns into `{code,message,details}` (0.25–0.29), and, for main, huma's
+/// status and `detail` context (`hscontrol/api/v1/errors.go` `mapError(msg, err)`:
+/// `detail` = the context, `errors[0].message` = the cause).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Fail {
+    /// gRPC code (grpc-gateway `runtime.HTTPStatusFromCode` gives the HTTP status).
+    pub(super) code: i32,
+    /// gRPC message; on main the cause (`errors[0].message`), or the `detail` itself when
+    /// `huma` is `None`.
+    pub(super) message: String,
+    /// main: the HTTP status and the `detail` context (`huma.ErrorNNN(ctx, err)`); `None`
+    /// renders `huma.ErrorNNN(message)` with the status of `code`.
+    pub(super) huma: Option<(StatusCode, &'static str)>,
+}
+
+impl From<(i32, String)> for Fail {
+    fn from((code, message): (i32, String)) -> Self {
+        Fail {
+            code,
+            message,
+            huma: None,
+        }
+    }
+}
+
+impl Fail {
+    /// A failure whose main (huma) form is `status` with `detail` = `context` and the message
+    /// as its single `errors[]` entry.
+    pub(super) fn with_huma(mut self, status: StatusCode, context: &'static str) -> Self {
+        self.huma = Some((status, context));
+        self
+    }
+
+    /// (HTTP status, body, content type) for `version`.
+    pub(super) fn render(&self, version: FakeApiVersion) -> (StatusCode, Value, &'static str) {
+        if !version.problem_errors() {
+            return (
+                grpc_status(self.code),
+                rpc(self.code, &self.message),
+                "application/json",
+            );
+        }
+        let (status, v) = match self.huma {
+            Some((st, context)) => (
+                st,
+                json!({
+                    "title": st.canonical_reason().unwrap_or_default(), "status": st.as_u16(),
+                    "detail": context, "errors": [{"message": self.message}]
+                }),
+            ),
+            None => {
+                let st = grpc_status(self.code);
+                (
+                    st,
+                    json!({
+                        "title": st.canonical_reason().unwrap_or_default(),
+                        "status": st.as_u16(), "detail": self.message
+                    }),
+                )
+            }
+        };
+        (status, v, "application/problem+json")
+    }
+}
+
 pub(super) fn grpc_status(code: i32) -> StatusCode {
     match code {
         3 | 9 | 11 => StatusCode::BAD_REQUEST,
@@ -39,7 +105,7 @@ impl State {
     }
 
     pub(super) fn key_json(&self, k: &FKey, full_key: bool) -> Value {
-        let shown = if full_key || !matches!(self.version, FakeApiVersion::V0_29) {
+        let shown = if full_key || !self.version.at_least_0_28() {
             k.key.clone()
         } else {
             // 0.28+: keys are stored hashed; listings show the prefix only.
@@ -105,11 +171,14 @@ impl State {
         v
     }
 
-    pub(super) fn missing_node(&self) -> (i32, String) {
+    /// A missing node on `GET`/`DELETE /api/v1/node/{id}`: ≤ 0.25 HTTP 500 `record not found`
+    /// (gorm), ≥ 0.26 HTTP 404 `node not found` (`hscontrol/grpcv1.go`; main
+    /// `hscontrol/api/v1/nodes.go` `huma.Error404NotFound("node not found")`).
+    pub(super) fn missing_node(&self) -> Fail {
         if self.version.approves() {
-            (5, "node not found".to_string())
+            (5, "node not found".to_string()).into()
         } else {
-            (2, "record not found".to_string())
+            (2, "record not found".to_string()).into()
         }
     }
 }

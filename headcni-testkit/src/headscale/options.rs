@@ -8,6 +8,12 @@ use ipnetwork::IpNetwork;
 /// Which Headscale the fake imitates.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FakeApiVersion {
+    /// Headscale main (0.30 in development, juanfont/headscale f20f1f1): the v0.29 JSON
+    /// shapes served by huma (`hscontrol/api/v1/`), every error an RFC 7807
+    /// `application/problem+json` body (`hscontrol/api/v1/errors.go` `mapError`: not found →
+    /// 404, invalid input → 400, else 500), `GET /version` answering `dev` (a build without
+    /// a release tag, `hscontrol/types/version.go`), pre-auth key `user` a JSON string.
+    V0_30,
     /// v0.29.2 (default): `/version`, `approve_routes`, `/api/v1/health`, pre-auth key `user`
     /// by id, `hskey-auth-…` keys, 404 for a missing node.
     V0_29,
@@ -24,7 +30,20 @@ impl FakeApiVersion {
         !matches!(self, FakeApiVersion::V0_25)
     }
 
-    /// The swagger file that describes this generation's JSON (`headscale-<ver>.swagger.json`).
+    /// True for the behaviour of 0.28 and later (hashed `hskey-` keys, tags-only pre-auth
+    /// keys, tag requests refused with a pre-auth key) and `/version`, `/api/v1/health`
+    /// (≥ 0.27).
+    pub fn at_least_0_28(self) -> bool {
+        matches!(self, FakeApiVersion::V0_29 | FakeApiVersion::V0_30)
+    }
+
+    /// True when errors are RFC 7807 problem bodies (main) rather than grpc-gateway ones.
+    pub fn problem_errors(self) -> bool {
+        matches!(self, FakeApiVersion::V0_30)
+    }
+
+    /// The swagger file that describes this generation's JSON (`headscale-<ver>.swagger.json`;
+    /// main keeps v0.29.2's success shapes, its error bodies are not in that file).
     pub fn spec_version(self) -> &'static str {
         match self {
             FakeApiVersion::V0_25 => "0.25.1",

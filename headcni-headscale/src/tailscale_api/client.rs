@@ -499,7 +499,11 @@ impl TailscaleApi {
             return Err(too_large());
         }
         let mut body = Vec::new();
-        while let Some(chunk) = resp.chunk().await.map_err(|e| self.transport(endpoint, e))? {
+        while let Some(chunk) = resp
+            .chunk()
+            .await
+            .map_err(|e| self.transport(endpoint, e))?
+        {
             if body.len() + chunk.len() > self.max_response {
                 return Err(too_large());
             }
@@ -568,7 +572,10 @@ fn parse_routes(endpoint: &str, bytes: &[u8]) -> Result<Option<DeviceRoutes>, Ta
             .iter()
             .map(|s| {
                 s.parse::<IpNetwork>().map_err(|_| {
-                    decode_err(endpoint, &format!("route {:?} is not a prefix", clean(s, 64)))
+                    decode_err(
+                        endpoint,
+                        &format!("route {:?} is not a prefix", clean(s, 64)),
+                    )
                 })
             })
             .collect()
@@ -665,9 +672,13 @@ mod tests {
             StatusCode::FORBIDDEN,
             br#"{"message":"token is missing the required scope devices:routes","status":403}"#,
         );
-        assert!(matches!(&e, TailscaleApiError::Forbidden { message, .. } if message.contains("devices:routes")));
+        assert!(
+            matches!(&e, TailscaleApiError::Forbidden { message, .. } if message.contains("devices:routes"))
+        );
         let e = error_from_response("GET /x", StatusCode::BAD_GATEWAY, b"upstream down\n");
-        assert!(matches!(&e, TailscaleApiError::Api { status: 502, message, .. } if message == "upstream down"));
+        assert!(
+            matches!(&e, TailscaleApiError::Api { status: 502, message, .. } if message == "upstream down")
+        );
         let e = error_from_response(
             "GET /x",
             StatusCode::BAD_REQUEST,

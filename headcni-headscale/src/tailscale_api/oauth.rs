@@ -113,7 +113,9 @@ impl OAuthCredentials {
                 other => {
                     // The key may be a mistyped secret: name it only if it looks harmless.
                     let shown = if other.len() <= 32
-                        && other.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+                        && other
+                            .bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b == b'_')
                         && !crate::secret::looks_like_key(other)
                     {
                         other.to_string()
@@ -235,10 +237,19 @@ mod tests {
         for (text, want) in [
             ("client_id=k\n", "client_secret is missing"),
             ("client_secret=tskey-x-s3cret\n", "client_id is missing"),
-            ("client_id=k\nclient_id=j\nclient_secret=s3cret", "given twice"),
-            ("client_id=k\ntskey-client-s3cret\n", "line 2: expected key=value"),
+            (
+                "client_id=k\nclient_id=j\nclient_secret=s3cret",
+                "given twice",
+            ),
+            (
+                "client_id=k\ntskey-client-s3cret\n",
+                "line 2: expected key=value",
+            ),
             ("client_id=k\ntskey-client-s3cret=x\n", "<unprintable>"),
-            ("client_id=k\nclient_secret=\n", "client_secret is missing or empty"),
+            (
+                "client_id=k\nclient_secret=\n",
+                "client_secret is missing or empty",
+            ),
         ] {
             let (_d, p) = file(text, 0o400);
             let e = OAuthCredentials::from_file(&p).unwrap_err().to_string();

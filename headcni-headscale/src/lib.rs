@@ -12,6 +12,8 @@
 //! - [`daemon`]: the pure pieces of daemon mode (bootstrap pre-auth key, the `start` request).
 //! - [`retry`]: capped exponential backoff with jitter.
 //! - [`secret`]: [`secret::Secret`], never printed.
+//! - [`tailscale_api`]: the Tailscale API v2 client ([`tailscale_api::TailscaleApi`]), OAuth
+//!   client credentials, approval of exactly this node's routes.
 //!
 //! The test doubles of Headscale and tailscaled live in the dev-only crate `headcni-testkit`.
 #![warn(missing_docs)]
@@ -24,6 +26,7 @@ pub mod observe;
 pub mod retry;
 pub mod secret;
 mod serde_util;
+pub mod tailscale_api;
 pub mod time;
 pub mod tls;
 

@@ -13,6 +13,8 @@
 //!   through [`HeadscaleControl`].
 //! - [`LocalApi`], [`HeadscaleControl::handle`] and [`server`]: the same rules as request
 //!   handlers, for the lab's stand-in processes.
+//! - [`tailscale_api::FakeTailscaleApi`]: the Tailscale API v2 (OAuth token endpoint, device
+//!   list and routes) with strict request validation, for the Tailscale API approver.
 //!
 //! - [`netns`]: named namespaces (`ip netns add`/`del` semantics), [`netns::enter_on_exec`]
 //!   (the one `setns`-before-exec helper) and the per-test fixture [`Ns`].
@@ -30,6 +32,7 @@ pub mod icmp;
 pub mod metrics;
 pub mod netns;
 pub mod server;
+pub mod tailscale_api;
 pub mod tailscaled;
 mod tailscaled_json;
 

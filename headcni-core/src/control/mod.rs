@@ -4,6 +4,11 @@
 //! The daemon calls [`ControlPlaneBackend::ensure_routes`] from its reconcile loop,
 //! [`ControlPlaneBackend::withdraw_routes`] from `headcni uninstall` (never on a plain restart),
 //! and reads [`ControlPlaneBackend::status`] for `/readyz` and `headcni status`.
+//!
+//! [`plan`] holds the backend's decisions as a pure state machine (observation in, one next
+//! step out); an adapter such as `headcni-headscale`'s `TailnetBackend` drives it with I/O.
+
+pub mod plan;
 
 use async_trait::async_trait;
 use ipnetwork::IpNetwork;
@@ -149,7 +154,7 @@ impl ControlPlaneStatus {
 }
 
 /// Errors of a control-plane backend.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ControlPlaneError {
     /// The backend could not be reached (retry with backoff).
     #[error("{endpoint} unreachable: {reason}")]

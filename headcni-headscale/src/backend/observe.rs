@@ -1,0 +1,89 @@
+//! Read-only views for `headcni status`: [`TailnetBackend::observe`] and the peers' routes.
+
+use headcni_core::control::plan::{PlanFailure, observed_readiness};
+use headcni_core::control::{ControlPlaneError, ControlPlaneStatus, PeerRoutes};
+use ipnetwork::IpNetwork;
+
+use super::views::{agent_view, la_err, prefs_view};
+use super::{ApprovalMode, TailnetBackend, now_unix};
+use crate::headscale::{ApiGeneration, NodeId};
+use crate::localapi::Status;
+
+impl TailnetBackend {
+    /// Observes the current state without changing anything (for `headcni status`): LocalAPI
+    /// status with peers and prefs, and with an API key the node's approvals (≥ 0.26
+    /// `approvedRoutes`, ≤ 0.25 the enabled route rows). Readiness as
+    /// `headcni_core::control::plan::observed_readiness` decides it; an unreachable
+    /// tailscaled gives `unreachable`/`refused`.
+    pub async fn observe(&self, routes: &[IpNetwork]) -> ControlPlaneStatus {
+        let mut out = ControlPlaneStatus::initial(Self::backend_name(&self.approval));
+        out.wanted = routes.to_vec();
+        out.observed_at_unix = now_unix();
+        let st = match self.localapi.status().await {
+            Ok(s) => s,
+            Err(e) => {
+                out.readiness = PlanFailure::from(la_err(e)).readiness();
+                return out;
+            }
+        };
+        out.peers = peers_of(&st);
+        if let Some(me) = &st.self_ {
+            out.node_id = Some(me.id.clone());
+            out.node_name = Some(me.host_name.clone());
+            out.routes.primary = me.primary_routes.clone();
+        }
+        let prefs = self.localapi.prefs().await.ok().map(|p| prefs_view(&p));
+        if let Some(p) = &prefs {
+            out.routes.advertised = p.advertise_routes.clone();
+        }
+        if let (ApprovalMode::Api(client), Some(id)) = (
+            &self.approval,
+            out.node_id.as_ref().and_then(|i| i.parse::<NodeId>().ok()),
+        ) {
+            match client.generation().await {
+                Ok(ApiGeneration::ApprovedRoutes) => {
+                    if let Ok(n) = client.get_node(id).await {
+                        out.routes.approved = n.approved_routes;
+                    }
+                }
+                Ok(ApiGeneration::RouteRows) => {
+                    if let Ok(rows) = client.node_routes(id).await {
+                        out.routes.approved = rows
+                            .iter()
+                            .filter(|r| r.enabled)
+                            .filter_map(|r| r.prefix)
+                            .collect();
+                    }
+                }
+                Err(_) => {}
+            }
+        }
+        out.readiness = observed_readiness(routes, &agent_view(&st), prefs.as_ref());
+        out
+    }
+
+    /// Peers' primary routes: LocalAPI `GET status` (with peers).
+    pub(super) async fn peers(&self) -> Result<Vec<PeerRoutes>, ControlPlaneError> {
+        let st = self
+            .la("localapi status", || self.localapi.status())
+            .await?;
+        Ok(peers_of(&st))
+    }
+}
+
+/// The peers with primary routes, sorted by host name then id.
+fn peers_of(st: &Status) -> Vec<PeerRoutes> {
+    let mut v: Vec<PeerRoutes> = st
+        .peer
+        .values()
+        .filter(|p| !p.primary_routes.is_empty())
+        .map(|p| PeerRoutes {
+            name: p.host_name.clone(),
+            id: (!p.id.is_empty()).then(|| p.id.clone()),
+            online: p.online,
+            routes: p.primary_routes.clone(),
+        })
+        .collect();
+    v.sort_by(|a, b| a.name.cmp(&b.name).then(a.id.cmp(&b.id)));
+    v
+}

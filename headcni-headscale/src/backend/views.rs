@@ -1,0 +1,134 @@
+//! The LocalAPI and Headscale types as the plan's observation types
+//! (`headcni_core::control::plan`), the plan's prefs patch as a LocalAPI `MaskedPrefs`, and the
+//! clients' errors as [`ControlPlaneError`]s.
+
+use headcni_core::control::ControlPlaneError;
+use headcni_core::control::plan::{
+    AgentView, NodeView, PrefsPatch, PrefsView, RouteModel, RouteRowView, SelfView,
+};
+
+use crate::headscale::{ApiGeneration, HeadscaleError, Node, Route};
+use crate::localapi::{LocalApiError, MaskedPrefs, OptBool, Prefs, Status};
+use crate::retry::Retryable;
+
+/// LocalAPI `Status` → `AgentView` (`BackendState`, `Self`).
+pub(super) fn agent_view(st: &Status) -> AgentView {
+    AgentView {
+        backend_state: st.backend_state.clone(),
+        self_node: st.self_.as_ref().map(|s| SelfView {
+            id: s.id.clone(),
+            public_key: s.public_key.clone(),
+            host_name: s.host_name.clone(),
+            primary_routes: s.primary_routes.clone(),
+        }),
+    }
+}
+
+/// LocalAPI `Prefs` → `PrefsView` (`NoStatefulFiltering` counts only when `true`).
+pub(super) fn prefs_view(p: &Prefs) -> PrefsView {
+    PrefsView {
+        advertise_routes: p.advertise_routes.clone(),
+        route_all: p.route_all,
+        no_snat: p.no_snat,
+        no_stateful_filtering: p.no_stateful_filtering == OptBool::True,
+    }
+}
+
+/// The plan's `PrefsPatch` → the LocalAPI `MaskedPrefs` that sends exactly those fields.
+pub(super) fn masked_prefs(p: &PrefsPatch) -> MaskedPrefs {
+    MaskedPrefs {
+        advertise_routes: p.advertise_routes.clone(),
+        route_all: p.route_all,
+        no_snat: p.no_snat,
+        no_stateful_filtering: p.no_stateful_filtering.map(OptBool::from),
+        ..MaskedPrefs::default()
+    }
+}
+
+/// Headscale's API generation → its route model.
+pub(super) fn route_model(g: ApiGeneration) -> RouteModel {
+    match g {
+        ApiGeneration::RouteRows => RouteModel::RouteRows,
+        ApiGeneration::ApprovedRoutes => RouteModel::ApprovedRoutes,
+    }
+}
+
+/// Headscale `v1Node` → `NodeView`.
+pub(super) fn node_view(n: &Node) -> NodeView {
+    NodeView {
+        id: n.id,
+        node_key: n.node_key.clone(),
+        approved_routes: n.approved_routes.clone(),
+    }
+}
+
+/// Headscale ≤ 0.25 `v1Route` rows → `RouteRowView`s, in order.
+pub(super) fn row_views(rows: &[Route]) -> Vec<RouteRowView> {
+    rows.iter()
+        .map(|r| RouteRowView {
+            id: r.id,
+            prefix: r.prefix,
+            advertised: r.advertised,
+            enabled: r.enabled,
+            node_id: r.node.as_ref().map(|n| n.id),
+        })
+        .collect()
+}
+
+/// A LocalAPI error: retryable → `Unreachable`, else `Refused` (endpoint "tailscaled LocalAPI").
+pub(super) fn la_err(e: LocalApiError) -> ControlPlaneError {
+    let endpoint = "tailscaled LocalAPI".to_string();
+    if e.is_retryable() {
+        ControlPlaneError::Unreachable {
+            endpoint,
+            reason: e.to_string(),
+        }
+    } else {
+        ControlPlaneError::Refused {
+            endpoint,
+            reason: e.to_string(),
+        }
+    }
+}
+
+/// A Headscale error: retryable → `Unreachable`, else `Refused` (endpoint "headscale API").
+pub(super) fn hs_err(e: HeadscaleError) -> ControlPlaneError {
+    let endpoint = "headscale API".to_string();
+    if e.is_retryable() {
+        ControlPlaneError::Unreachable {
+            endpoint,
+            reason: e.to_string(),
+        }
+    } else {
+        ControlPlaneError::Refused {
+            endpoint,
+            reason: e.to_string(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefs_patch_sends_only_the_planned_fields() {
+        let m = masked_prefs(&PrefsPatch {
+            advertise_routes: Some(vec!["10.244.1.0/24".parse().unwrap()]),
+            no_stateful_filtering: Some(true),
+            ..PrefsPatch::default()
+        });
+        assert_eq!(m.no_stateful_filtering, Some(OptBool::True));
+        assert_eq!(m.route_all, None);
+        assert!(masked_prefs(&PrefsPatch::default()).is_empty());
+    }
+
+    #[test]
+    fn unset_no_stateful_filtering_is_not_in_place() {
+        let p = Prefs {
+            no_stateful_filtering: OptBool::Unset,
+            ..Prefs::default()
+        };
+        assert!(!prefs_view(&p).no_stateful_filtering);
+    }
+}

@@ -476,3 +476,36 @@ async fn peers_pod_cidrs_are_visible() {
     assert_eq!(json["readiness"]["state"], "ready");
     assert_spec_valid(&e.hs);
 }
+
+/// Issue 10, failure 5: tailscaled 1.62/1.64 (the clients Headscale 0.25–0.27 support) has no
+/// `NoStatefulFiltering` pref; requiring it made every reconcile end in "AdvertiseRoutes kept
+/// changing under concurrent writers". It is skipped there, and the status says so.
+#[tokio::test]
+async fn tailscaled_1_64_without_no_stateful_filtering_becomes_ready() {
+    for version in [FakeApiVersion::V0_26, FakeApiVersion::V0_25] {
+        let e = env(version, vec![], default_prefs()).await;
+        e.ts.set_version(headcni_testkit::TailscaledVersion::V1_64);
+        let b = backend(&e, api(&e.hs));
+        let state = b.ensure_routes(&[net(POD)]).await.unwrap();
+        assert_eq!(state.primary, vec![net(POD)], "{version:?}");
+        let s = b.status();
+        assert_eq!(s.readiness, Readiness::Ready, "{version:?}");
+        assert!(
+            s.notes.iter().any(|n| n.contains("NoStatefulFiltering")),
+            "{:?}",
+            s.notes
+        );
+        // a second reconcile writes nothing (the missing pref is not chased)
+        let n = e.ts.requests().len();
+        b.ensure_routes(&[net(POD)]).await.unwrap();
+        assert!(
+            !e.ts.requests()[n..].iter().any(|r| r.method == "PATCH"),
+            "{version:?}: no prefs write once in place"
+        );
+    }
+    // a current tailscaled has no such note
+    let e = env(FakeApiVersion::V0_29, vec![], default_prefs()).await;
+    let b = backend(&e, api(&e.hs));
+    b.ensure_routes(&[net(POD)]).await.unwrap();
+    assert!(b.status().notes.is_empty());
+}

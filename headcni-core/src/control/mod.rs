@@ -132,6 +132,10 @@ pub struct ControlPlaneStatus {
     pub readiness: Readiness,
     /// Seconds since the Unix epoch of the last observation, if any.
     pub observed_at_unix: Option<u64>,
+    /// Things an operator should know that do not make the node unready, e.g. that this
+    /// tailscaled cannot turn stateful filtering off (one sentence each, no secrets).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
 }
 
 impl ControlPlaneStatus {
@@ -149,6 +153,7 @@ impl ControlPlaneStatus {
                 detail: "no control-plane reconcile has completed yet".to_string(),
             },
             observed_at_unix: None,
+            notes: Vec::new(),
         }
     }
 }

@@ -230,7 +230,10 @@ impl<'a> Drive<'a> {
         let b = self.b;
         let attempts = b.opts.prefs_write_attempts.max(1);
         for attempt in 0..attempts {
-            let cur = prefs_view(&b.la("localapi prefs", || b.localapi.prefs()).await?);
+            let cur = prefs_view(
+                &b.la("localapi prefs", || b.localapi.prefs()).await?,
+                self.obs.agent.as_ref(),
+            );
             self.obs.prefs = Some(cur.clone());
             let ControlStep::PatchPrefs(patch) = self.decide() else {
                 return Ok(());
@@ -262,7 +265,7 @@ impl<'a> Drive<'a> {
                 Err(e) => return Err(la_err(e).into()),
             }
             let after = b.la("localapi prefs", || b.localapi.prefs()).await?;
-            self.obs.prefs = Some(prefs_view(&after));
+            self.obs.prefs = Some(prefs_view(&after, self.obs.agent.as_ref()));
             if !matches!(self.decide(), ControlStep::PatchPrefs(_)) {
                 return Ok(());
             }

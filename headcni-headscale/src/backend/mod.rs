@@ -29,7 +29,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use headcni_core::control::plan::{
-    ApprovalPath, Wanted, partial_routes, prefs_patch_remove, running_self,
+    ApprovalPath, Wanted, partial_routes, prefs_patch_remove, running_self, stateful_filtering_note,
 };
 use headcni_core::control::{
     ControlPlaneBackend, ControlPlaneError, ControlPlaneStatus, NotReadyReason, PeerRoutes,
@@ -215,6 +215,11 @@ impl ControlPlaneBackend for TailnetBackend {
             out.node_id = Some(me.id.clone());
             out.node_name = Some(me.host_name.clone());
         }
+        out.notes.extend(
+            obs.agent
+                .as_ref()
+                .and_then(|a| stateful_filtering_note(&a.version)),
+        );
         if let Ok(p) = self.peers().await {
             out.peers = p;
         }

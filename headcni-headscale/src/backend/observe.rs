@@ -1,6 +1,6 @@
 //! Read-only views for `headcni status`: [`TailnetBackend::observe`] and the peers' routes.
 
-use headcni_core::control::plan::{PlanFailure, observed_readiness};
+use headcni_core::control::plan::{PlanFailure, observed_readiness, stateful_filtering_note};
 use headcni_core::control::{ControlPlaneError, ControlPlaneStatus, PeerRoutes};
 use ipnetwork::IpNetwork;
 
@@ -32,7 +32,14 @@ impl TailnetBackend {
             out.node_name = Some(me.host_name.clone());
             out.routes.primary = me.primary_routes.clone();
         }
-        let prefs = self.localapi.prefs().await.ok().map(|p| prefs_view(&p));
+        let agent = agent_view(&st);
+        out.notes.extend(stateful_filtering_note(&agent.version));
+        let prefs = self
+            .localapi
+            .prefs()
+            .await
+            .ok()
+            .map(|p| prefs_view(&p, Some(&agent)));
         if let Some(p) = &prefs {
             out.routes.advertised = p.advertise_routes.clone();
         }
@@ -58,7 +65,7 @@ impl TailnetBackend {
                 Err(_) => {}
             }
         }
-        out.readiness = observed_readiness(routes, &agent_view(&st), prefs.as_ref());
+        out.readiness = observed_readiness(routes, &agent, prefs.as_ref());
         out
     }
 

@@ -5,6 +5,7 @@
 use headcni_core::control::ControlPlaneError;
 use headcni_core::control::plan::{
     AgentView, NodeView, PrefsPatch, PrefsView, RouteModel, RouteRowView, SelfView,
+    has_no_stateful_filtering,
 };
 
 use crate::headscale::{ApiGeneration, HeadscaleError, Node, Route};
@@ -14,6 +15,7 @@ use crate::retry::Retryable;
 /// LocalAPI `Status` → `AgentView` (`BackendState`, `Self`).
 pub(super) fn agent_view(st: &Status) -> AgentView {
     AgentView {
+        version: st.version.clone(),
         backend_state: st.backend_state.clone(),
         self_node: st.self_.as_ref().map(|s| SelfView {
             id: s.id.clone(),
@@ -24,13 +26,16 @@ pub(super) fn agent_view(st: &Status) -> AgentView {
     }
 }
 
-/// LocalAPI `Prefs` → `PrefsView` (`NoStatefulFiltering` counts only when `true`).
-pub(super) fn prefs_view(p: &Prefs) -> PrefsView {
+/// LocalAPI `Prefs` → `PrefsView` (`NoStatefulFiltering` counts only when `true`); `agent`,
+/// the status read with them, says whether this tailscaled has that pref at all.
+pub(super) fn prefs_view(p: &Prefs, agent: Option<&AgentView>) -> PrefsView {
     PrefsView {
         advertise_routes: p.advertise_routes.clone(),
         route_all: p.route_all,
         no_snat: p.no_snat,
         no_stateful_filtering: p.no_stateful_filtering == OptBool::True,
+        no_stateful_filtering_unsupported: agent
+            .is_some_and(|a| !has_no_stateful_filtering(&a.version)),
     }
 }
 
@@ -129,6 +134,6 @@ mod tests {
             no_stateful_filtering: OptBool::Unset,
             ..Prefs::default()
         };
-        assert!(!prefs_view(&p).no_stateful_filtering);
+        assert!(!prefs_view(&p, None).no_stateful_filtering);
     }
 }

@@ -42,7 +42,10 @@ pub use observation::{
     AgentView, ApprovalPath, ApprovalView, ControlObservation, NodeLookup, NodeView, PrefsView,
     RouteModel, RouteRowView, SelfView, Wanted,
 };
-pub use prefs::{PrefsPatch, prefs_conflict, prefs_patch_add, prefs_patch_remove};
+pub use prefs::{
+    PrefsPatch, has_no_stateful_filtering, prefs_conflict, prefs_patch_add, prefs_patch_remove,
+    stateful_filtering_note,
+};
 pub use readiness::{observed_readiness, running_self};
 pub use routes::validate_routes;
 pub use step::{ControlStep, PlanFailure};

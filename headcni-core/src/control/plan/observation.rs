@@ -45,6 +45,8 @@ pub struct SelfView {
 /// `Status`), the fields HeadCNI decides on.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct AgentView {
+    /// `Version`: tailscaled's version, e.g. `1.64.2-t…` (empty when unknown).
+    pub version: String,
     /// `BackendState`: `NoState`, `NeedsLogin`, `NeedsMachineAuth`, `Stopped`, `Starting`,
     /// `Running`.
     pub backend_state: String,
@@ -71,6 +73,10 @@ pub struct PrefsView {
     pub no_snat: bool,
     /// `NoStatefulFiltering` is set to `true` (an unset or `false` `opt.Bool` is `false` here).
     pub no_stateful_filtering: bool,
+    /// This tailscaled has no `NoStatefulFiltering` pref at all (before 1.66.0, e.g. the
+    /// 1.62/1.64 that Headscale 0.25–0.27 support; see [`super::has_no_stateful_filtering`]):
+    /// a PATCH of it is ignored, so it is not required.
+    pub no_stateful_filtering_unsupported: bool,
 }
 
 /// Headscale's route model, from the server's API generation.

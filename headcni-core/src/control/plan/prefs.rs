@@ -31,14 +31,40 @@ impl PrefsPatch {
 
 /// The patch that makes `cur` advertise `routes`: `AdvertiseRoutes = cur ∪ routes` (every
 /// other route kept, in order, exit routes included) if one is missing, and `RouteAll`,
-/// `NoSNAT`, `NoStatefulFiltering` set to true where they are not. Empty when all is in place.
+/// `NoSNAT`, `NoStatefulFiltering` set to true where they are not (the last only where this
+/// tailscaled has it). Empty when all is in place.
 pub fn prefs_patch_add(cur: &PrefsView, routes: &[IpNetwork]) -> PrefsPatch {
     PrefsPatch {
         advertise_routes: (!contains_all(&cur.advertise_routes, routes))
             .then(|| union(&cur.advertise_routes, routes)),
         route_all: (!cur.route_all).then_some(true),
         no_snat: (!cur.no_snat).then_some(true),
-        no_stateful_filtering: (!cur.no_stateful_filtering).then_some(true),
+        no_stateful_filtering: (!cur.no_stateful_filtering
+            && !cur.no_stateful_filtering_unsupported)
+            .then_some(true),
+    }
+}
+
+/// The status note when this tailscaled has no `NoStatefulFiltering` pref (see
+/// [`has_no_stateful_filtering`]); `None` when it has it.
+pub fn stateful_filtering_note(agent_version: &str) -> Option<String> {
+    (!has_no_stateful_filtering(agent_version)).then(|| {
+        format!(
+            "tailscaled {agent_version} has no NoStatefulFiltering pref (it came in 1.66 together with stateful filtering of subnet routes): HeadCNI does not set it; after an upgrade to 1.66 or later it is set on the next reconcile"
+        )
+    })
+}
+
+/// Whether a tailscaled of `version` (LocalAPI `Status.Version`, `1.64.2-t…`) has the
+/// `NoStatefulFiltering` pref: it was added in 1.66.0 (tailscale `ipn/prefs.go`, absent at
+/// v1.64.2). An unparsable or empty version counts as having it (current releases do).
+pub fn has_no_stateful_filtering(version: &str) -> bool {
+    let mut parts = version.split(['.', '-']);
+    let major = parts.next().and_then(|m| m.parse::<u32>().ok());
+    let minor = parts.next().and_then(|m| m.parse::<u32>().ok());
+    match (major, minor) {
+        (Some(major), Some(minor)) => (major, minor) >= (1, 66),
+        _ => true,
     }
 }
 

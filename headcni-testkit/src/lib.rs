@@ -34,7 +34,7 @@ pub mod tailscaled;
 
 pub use headscale::{
     Exchange, FakeApiVersion, FakeHeadscale, FakeHeadscaleOptions, Fault, HeadscaleControl,
-    NodeView, PersistedState, PreAuthKeyView, random_node_key,
+    NodeView, PersistedState, PolicyRefused, PreAuthKeyView, random_node_key,
 };
 pub use netns::Ns;
 pub use tailscaled::{

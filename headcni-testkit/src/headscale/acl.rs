@@ -124,7 +124,9 @@ impl Policy {
             return refuse("policy: expected an object");
         };
         if version.rejects_unknown_fields()
-            && let Some(k) = root.keys().find(|k| !known_keys(version).contains(&k.as_str()))
+            && let Some(k) = root
+                .keys()
+                .find(|k| !known_keys(version).contains(&k.as_str()))
         {
             return refuse(format!("unknown field {k:?}"));
         }

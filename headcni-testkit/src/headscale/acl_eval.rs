@@ -32,7 +32,8 @@ pub(super) struct Facts {
 type Set = Vec<IpNetwork>;
 
 fn net(s: &str) -> IpNetwork {
-    s.parse().unwrap_or_else(|_| IpNetwork::from(IpAddr::from([0, 0, 0, 0])))
+    s.parse()
+        .unwrap_or_else(|_| IpNetwork::from(IpAddr::from([0, 0, 0, 0])))
 }
 
 fn all() -> Set {
@@ -174,7 +175,8 @@ impl Policy {
     fn can_access(&self, m: &[Matcher], a: &Facts, b: &Facts) -> bool {
         m.iter().any(|(s, d)| {
             let src = a.ips.iter().any(|i| has_ip(s, *i))
-                || (self.version >= PolicyVersion::V0_29 && a.subnet.iter().any(|r| overlaps(s, r)));
+                || (self.version >= PolicyVersion::V0_29
+                    && a.subnet.iter().any(|r| overlaps(s, r)));
             let dst = b.ips.iter().any(|i| has_ip(d, *i))
                 || if self.v2() {
                     b.subnet.iter().any(|r| overlaps(d, r))
@@ -192,7 +194,12 @@ impl Policy {
     }
 
     /// `viewer` gets a peer's `route` in its netmap (0.25: always).
-    pub(super) fn route_visible(&self, m: Option<&[Matcher]>, viewer: &Facts, route: &IpNetwork) -> bool {
+    pub(super) fn route_visible(
+        &self,
+        m: Option<&[Matcher]>,
+        viewer: &Facts,
+        route: &IpNetwork,
+    ) -> bool {
         let Some(m) = m else { return true };
         if !self.version.filters_routes_by_acl() {
             return true;
@@ -238,7 +245,12 @@ mod tests {
         let plain = node(2, "ops", &[], &[]);
         let other = node(3, "dev", &[], &[]);
         let other_tagged = node(4, "dev", &["tag:other"], &[]);
-        let nodes = vec![tagged.clone(), plain.clone(), other.clone(), other_tagged.clone()];
+        let nodes = vec![
+            tagged.clone(),
+            plain.clone(),
+            other.clone(),
+            other_tagged.clone(),
+        ];
         let r = net("10.244.1.0/24");
         assert!(p.can_approve(&tagged, &nodes, &r), "tag");
         assert!(p.can_approve(&plain, &nodes, &r), "user's untagged node");
@@ -260,11 +272,26 @@ mod tests {
     fn user_form_per_version() {
         let n = node(1, "ops", &[], &[]);
         let r = net("10.244.1.0/24");
-        let v1 = pol(PolicyVersion::V0_25, r#"{"autoApprovers": {"routes": {"10.244.0.0/16": ["ops"]}}}"#);
+        let v1 = pol(
+            PolicyVersion::V0_25,
+            r#"{"autoApprovers": {"routes": {"10.244.0.0/16": ["ops"]}}}"#,
+        );
         assert!(v1.can_approve(&n, &[n.clone()], &r));
-        let v1 = pol(PolicyVersion::V0_25, r#"{"autoApprovers": {"routes": {"10.244.0.0/16": ["ops@"]}}}"#);
-        assert!(!v1.can_approve(&n, &[n.clone()], &r), "0.25 has no user ops@");
-        assert!(Policy::parse(r#"{"autoApprovers": {"routes": {"10.244.0.0/16": ["ops"]}}}"#, PolicyVersion::V0_26).is_err());
+        let v1 = pol(
+            PolicyVersion::V0_25,
+            r#"{"autoApprovers": {"routes": {"10.244.0.0/16": ["ops@"]}}}"#,
+        );
+        assert!(
+            !v1.can_approve(&n, &[n.clone()], &r),
+            "0.25 has no user ops@"
+        );
+        assert!(
+            Policy::parse(
+                r#"{"autoApprovers": {"routes": {"10.244.0.0/16": ["ops"]}}}"#,
+                PolicyVersion::V0_26
+            )
+            .is_err()
+        );
     }
 
     #[test]
@@ -283,9 +310,14 @@ mod tests {
         let b = node(2, "ops", &[], &["10.244.2.0/24"]);
         let nodes = vec![a.clone(), b.clone()];
         let only_nodes = r#"{"acls": [{"action": "accept", "src": ["ops@"], "dst": ["ops@:*"]}]}"#;
-        let with_pods = r#"{"acls": [{"action": "accept", "src": ["ops@"], "dst": ["10.244.0.0/16:*"]}]}"#;
+        let with_pods =
+            r#"{"acls": [{"action": "accept", "src": ["ops@"], "dst": ["10.244.0.0/16:*"]}]}"#;
         let route = net("10.244.2.0/24");
-        for v in [PolicyVersion::V0_26, PolicyVersion::V0_28, PolicyVersion::V0_29] {
+        for v in [
+            PolicyVersion::V0_26,
+            PolicyVersion::V0_28,
+            PolicyVersion::V0_29,
+        ] {
             let p = pol(v, only_nodes);
             let m = p.matchers(&nodes);
             assert!(p.peer_visible(m.as_deref(), &a, &b));
@@ -296,7 +328,10 @@ mod tests {
         }
         let p = pol(PolicyVersion::V0_25, &only_nodes.replace("ops@", "ops"));
         let m = p.matchers(&nodes);
-        assert!(p.route_visible(m.as_deref(), &a, &route), "0.25 does not filter routes");
+        assert!(
+            p.route_visible(m.as_deref(), &a, &route),
+            "0.25 does not filter routes"
+        );
         // no acls key: allow all; an empty list: deny all
         let p = pol(PolicyVersion::V0_29, "{}");
         assert!(p.route_visible(p.matchers(&nodes).as_deref(), &a, &route));
@@ -309,27 +344,60 @@ mod tests {
     #[test]
     fn wildcard_source_is_the_tailnet_since_0_29() {
         let a = node(1, "ops", &[], &[]);
-        let p = pol(PolicyVersion::V0_29, r#"{"acls": [{"action": "accept", "src": ["*"], "dst": ["*:*"]}]}"#);
+        let p = pol(
+            PolicyVersion::V0_29,
+            r#"{"acls": [{"action": "accept", "src": ["*"], "dst": ["*:*"]}]}"#,
+        );
         let s = p.resolve("*", &[a.clone()], true);
-        assert!(!has_ip(&s, "10.244.1.5".parse().unwrap()), "not pod addresses");
+        assert!(
+            !has_ip(&s, "10.244.1.5".parse().unwrap()),
+            "not pod addresses"
+        );
         assert!(has_ip(&s, "100.64.0.1".parse().unwrap()));
-        let p = pol(PolicyVersion::V0_28, r#"{"acls": [{"action": "accept", "src": ["*"], "dst": ["*:*"]}]}"#);
-        assert!(has_ip(&p.resolve("*", &[a], true), "10.244.1.5".parse().unwrap()));
+        let p = pol(
+            PolicyVersion::V0_28,
+            r#"{"acls": [{"action": "accept", "src": ["*"], "dst": ["*:*"]}]}"#,
+        );
+        assert!(has_ip(
+            &p.resolve("*", &[a], true),
+            "10.244.1.5".parse().unwrap()
+        ));
     }
 
     #[test]
     fn invalid_policies_are_refused() {
         for (v, bad) in [
-            (PolicyVersion::V0_29, r#"{"autoApprovers": {"routes": {"10.0.0.0/8": ["tag:x"]}}}"#),
-            (PolicyVersion::V0_29, r#"{"acls": [{"action": "accept", "src": ["group:g"], "dst": ["*:*"]}]}"#),
-            (PolicyVersion::V0_29, r#"{"acls": [{"action": "drop", "src": ["*"], "dst": ["*:*"]}]}"#),
-            (PolicyVersion::V0_29, r#"{"acls": [{"action": "accept", "src": ["*"], "dst": ["*"]}]}"#),
-            (PolicyVersion::V0_29, r#"{"acls": [{"action": "accept", "src": ["*"], "dst": ["*:99999"]}]}"#),
+            (
+                PolicyVersion::V0_29,
+                r#"{"autoApprovers": {"routes": {"10.0.0.0/8": ["tag:x"]}}}"#,
+            ),
+            (
+                PolicyVersion::V0_29,
+                r#"{"acls": [{"action": "accept", "src": ["group:g"], "dst": ["*:*"]}]}"#,
+            ),
+            (
+                PolicyVersion::V0_29,
+                r#"{"acls": [{"action": "drop", "src": ["*"], "dst": ["*:*"]}]}"#,
+            ),
+            (
+                PolicyVersion::V0_29,
+                r#"{"acls": [{"action": "accept", "src": ["*"], "dst": ["*"]}]}"#,
+            ),
+            (
+                PolicyVersion::V0_29,
+                r#"{"acls": [{"action": "accept", "src": ["*"], "dst": ["*:99999"]}]}"#,
+            ),
             (PolicyVersion::V0_29, r#"{"bogus": 1}"#),
             (PolicyVersion::V0_28, r#"{"tagOwners": {"tag:1x": []}}"#),
             (PolicyVersion::V0_26, r#"{"tagOwners": {"tag:x": ["ops"]}}"#),
-            (PolicyVersion::V0_29, r#"{"autoApprovers": {"routes": {"10.0.0.0/33": ["ops@"]}}}"#),
-            (PolicyVersion::V0_29, r#"{"acls": [{"action": "accept", "src": ["nohost"], "dst": ["*:*"]}]}"#),
+            (
+                PolicyVersion::V0_29,
+                r#"{"autoApprovers": {"routes": {"10.0.0.0/33": ["ops@"]}}}"#,
+            ),
+            (
+                PolicyVersion::V0_29,
+                r#"{"acls": [{"action": "accept", "src": ["nohost"], "dst": ["*:*"]}]}"#,
+            ),
             (PolicyVersion::V0_25, "{"),
         ] {
             assert!(Policy::parse(bad, v).is_err(), "{v}: {bad}");

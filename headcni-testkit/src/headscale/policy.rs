@@ -14,10 +14,6 @@ pub(super) fn is_exit(p: &IpNetwork) -> bool {
     p.prefix() == 0
 }
 
-pub(super) fn contains(outer: &IpNetwork, inner: &IpNetwork) -> bool {
-    outer.prefix() <= inner.prefix() && outer.contains(inner.network())
-}
-
 impl State {
     pub(super) fn approved_of(&self, n: &FNode) -> Vec<IpNetwork> {
         if self.version.approves() {
@@ -205,18 +201,5 @@ impl State {
         }
         self.auto_approve(node_id);
         self.recompute();
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn containment() {
-        let a: IpNetwork = "10.244.0.0/16".parse().unwrap();
-        let b: IpNetwork = "10.244.1.0/24".parse().unwrap();
-        assert!(contains(&a, &b));
-        assert!(!contains(&b, &a));
     }
 }

@@ -24,7 +24,6 @@ use headcni_testkit::{
     FakeApiVersion, FakeHeadscaleOptions, HeadscaleControl, NodeView, PersistedState,
 };
 use http::{Method, StatusCode};
-use ipnetwork::IpNetwork;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tokio::sync::watch;

@@ -114,9 +114,7 @@ impl Doc<'_> {
     }
 
     fn group_has(&self, group: &str, token: &str) -> bool {
-        strings(self.root.get("groups").and_then(|g| g.get(group)))
-            .iter()
-            .any(|m| *m == token)
+        strings(self.root.get("groups").and_then(|g| g.get(group))).contains(&token)
     }
 
     /// `alias` covers every node the approver matches.
@@ -156,7 +154,11 @@ impl Doc<'_> {
             .filter(|r| r.get("action").and_then(Value::as_str) == Some("accept"))
     }
 
+    /// No `acls` key (or `null`) is allow-all in Headscale (`FilterAllowAll`); `[]` denies.
     fn rule_allows(&self, src_ok: impl Fn(&str) -> bool, cidr: &IpNetwork) -> bool {
+        if self.root.get("acls").is_none_or(Value::is_null) {
+            return true;
+        }
         self.acls().any(|r| {
             strings(r.get("src")).into_iter().any(&src_ok)
                 && strings(r.get("dst"))
@@ -337,6 +339,12 @@ mod tests {
             "src": ["*"], "dst": ["*:*"]}], "autoApprovers": {"routes":
             {"10.0.0.0/8": ["tag:headcni"]}}}"#;
         assert_eq!(check_policy(open, &r).unwrap(), vec![]);
+        // no `acls` key allows everything; an empty list nothing
+        let mut p = full.clone();
+        p.as_object_mut().unwrap().remove("acls");
+        assert_eq!(check(&p), vec![]);
+        p["acls"] = serde_json::json!([]);
+        assert_eq!(check(&p).len(), 2);
     }
 
     #[test]

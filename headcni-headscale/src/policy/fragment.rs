@@ -187,8 +187,11 @@ mod tests {
 
     #[test]
     fn tag_fragment_is_hujson_with_every_piece() {
-        let t = render_fragment(&req(PolicyVersion::V0_29, Approver::Tag("tag:headcni".into())))
-            .unwrap();
+        let t = render_fragment(&req(
+            PolicyVersion::V0_29,
+            Approver::Tag("tag:headcni".into()),
+        ))
+        .unwrap();
         assert!(t.contains("// "), "{t}");
         let v = parse_hujson(&t).unwrap();
         assert_eq!(v["tagOwners"], json!({"tag:headcni": ["admin@"]}));
@@ -205,15 +208,21 @@ mod tests {
 
     #[test]
     fn user_form_follows_the_version() {
-        let old = render_fragment(&req(PolicyVersion::V0_25, Approver::User("ops".into())))
-            .unwrap();
+        let old =
+            render_fragment(&req(PolicyVersion::V0_25, Approver::User("ops".into()))).unwrap();
         let v = parse_hujson(&old).unwrap();
-        assert_eq!(v["autoApprovers"]["routes"]["10.244.0.0/16"], json!(["ops"]));
+        assert_eq!(
+            v["autoApprovers"]["routes"]["10.244.0.0/16"],
+            json!(["ops"])
+        );
         assert!(v.get("tagOwners").is_none());
-        let new = render_fragment(&req(PolicyVersion::V0_28, Approver::User("ops".into())))
-            .unwrap();
+        let new =
+            render_fragment(&req(PolicyVersion::V0_28, Approver::User("ops".into()))).unwrap();
         let v = parse_hujson(&new).unwrap();
-        assert_eq!(v["autoApprovers"]["routes"]["10.244.0.0/16"], json!(["ops@"]));
+        assert_eq!(
+            v["autoApprovers"]["routes"]["10.244.0.0/16"],
+            json!(["ops@"])
+        );
     }
 
     #[test]

@@ -48,7 +48,14 @@ mod tests {
 
     #[test]
     fn refuses_json5_extensions() {
-        for bad in ["{a: 1}", "{'a': 1}", "{\"a\": 0x1}", "{\"a\": 1 \"b\": 2}", "", "{"] {
+        for bad in [
+            "{a: 1}",
+            "{'a': 1}",
+            "{\"a\": 0x1}",
+            "{\"a\": 1 \"b\": 2}",
+            "",
+            "{",
+        ] {
             assert!(parse_hujson(bad).is_err(), "{bad:?}");
         }
         let big = format!("[{}]", "1,".repeat(MAX_POLICY_BYTES));

@@ -265,7 +265,7 @@ mod tests {
             r#"{"tagOwners": {"tag:x": ["ops@"]}, "autoApprovers": {"routes": {"10.244.0.0/16": ["ops@"]}}}"#,
         );
         let t = node(5, "ops", &["tag:x"], &[]);
-        assert!(!p.can_approve(&t, &[t.clone()], &r));
+        assert!(!p.can_approve(&t, std::slice::from_ref(&t), &r));
     }
 
     #[test]
@@ -276,13 +276,13 @@ mod tests {
             PolicyVersion::V0_25,
             r#"{"autoApprovers": {"routes": {"10.244.0.0/16": ["ops"]}}}"#,
         );
-        assert!(v1.can_approve(&n, &[n.clone()], &r));
+        assert!(v1.can_approve(&n, std::slice::from_ref(&n), &r));
         let v1 = pol(
             PolicyVersion::V0_25,
             r#"{"autoApprovers": {"routes": {"10.244.0.0/16": ["ops@"]}}}"#,
         );
         assert!(
-            !v1.can_approve(&n, &[n.clone()], &r),
+            !v1.can_approve(&n, std::slice::from_ref(&n), &r),
             "0.25 has no user ops@"
         );
         assert!(
@@ -301,7 +301,7 @@ mod tests {
             r#"{"groups": {"group:k8s": ["ops@"]}, "autoApprovers": {"routes": {"10.244.0.0/16": ["group:k8s"]}}}"#,
         );
         let n = node(1, "ops", &[], &[]);
-        assert!(p.can_approve(&n, &[n.clone()], &net("10.244.1.0/24")));
+        assert!(p.can_approve(&n, std::slice::from_ref(&n), &net("10.244.1.0/24")));
     }
 
     #[test]
@@ -348,7 +348,7 @@ mod tests {
             PolicyVersion::V0_29,
             r#"{"acls": [{"action": "accept", "src": ["*"], "dst": ["*:*"]}]}"#,
         );
-        let s = p.resolve("*", &[a.clone()], true);
+        let s = p.resolve("*", std::slice::from_ref(&a), true);
         assert!(
             !has_ip(&s, "10.244.1.5".parse().unwrap()),
             "not pod addresses"

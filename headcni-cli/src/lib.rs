@@ -7,9 +7,12 @@
 //! - The node agent (`headcni daemon`, `status`, `config`, `uninstall`) is the library crate
 //!   `headcni-node`; the `headcni-daemon` binary (`src/bin/headcni-daemon.rs`) wires it up.
 //! - [`install`]: `headcni install` (binaries into the CNI bin dir).
+//! - [`policy`]: `headcni policy` (the Headscale policy fragment a cluster needs) and
+//!   `headcni policy check FILE`.
 //! - [`events`]: the best-effort plugin → daemon event protocol (owned by
 //!   [`headcni_plugin::events`], the sending side; re-exported here).
 
 pub mod cni;
 pub use headcni_plugin::events;
 pub mod install;
+pub mod policy;

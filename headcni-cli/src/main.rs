@@ -6,7 +6,7 @@
 
 use std::path::Path;
 
-use headcni_cli::{cni, install};
+use headcni_cli::{cni, install, policy};
 
 use clap::{Parser, Subcommand};
 
@@ -47,6 +47,9 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<std::ffi::OsString>,
     },
+    /// Print the Headscale policy fragment the cluster needs (ACL, autoApprovers, tagOwners)
+    /// for a Headscale version, or `check FILE` against it.
+    Policy(policy::PolicyArgs),
     /// Install the plugin binaries into the CNI bin dir (atomic; headcni-ipam symlink).
     Install(install::InstallArgs),
     /// Withdraw this node's routes, remove the masquerade table and the conflist
@@ -136,6 +139,10 @@ fn main() {
         Cmd::Status { args } => exec_daemon("status", &args),
         Cmd::Config { args } => exec_daemon("config", &args),
         Cmd::Install(args) => install::run(&args),
+        Cmd::Policy(args) => match policy::run(&args) {
+            Ok(code) => std::process::exit(code),
+            Err(e) => Err(e),
+        },
         Cmd::Uninstall { args } => exec_daemon("uninstall", &args),
     };
     if let Err(e) = result {

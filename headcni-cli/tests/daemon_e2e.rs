@@ -140,7 +140,22 @@ impl Node {
             FakesSpec {
                 headscale: FakeHeadscaleOptions {
                     version: o.version,
-                    auto_approvers: o.auto_approvers.clone(),
+                    // The node's user is "ops" (below); the policy names it as Headscale
+                    // ≥ 0.26 needs (`ops@`), or as 0.25 needs (`ops`).
+                    policy: (!o.auto_approvers.is_empty()).then(|| {
+                        let user = FakeHeadscaleOptions {
+                            version: o.version,
+                            ..FakeHeadscaleOptions::default()
+                        }
+                        .policy_version()
+                        .user_token("ops");
+                        let routes: serde_json::Map<String, serde_json::Value> = o
+                            .auto_approvers
+                            .iter()
+                            .map(|p| (p.to_string(), serde_json::json!([user])))
+                            .collect();
+                        serde_json::json!({"autoApprovers": {"routes": routes}}).to_string()
+                    }),
                     ..FakeHeadscaleOptions::default()
                 },
                 ts_socket: d.join("ts").join("tailscaled.sock"),

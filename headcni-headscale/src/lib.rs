@@ -10,6 +10,8 @@
 //!   [`headcni_core::control::ControlPlaneBackend`] for host mode with API approval or
 //!   autoApprovers.
 //! - [`daemon`]: the pure pieces of daemon mode (bootstrap pre-auth key, the `start` request).
+//! - [`policy`]: the Headscale policy a cluster needs per version (`headcni policy`) and
+//!   its checker.
 //! - [`retry`]: capped exponential backoff with jitter.
 //! - [`secret`]: [`secret::Secret`], never printed.
 //! - [`tailscale_api`]: the Tailscale API v2 client ([`tailscale_api::TailscaleApi`]), OAuth
@@ -23,6 +25,7 @@ pub mod daemon;
 pub mod headscale;
 pub mod localapi;
 pub mod observe;
+pub mod policy;
 pub mod retry;
 pub mod secret;
 mod serde_util;

@@ -36,11 +36,26 @@ fn opts() -> BackendOptions {
     }
 }
 
+/// A policy whose `autoApprovers.routes` lets user "ops" (the fake tailscaled's node owner)
+/// approve `auto`, written in the form the policy generation of `version` needs.
+fn auto_policy(version: FakeApiVersion, auto: &[IpNetwork]) -> String {
+    let opts = FakeHeadscaleOptions {
+        version,
+        ..Default::default()
+    };
+    let user = opts.policy_version().user_token("ops");
+    let routes: serde_json::Map<String, serde_json::Value> = auto
+        .iter()
+        .map(|p| (p.to_string(), serde_json::json!([user])))
+        .collect();
+    serde_json::json!({"autoApprovers": {"routes": routes}}).to_string()
+}
+
 async fn env(version: FakeApiVersion, auto: Vec<IpNetwork>, prefs: Prefs) -> Env {
     let dir = tempfile::tempdir().unwrap();
     let hs = FakeHeadscale::start(FakeHeadscaleOptions {
         version,
-        auto_approvers: auto,
+        policy: (!auto.is_empty()).then(|| auto_policy(version, &auto)),
         ..Default::default()
     })
     .await
@@ -289,7 +304,8 @@ async fn auto_approvers_that_never_approve_give_a_clear_bounded_failure() {
     assert_eq!(s.routes.advertised, vec![net(POD)], "advertised anyway");
     assert!(s.routes.primary.is_empty());
     // the policy is fixed later: the next reconcile succeeds
-    e.hs.set_auto_approvers(&[net("10.244.0.0/16")]);
+    e.hs.set_policy(&auto_policy(FakeApiVersion::V0_29, &[net("10.244.0.0/16")]))
+        .unwrap();
     b.ensure_routes(&[net(POD)]).await.unwrap();
     assert!(b.status().readiness.is_ready());
 }

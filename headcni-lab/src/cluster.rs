@@ -82,6 +82,15 @@ pub enum Api {
 }
 
 impl Api {
+    /// The Headscale policy generation of this API generation.
+    fn policy_version(self) -> headcni_headscale::policy::PolicyVersion {
+        use headcni_headscale::policy::PolicyVersion;
+        match self {
+            Api::V0_29 => PolicyVersion::V0_29,
+            Api::V0_25 => PolicyVersion::V0_25,
+        }
+    }
+
     fn flag(self) -> &'static str {
         match self {
             Api::V0_29 => "0.29",
@@ -459,8 +468,10 @@ impl Lab {
             let policy = shared.join("policy.json");
             std::fs::write(
                 &policy,
+                // The pre-auth key's user "lab", written as this Headscale generation needs
+                // it ("lab" on 0.25, where "lab@" matches no user; "lab@" since 0.26).
                 serde_json::to_vec_pretty(&json!({
-                    "autoApprovers": {"routes": {CLUSTER_CIDR: ["lab@"]}}
+                    "autoApprovers": {"routes": {CLUSTER_CIDR: [spec.api.policy_version().user_token("lab")]}}
                 }))?,
             )?;
             args.push(format!("--policy={}", policy.display()));

@@ -1,7 +1,8 @@
 //! The Headscale stand-in process (a **test double**, see `docs/lab-standins.md`).
 //!
 //! `headscale-standin --listen ADDR:PORT --state-file PATH --api-key-file PATH
-//! [--preauth-key-file PATH] [--user NAME] [--api main|0.29|0.26|0.25] [--policy PATH]`
+//! [--preauth-key-file PATH] [--user NAME] [--api main|0.29|0.26|0.25] [--policy PATH]
+//! [--policy-version V]`
 //!
 //! - serves Headscale's REST API with the very code of
 //!   [`headcni_testkit::FakeHeadscale`] ([`HeadscaleControl::handle`]), plus the
@@ -23,7 +24,6 @@ use headcni_testkit::{
     FakeApiVersion, FakeHeadscaleOptions, HeadscaleControl, NodeView, PersistedState,
 };
 use http::{Method, StatusCode};
-use ipnetwork::IpNetwork;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tokio::sync::watch;
@@ -58,9 +58,14 @@ pub struct Args {
     /// Imitated API generation: main (0.30), 0.29, 0.26 or 0.25.
     #[arg(long, default_value = "0.29")]
     pub api: String,
-    /// Policy file (JSON; HuJSON without comments); its `autoApprovers.routes` auto-approve.
+    /// Headscale policy file (HuJSON), validated and evaluated as the server of `--api`'s
+    /// generation does (`--policy-version` overrides): autoApprovers, ACL-filtered peers and
+    /// routes in the netmaps. An invalid policy stops the start.
     #[arg(long)]
     pub policy: Option<PathBuf>,
+    /// The policy generation: 0.25, 0.26, 0.27, 0.28, 0.29 or main (default: `--api`'s).
+    #[arg(long)]
+    pub policy_version: Option<String>,
 }
 
 /// What `--state-file` holds.
@@ -92,28 +97,6 @@ pub fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     }
     std::fs::rename(&tmp, path).with_context(|| format!("rename to {}", path.display()))?;
     Ok(())
-}
-
-/// `autoApprovers.routes` prefixes of a policy document (JSON, or HuJSON without comments
-/// and trailing commas).
-///
-/// Errors: unreadable JSON or a key that is not a prefix.
-pub fn auto_approver_routes(policy: &str) -> anyhow::Result<Vec<IpNetwork>> {
-    let v: Value = serde_json::from_str(policy).context("policy is not JSON")?;
-    let mut out = Vec::new();
-    if let Some(routes) = v
-        .get("autoApprovers")
-        .and_then(|a| a.get("routes"))
-        .and_then(Value::as_object)
-    {
-        for k in routes.keys() {
-            out.push(
-                k.parse::<IpNetwork>()
-                    .with_context(|| format!("autoApprovers.routes key {k:?}"))?,
-            );
-        }
-    }
-    Ok(out)
 }
 
 #[derive(Debug, Default)]
@@ -386,6 +369,12 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         listen: args.listen,
         api_key: api_key.clone(),
         record_exchanges: false,
+        policy_version: args
+            .policy_version
+            .as_deref()
+            .map(str::parse)
+            .transpose()
+            .map_err(|e| anyhow::anyhow!("--policy-version: {e}"))?,
         ..FakeHeadscaleOptions::default()
     };
     // Bound now (the address goes into the state), but listening only once the key files are
@@ -414,7 +403,11 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     if let Some(policy) = &args.policy {
         let text = std::fs::read_to_string(policy)
             .with_context(|| format!("read policy {}", policy.display()))?;
-        control.set_auto_approvers(&auto_approver_routes(&text)?);
+        // Validated and evaluated as Headscale does; an invalid policy stops the start, as
+        // it stops Headscale's.
+        control
+            .set_policy(&text)
+            .map_err(|e| anyhow::anyhow!("policy {}: {e}", policy.display()))?;
     }
     if let Some(path) = &args.preauth_key_file {
         let expiry = headcni_headscale_time_now() + 24 * 3600;

@@ -38,7 +38,7 @@ mod tailscaled_json;
 
 pub use headscale::{
     Exchange, FakeApiVersion, FakeHeadscale, FakeHeadscaleOptions, Fault, HeadscaleControl,
-    NodeView, PersistedState, PreAuthKeyView, random_node_key,
+    NodeView, PersistedState, PolicyRefused, PreAuthKeyView, random_node_key,
 };
 pub use netns::Ns;
 pub use tailscaled::{

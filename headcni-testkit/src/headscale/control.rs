@@ -7,6 +7,7 @@ use headcni_headscale::time::{format_unix, parse_rfc3339, unix_now};
 use ipnetwork::IpNetwork;
 use tokio::sync::watch;
 
+use super::acl::{Policy, PolicyRefused};
 use super::options::{FakeApiVersion, FakeHeadscaleOptions, NodeView, PreAuthKeyView};
 use super::state::{FKey, PersistedState, State, empty_view, now, rand_hex};
 use crate::server::{BoxFut, Handler, Req};
@@ -222,6 +223,10 @@ impl HeadscaleControl {
             None => s.user_id_by_name("tagged-devices"),
         };
         let id = s.add_node(hostname, uid, node_key.to_string(), Some(k.id));
+        // The key's aclTags become the node's tags (Headscale `auth.go`).
+        if let Some(n) = s.nodes.get_mut(&id) {
+            n.tags = k.acl_tags.clone();
+        }
         let n = s.nodes.get(&id).cloned();
         let v = n.map(|n| s.view(&n)).unwrap_or_else(|| empty_view(id));
         drop(s);
@@ -265,16 +270,33 @@ impl HeadscaleControl {
         self.changed();
     }
 
-    /// Replaces the policy's `autoApprovers.routes` and re-runs auto-approval for every node
-    /// (as a policy reload does).
-    pub fn set_auto_approvers(&self, prefixes: &[IpNetwork]) {
+    /// Loads a Headscale policy (HuJSON) as the server does on start or reload: parsed and
+    /// validated for the fake's policy generation (an invalid policy is refused and the
+    /// current one kept, as Headscale keeps serving the old policy), then auto-approval runs
+    /// for every node.
+    ///
+    /// Errors: [`PolicyRefused`] with Headscale's reason.
+    pub fn set_policy(&self, text: &str) -> Result<(), PolicyRefused> {
         let mut s = self.lock();
-        s.auto_approvers = prefixes.to_vec();
+        let policy = Policy::parse(text, s.policy_version)?;
+        s.policy = Some(policy);
+        s.policy_text = Some(text.to_string());
         let ids: Vec<u64> = s.nodes.keys().copied().collect();
         for id in ids {
             s.auto_approve(id);
         }
         s.recompute();
+        drop(s);
+        self.changed();
+        Ok(())
+    }
+
+    /// Removes the policy (no auto-approval; every peer and route visible). Approvals already
+    /// made stay, as in Headscale.
+    pub fn clear_policy(&self) {
+        let mut s = self.lock();
+        s.policy = None;
+        s.policy_text = None;
         drop(s);
         self.changed();
     }
@@ -291,14 +313,11 @@ impl HeadscaleControl {
         s.nodes.values().map(|n| s.view(n)).collect()
     }
 
-    /// Every node except `id` (no ACLs in the fake: all peers are visible).
+    /// The peers node `id` sees in its netmap, filtered by the policy's ACL: peers either
+    /// side may reach, each with only the primary routes `id` may reach (Headscale ≥ 0.26;
+    /// `hscontrol/policy/policy.go` `ReduceRoutes`). Without a policy: every other node.
     pub fn peers_of(&self, id: u64) -> Vec<NodeView> {
-        let s = self.lock();
-        s.nodes
-            .values()
-            .filter(|n| n.id != id)
-            .map(|n| s.view(n))
-            .collect()
+        self.lock().peers_view(id)
     }
 
     /// Pre-auth keys.

@@ -5,18 +5,23 @@
 //! uint64 as strings, every field present, `null` for unset messages), grpc-gateway error bodies
 //! `{code,message,details}`, `approve_routes` replace semantics, `subnetRoutes` only in
 //! list-nodes and approve_routes, the ≤ 0.25 route rows (enable refused unless advertised,
-//! un-announcing disables), pre-auth keys with the zero-time expiration pitfall, optional
-//! autoApprovers, fault injection, and a coordination hook ([`HeadscaleControl`]) for
+//! un-announcing disables), pre-auth keys with the zero-time expiration pitfall, an optional
+//! policy evaluated as strictly as the server (HuJSON validated per Headscale generation,
+//! autoApprovers alias resolution, ACL filtering of peers and of each peer's routes), fault
+//! injection, and a coordination hook ([`HeadscaleControl`]) for
 //! [`crate::FakeTailscaled`].
 //!
 //! One concern per file: [`options`](FakeHeadscaleOptions) and views, the state model
-//! (`state`), the route policy (`policy`: approvals, autoApprovers, primaries), protojson
+//! (`state`), the route model (`policy`: approvals, auto-approval, the peer view, primaries), the
+//! policy document (`acl`) and its evaluation (`acl_eval`), protojson
 //! shapes (`json`), the REST operations (`rest`, and `routes_api` for the two route APIs),
 //! the HTTP front (`http`), fault injection and the exchange record (`faults`), and the
 //! coordination hook ([`HeadscaleControl`], `control`).
 
 use std::net::SocketAddr;
 
+mod acl;
+mod acl_eval;
 mod control;
 mod faults;
 mod http;
@@ -27,6 +32,7 @@ mod rest;
 mod routes_api;
 mod state;
 
+pub use acl::PolicyRefused;
 pub use control::HeadscaleControl;
 pub use faults::{Exchange, Fault};
 pub use options::{FakeApiVersion, FakeHeadscaleOptions, NodeView, PreAuthKeyView};
@@ -80,6 +86,11 @@ impl FakeHeadscale {
         let listener = tokio::net::TcpListener::bind(opts.listen).await?;
         let addr = listener.local_addr()?;
         let (control, api_key) = HeadscaleControl::new(&opts, None, format!("http://{addr}"));
+        if let Some(text) = &opts.policy {
+            control
+                .set_policy(text)
+                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+        }
         let task = tokio::spawn(tcp_loop(listener, control.handler()));
         Ok(FakeHeadscale {
             control,

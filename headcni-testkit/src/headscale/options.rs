@@ -3,6 +3,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 
+use headcni_headscale::policy::PolicyVersion;
 use ipnetwork::IpNetwork;
 
 /// Which Headscale the fake imitates.
@@ -99,8 +100,13 @@ pub struct PreAuthKeyView {
 pub struct FakeHeadscaleOptions {
     /// API generation.
     pub version: FakeApiVersion,
-    /// `autoApprovers.routes` prefixes (any approver alias matches in the fake).
-    pub auto_approvers: Vec<IpNetwork>,
+    /// The Headscale policy (HuJSON), validated and evaluated as the server does (see
+    /// [`HeadscaleControl::set_policy`](super::HeadscaleControl::set_policy)); `None`: no
+    /// policy (nothing is auto-approved, every peer and route is visible).
+    pub policy: Option<String>,
+    /// The policy generation; `None`: the one of [`FakeHeadscaleOptions::version`] (0.25,
+    /// 0.26–0.27, 0.29).
+    pub policy_version: Option<PolicyVersion>,
     /// Listen address; default `127.0.0.1:0` (ephemeral port). The lab sets a fixed one.
     pub listen: SocketAddr,
     /// The valid API key; `None` generates one in the version's format.
@@ -109,11 +115,24 @@ pub struct FakeHeadscaleOptions {
     pub record_exchanges: bool,
 }
 
+impl FakeHeadscaleOptions {
+    /// The policy generation in effect: [`FakeHeadscaleOptions::policy_version`], else the
+    /// API generation's.
+    pub fn policy_version(&self) -> PolicyVersion {
+        self.policy_version.unwrap_or(match self.version {
+            FakeApiVersion::V0_25 => PolicyVersion::V0_25,
+            FakeApiVersion::V0_26 => PolicyVersion::V0_26,
+            FakeApiVersion::V0_29 => PolicyVersion::V0_29,
+        })
+    }
+}
+
 impl Default for FakeHeadscaleOptions {
     fn default() -> Self {
         FakeHeadscaleOptions {
             version: FakeApiVersion::V0_29,
-            auto_approvers: Vec::new(),
+            policy: None,
+            policy_version: None,
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             api_key: None,
             record_exchanges: true,

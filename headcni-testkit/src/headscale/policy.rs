@@ -1,18 +1,17 @@
 //! The route model and policy: which announced routes are approved (per API generation),
-//! `autoApprovers`, and primary election (Headscale `types/node.go`).
+//! auto-approval and the peer view through the policy engine (`acl`, `acl_eval`), and primary
+//! election (Headscale `types/node.go`).
 
 use std::collections::BTreeMap;
 
 use ipnetwork::IpNetwork;
 
-use super::state::{FNode, FRoute, State, now};
+use super::acl_eval::Facts;
+use super::options::NodeView;
+use super::state::{FNode, FRoute, State, node_ips, now};
 
 pub(super) fn is_exit(p: &IpNetwork) -> bool {
     p.prefix() == 0
-}
-
-pub(super) fn contains(outer: &IpNetwork, inner: &IpNetwork) -> bool {
-    outer.prefix() <= inner.prefix() && outer.contains(inner.network())
 }
 
 impl State {
@@ -67,18 +66,76 @@ impl State {
         self.primaries = prim;
     }
 
+    /// What the policy needs to know about every node (`acl_eval::Facts`).
+    pub(super) fn facts(&self) -> Vec<Facts> {
+        self.nodes
+            .values()
+            .map(|n| {
+                let approved = self.approved_of(n);
+                Facts {
+                    id: n.id,
+                    user: self
+                        .users
+                        .iter()
+                        .find(|u| u.id == n.user_id)
+                        .map(|u| u.name.clone())
+                        .unwrap_or_default(),
+                    tags: n.tags.clone(),
+                    ips: node_ips(n.id),
+                    subnet: n
+                        .announced
+                        .iter()
+                        .filter(|p| !is_exit(p) && approved.contains(p))
+                        .copied()
+                        .collect(),
+                }
+            })
+            .collect()
+    }
+
+    /// The peers `id` sees, as its netmap shows them: peers an ACL lets either side reach
+    /// (`policy.ReduceNodes`), each with only the primary routes the ACL lets `id` reach
+    /// (≥ 0.26 `policy.ReduceRoutes`). Without a policy every node and route.
+    pub(super) fn peers_view(&self, id: u64) -> Vec<NodeView> {
+        let facts = self.facts();
+        let me = facts.iter().find(|f| f.id == id);
+        let matchers = self.policy.as_ref().and_then(|p| p.matchers(&facts));
+        self.nodes
+            .values()
+            .filter(|n| n.id != id)
+            .filter_map(|n| {
+                let mut v = self.view(n);
+                if let (Some(p), Some(me)) = (&self.policy, me) {
+                    let peer = facts.iter().find(|f| f.id == n.id)?;
+                    if !p.peer_visible(matchers.as_deref(), me, peer) {
+                        return None;
+                    }
+                    v.primary
+                        .retain(|r| p.route_visible(matchers.as_deref(), me, r));
+                }
+                Some(v)
+            })
+            .collect()
+    }
+
+    /// Auto-approval of a node's announced routes by the policy's `autoApprovers.routes`
+    /// (never exit routes: the fake models no `autoApprovers.exitNode`). Approvals are only
+    /// added, as Headscale does on a hostinfo or policy change.
     pub(super) fn auto_approve(&mut self, node_id: u64) {
-        let approvers = self.auto_approvers.clone();
-        if approvers.is_empty() {
+        let Some(policy) = &self.policy else {
             return;
-        }
-        let Some(n) = self.nodes.get(&node_id) else {
+        };
+        let facts = self.facts();
+        let (Some(me), Some(n)) = (
+            facts.iter().find(|f| f.id == node_id),
+            self.nodes.get(&node_id),
+        ) else {
             return;
         };
         let eligible: Vec<IpNetwork> = n
             .announced
             .iter()
-            .filter(|p| !is_exit(p) && approvers.iter().any(|a| contains(a, p)))
+            .filter(|p| !is_exit(p) && policy.can_approve(me, &facts, p))
             .copied()
             .collect();
         if self.version.approves() {
@@ -144,18 +201,5 @@ impl State {
         }
         self.auto_approve(node_id);
         self.recompute();
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn containment() {
-        let a: IpNetwork = "10.244.0.0/16".parse().unwrap();
-        let b: IpNetwork = "10.244.1.0/24".parse().unwrap();
-        assert!(contains(&a, &b));
-        assert!(!contains(&b, &a));
     }
 }

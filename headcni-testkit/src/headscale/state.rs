@@ -8,6 +8,9 @@ use headcni_headscale::time::{format_unix, unix_now};
 use ipnetwork::IpNetwork;
 use serde::{Deserialize, Serialize};
 
+use headcni_headscale::policy::PolicyVersion;
+
+use super::acl::Policy;
 use super::faults::{Exchange, Fault};
 use super::options::{FakeApiVersion, FakeHeadscaleOptions, NodeView};
 
@@ -32,6 +35,9 @@ pub(super) struct FNode {
     pub(super) created_at: String,
     pub(super) pre_auth_key: Option<u64>,
     pub(super) register_method: String,
+    /// Tags the node carries (its pre-auth key's `aclTags`, Headscale `Node.Tags`).
+    #[serde(default)]
+    pub(super) tags: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -67,7 +73,11 @@ pub(super) struct State {
     pub(super) keys: Vec<FKey>,
     pub(super) rows: Vec<FRoute>,
     pub(super) primaries: BTreeMap<IpNetwork, u64>,
-    pub(super) auto_approvers: Vec<IpNetwork>,
+    /// The validated policy (`None`: no policy, no auto-approval, every peer and route
+    /// visible).
+    pub(super) policy: Option<Policy>,
+    pub(super) policy_text: Option<String>,
+    pub(super) policy_version: PolicyVersion,
     pub(super) faults: VecDeque<Fault>,
     pub(super) exchanges: Vec<Exchange>,
     pub(super) healthy: bool,
@@ -79,7 +89,7 @@ pub(super) struct State {
 }
 
 /// The durable part of a fake Headscale's state (users, nodes with keys and routes, pre-auth
-/// keys, API keys, route rows, primaries, autoApprovers, the id counter), as JSON-serializable
+/// keys, API keys, route rows, primaries, the policy document, the id counter), as JSON-serializable
 /// data: what a stand-in persists and reloads. Opaque to callers.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PersistedState {
@@ -89,7 +99,9 @@ pub struct PersistedState {
     keys: Vec<FKey>,
     rows: Vec<FRoute>,
     primaries: Vec<(IpNetwork, u64)>,
-    auto_approvers: Vec<IpNetwork>,
+    /// The policy document (HuJSON), re-validated on import.
+    #[serde(default)]
+    policy: Option<String>,
     next_id: u64,
     #[serde(default)]
     next_node_id: u64,
@@ -136,7 +148,9 @@ impl State {
             keys: Vec::new(),
             rows: Vec::new(),
             primaries: BTreeMap::new(),
-            auto_approvers: opts.auto_approvers.clone(),
+            policy: None,
+            policy_text: None,
+            policy_version: opts.policy_version(),
             faults: VecDeque::new(),
             exchanges: Vec::new(),
             healthy: true,
@@ -154,7 +168,7 @@ impl State {
             keys: self.keys.clone(),
             rows: self.rows.clone(),
             primaries: self.primaries.iter().map(|(p, n)| (*p, *n)).collect(),
-            auto_approvers: self.auto_approvers.clone(),
+            policy: self.policy_text.clone(),
             next_id: self.next_id,
             next_node_id: self.next_node_id,
         }
@@ -167,7 +181,17 @@ impl State {
         self.keys = p.keys;
         self.rows = p.rows;
         self.primaries = p.primaries.into_iter().collect();
-        self.auto_approvers = p.auto_approvers;
+        self.policy_text = None;
+        self.policy = None;
+        if let Some(text) = p.policy {
+            match Policy::parse(&text, self.policy_version) {
+                Ok(pol) => {
+                    self.policy = Some(pol);
+                    self.policy_text = Some(text);
+                }
+                Err(e) => tracing::warn!(error = %e, "persisted policy refused: dropped"),
+            }
+        }
         self.next_id = p.next_id.max(1);
         let after_nodes = self.nodes.keys().max().map_or(1, |m| m + 1);
         self.next_node_id = p.next_node_id.max(after_nodes);
@@ -208,6 +232,7 @@ impl State {
                     "REGISTER_METHOD_CLI"
                 }
                 .to_string(),
+                tags: Vec::new(),
             },
         );
         id

@@ -123,6 +123,7 @@ impl FakeHeadscaleOptions {
             FakeApiVersion::V0_25 => PolicyVersion::V0_25,
             FakeApiVersion::V0_26 => PolicyVersion::V0_26,
             FakeApiVersion::V0_29 => PolicyVersion::V0_29,
+            FakeApiVersion::V0_30 => PolicyVersion::Main,
         })
     }
 }

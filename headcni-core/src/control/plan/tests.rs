@@ -35,6 +35,7 @@ fn auto() -> Wanted {
 
 fn running(id: &str) -> AgentView {
     AgentView {
+        version: "1.102.3-t0".into(),
         backend_state: "Running".into(),
         self_node: Some(SelfView {
             id: id.into(),
@@ -51,6 +52,7 @@ fn prefs_in_place(advertise: &[&str]) -> PrefsView {
         route_all: true,
         no_snat: true,
         no_stateful_filtering: true,
+        no_stateful_filtering_unsupported: false,
     }
 }
 
@@ -268,6 +270,7 @@ fn no_self_node_is_agent_not_running() {
         AgentView {
             backend_state: "Running".into(),
             self_node: None,
+            ..AgentView::default()
         },
         running(""),
     ] {
@@ -866,4 +869,28 @@ fn auto_approvers_run_never_touches_headscale() {
             | ControlStep::EnableRouteRows { .. }
     )));
     assert!(matches!(steps.last(), Some(ControlStep::Ready(_))));
+}
+
+#[test]
+fn no_stateful_filtering_is_required_only_where_tailscaled_has_it() {
+    assert!(has_no_stateful_filtering("1.66.0"));
+    assert!(has_no_stateful_filtering("1.102.3-t1234abcd-g5678"));
+    assert!(has_no_stateful_filtering("2.0.0"));
+    assert!(has_no_stateful_filtering(""), "unknown: assume a current tailscaled");
+    assert!(!has_no_stateful_filtering("1.64.2-t1234"));
+    assert!(!has_no_stateful_filtering("1.62.1"));
+    let mut old = prefs_in_place(&[POD]);
+    old.no_stateful_filtering = false;
+    assert_eq!(
+        prefs_patch_add(&old, &[n(POD)]).no_stateful_filtering,
+        Some(true),
+        "a current tailscaled gets it set"
+    );
+    old.no_stateful_filtering_unsupported = true;
+    assert!(
+        prefs_patch_add(&old, &[n(POD)]).is_empty(),
+        "1.62/1.64: nothing to patch, the prefs are in place"
+    );
+    assert!(stateful_filtering_note("1.64.2").is_some());
+    assert!(stateful_filtering_note("1.66.0").is_none());
 }

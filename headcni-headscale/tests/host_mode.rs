@@ -33,6 +33,8 @@ fn opts() -> BackendOptions {
         approval_timeout: Duration::from_secs(3),
         poll_interval: Duration::from_millis(20),
         prefs_write_attempts: 5,
+        peer_check_interval: Duration::ZERO,
+        ..BackendOptions::default()
     }
 }
 
@@ -524,4 +526,45 @@ async fn tailscaled_1_64_without_no_stateful_filtering_becomes_ready() {
     let b = backend(&e, api(&e.hs));
     b.ensure_routes(&[net(POD)]).await.unwrap();
     assert!(b.status().notes.is_empty());
+}
+
+/// Issue 10, item 4: node-2's pod route is approved, but the policy's ACL does not let node-1
+/// reach it, so node-1's netmap lacks it (Headscale ≥ 0.26 filters each peer's routes by the
+/// ACL): node-1's status names node-2 and its route; with an ACL that covers the cluster CIDR
+/// the list is empty.
+#[tokio::test]
+async fn peers_whose_pod_route_the_netmap_lacks_are_reported() {
+    let e = env(FakeApiVersion::V0_29, vec![], default_prefs()).await;
+    let narrow = r#"{"acls": [{"action": "accept", "src": ["ops@"], "dst": ["ops@:*"]}]}"#;
+    e.hs.control().set_policy(narrow).unwrap();
+    let t2 = FakeTailscaled::start_logged_in(
+        e.dir.path().join("n2.sock"),
+        e.hs.control(),
+        "node-2",
+        "ops",
+        default_prefs(),
+    )
+    .await
+    .unwrap();
+    let mut o = opts();
+    o.cluster_cidrs = vec![net("10.244.0.0/16")];
+    let b1 = TailnetBackend::new(LocalApiClient::new(e.ts.socket()), api(&e.hs), o.clone());
+    let b2 = TailnetBackend::new(LocalApiClient::new(t2.socket()), api(&e.hs), o);
+    b2.ensure_routes(&[net("10.244.2.0/24")]).await.unwrap();
+    b1.ensure_routes(&[net(POD)]).await.unwrap();
+    let missing = b1.status().missing_peer_routes;
+    assert_eq!(missing.len(), 1, "{missing:?}");
+    assert_eq!(missing[0].name, "node-2");
+    assert_eq!(missing[0].routes, vec![net("10.244.2.0/24")]);
+    let json = serde_json::to_value(b1.status()).unwrap();
+    assert_eq!(json["missing_peer_routes"][0]["routes"][0], "10.244.2.0/24");
+
+    let wide = r#"{"acls": [{"action": "accept", "src": ["ops@", "10.244.0.0/16"], "dst": ["ops@:*", "10.244.0.0/16:*"]}]}"#;
+    e.hs.control().set_policy(wide).unwrap();
+    b1.ensure_routes(&[net(POD)]).await.unwrap();
+    assert!(
+        b1.status().missing_peer_routes.is_empty(),
+        "{:?}",
+        b1.status().missing_peer_routes
+    );
 }

@@ -136,6 +136,11 @@ pub struct ControlPlaneStatus {
     /// tailscaled cannot turn stateful filtering off (one sentence each, no secrets).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub notes: Vec<String>,
+    /// Other nodes' pod routes the control server says they serve but this node's netmap
+    /// lacks (e.g. the policy's ACL does not let this node reach them): pod traffic to those
+    /// nodes is broken ([`plan::missing_peer_routes`]). Only known with an API key.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub missing_peer_routes: Vec<PeerRoutes>,
 }
 
 impl ControlPlaneStatus {
@@ -154,6 +159,7 @@ impl ControlPlaneStatus {
             },
             observed_at_unix: None,
             notes: Vec::new(),
+            missing_peer_routes: Vec::new(),
         }
     }
 }

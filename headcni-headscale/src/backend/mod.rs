@@ -27,9 +27,12 @@ mod views;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use tokio::time::Instant;
+
 use async_trait::async_trait;
 use headcni_core::control::plan::{
-    ApprovalPath, Wanted, partial_routes, prefs_patch_remove, running_self, stateful_filtering_note,
+    ApprovalPath, ServedRoutes, Wanted, missing_peer_routes, partial_routes, prefs_patch_remove,
+    running_self, stateful_filtering_note,
 };
 use headcni_core::control::{
     ControlPlaneBackend, ControlPlaneError, ControlPlaneStatus, NotReadyReason, PeerRoutes,
@@ -71,6 +74,13 @@ pub struct BackendOptions {
     pub poll_interval: Duration,
     /// Read-modify-write cycles of the prefs before giving up on concurrent writers. Default 5.
     pub prefs_write_attempts: u32,
+    /// The cluster CIDR(s): which peers' routes count as pod routes for
+    /// [`ControlPlaneStatus::missing_peer_routes`] (every non-exit route when empty).
+    pub cluster_cidrs: Vec<IpNetwork>,
+    /// How often (at most) the served routes of every node are listed from Headscale for
+    /// [`ControlPlaneStatus::missing_peer_routes`] (one `GET /api/v1/node`, or `GET
+    /// /api/v1/routes` on ≤ 0.25). Default 5 minutes; the netmap is compared on every pass.
+    pub peer_check_interval: Duration,
 }
 
 impl Default for BackendOptions {
@@ -80,6 +90,8 @@ impl Default for BackendOptions {
             approval_timeout: Duration::from_secs(60),
             poll_interval: Duration::from_secs(1),
             prefs_write_attempts: 5,
+            cluster_cidrs: Vec::new(),
+            peer_check_interval: Duration::from_secs(300),
         }
     }
 }
@@ -117,6 +129,8 @@ pub struct TailnetBackend {
     approval: ApprovalMode,
     opts: BackendOptions,
     status: Mutex<ControlPlaneStatus>,
+    /// The last list of every node's served routes and when it was read.
+    served: Mutex<Option<(Instant, Vec<ServedRoutes>)>>,
 }
 
 fn now_unix() -> Option<u64> {
@@ -135,6 +149,7 @@ impl TailnetBackend {
             approval,
             opts,
             status: Mutex::new(ControlPlaneStatus::initial(name)),
+            served: Mutex::new(None),
         }
     }
 
@@ -222,6 +237,10 @@ impl ControlPlaneBackend for TailnetBackend {
         );
         if let Ok(p) = self.peers().await {
             out.peers = p;
+        }
+        if let (Some(id), Some(served)) = (out.node_id.clone(), self.served_routes().await) {
+            out.missing_peer_routes =
+                missing_peer_routes(&id, &served, &out.peers, &self.opts.cluster_cidrs);
         }
         out.observed_at_unix = now_unix();
         let ret = match res {

@@ -1,8 +1,11 @@
 //! Read-only views for `headcni status`: [`TailnetBackend::observe`] and the peers' routes.
 
-use headcni_core::control::plan::{PlanFailure, observed_readiness, stateful_filtering_note};
+use headcni_core::control::plan::{
+    PlanFailure, ServedRoutes, observed_readiness, stateful_filtering_note,
+};
 use headcni_core::control::{ControlPlaneError, ControlPlaneStatus, PeerRoutes};
 use ipnetwork::IpNetwork;
+use tokio::time::Instant;
 
 use super::views::{agent_view, la_err, prefs_view};
 use super::{ApprovalMode, TailnetBackend, now_unix};
@@ -67,6 +70,63 @@ impl TailnetBackend {
         }
         out.readiness = observed_readiness(routes, &agent, prefs.as_ref());
         out
+    }
+
+    /// Every node's served routes as Headscale lists them (API approval only; `None` without
+    /// an API key or when the list cannot be read), read at most once per
+    /// [`super::BackendOptions::peer_check_interval`]. ≥ 0.26: `GET /api/v1/node`
+    /// `subnetRoutes` (approved ∩ announced, exit routes included: filtered later); ≤ 0.25:
+    /// `GET /api/v1/routes`, the enabled and advertised rows.
+    pub(super) async fn served_routes(&self) -> Option<Vec<ServedRoutes>> {
+        let ApprovalMode::Api(client) = &self.approval else {
+            return None;
+        };
+        if let Ok(g) = self.served.lock()
+            && let Some((at, list)) = g.as_ref()
+            && at.elapsed() < self.opts.peer_check_interval
+        {
+            return Some(list.clone());
+        }
+        let list = match client.generation().await.ok()? {
+            ApiGeneration::ApprovedRoutes => client
+                .list_nodes(None)
+                .await
+                .ok()?
+                .into_iter()
+                .map(|n| ServedRoutes {
+                    id: n.id.to_string(),
+                    name: n.name,
+                    online: n.online,
+                    routes: n.subnet_routes,
+                })
+                .collect(),
+            ApiGeneration::RouteRows => {
+                let mut by_node: Vec<ServedRoutes> = Vec::new();
+                for r in client.list_routes().await.ok()? {
+                    let (Some(node), Some(prefix)) = (r.node, r.prefix) else {
+                        continue;
+                    };
+                    if !(r.enabled && r.advertised) {
+                        continue;
+                    }
+                    let id = node.id.to_string();
+                    match by_node.iter_mut().find(|s| s.id == id) {
+                        Some(s) => s.routes.push(prefix),
+                        None => by_node.push(ServedRoutes {
+                            id,
+                            name: node.name,
+                            online: node.online,
+                            routes: vec![prefix],
+                        }),
+                    }
+                }
+                by_node
+            }
+        };
+        if let Ok(mut g) = self.served.lock() {
+            *g = Some((Instant::now(), list.clone()));
+        }
+        Some(list)
     }
 
     /// Peers' primary routes: LocalAPI `GET status` (with peers).

@@ -28,6 +28,7 @@
 
 mod ensure;
 mod observation;
+mod peers;
 mod prefs;
 mod readiness;
 mod routes;
@@ -42,6 +43,7 @@ pub use observation::{
     AgentView, ApprovalPath, ApprovalView, ControlObservation, NodeLookup, NodeView, PrefsView,
     RouteModel, RouteRowView, SelfView, Wanted,
 };
+pub use peers::{ServedRoutes, missing_peer_routes};
 pub use prefs::{
     PrefsPatch, has_no_stateful_filtering, prefs_conflict, prefs_patch_add, prefs_patch_remove,
     stateful_filtering_note,

@@ -876,7 +876,10 @@ fn no_stateful_filtering_is_required_only_where_tailscaled_has_it() {
     assert!(has_no_stateful_filtering("1.66.0"));
     assert!(has_no_stateful_filtering("1.102.3-t1234abcd-g5678"));
     assert!(has_no_stateful_filtering("2.0.0"));
-    assert!(has_no_stateful_filtering(""), "unknown: assume a current tailscaled");
+    assert!(
+        has_no_stateful_filtering(""),
+        "unknown: assume a current tailscaled"
+    );
     assert!(!has_no_stateful_filtering("1.64.2-t1234"));
     assert!(!has_no_stateful_filtering("1.62.1"));
     let mut old = prefs_in_place(&[POD]);

@@ -390,6 +390,25 @@ pub fn render(state: &DaemonState) -> String {
                 }
                 o.push_str(&table(&rows));
             }
+            if !c.missing_peer_routes.is_empty() {
+                let _ = writeln!(
+                    o,
+                    "Missing peer routes (served by these nodes, absent from this node's netmap: \
+                     pod traffic to them is broken; check the Headscale policy's ACL, `headcni policy`):"
+                );
+                let mut rows = vec![["PEER", "ID", "POD CIDRS"].map(str::to_owned).to_vec()];
+                for p in &c.missing_peer_routes {
+                    rows.push(vec![
+                        clean(&p.name),
+                        clean(p.id.as_deref().unwrap_or("-")),
+                        join_nets(&p.routes),
+                    ]);
+                }
+                o.push_str(&table(&rows));
+            }
+            for n in &c.notes {
+                let _ = writeln!(o, "Note:        {}", clean(n));
+            }
         }
     }
     if state.pods.is_empty() {
@@ -486,6 +505,13 @@ mod tests {
             routes: vec![net("10.244.2.0/24")],
         }];
         c.readiness = Readiness::Ready;
+        c.missing_peer_routes = vec![PeerRoutes {
+            name: "node-3".into(),
+            id: Some("9".into()),
+            online: true,
+            routes: vec![net("10.244.3.0/24")],
+        }];
+        c.notes = vec!["tailscaled 1.64.2 has no NoStatefulFiltering pref".into()];
         s.control = Some(c);
         s.pods.insert(
             "abc/eth0".into(),
@@ -500,6 +526,20 @@ mod tests {
         );
         let out = render(&s);
         println!("{out}");
+        let missing = out
+            .lines()
+            .skip_while(|l| !l.starts_with("Missing peer routes"))
+            .nth(2)
+            .unwrap_or_default();
+        assert_eq!(
+            missing.split_whitespace().collect::<Vec<_>>(),
+            ["node-3", "9", "10.244.3.0/24"],
+            "{out}"
+        );
+        assert!(
+            out.contains("Note:        tailscaled 1.64.2 has no NoStatefulFiltering pref"),
+            "{out}"
+        );
         assert!(
             out.contains("PodCIDR:     10.244.1.0/24 (source: kubernetes-node)"),
             "{out}"

@@ -276,3 +276,7 @@ fn ipam_metrics(network: &str, section: &ConflistIpam, metrics: &Metrics) {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "reconciler_tests.rs"]
+mod tests;

@@ -13,7 +13,8 @@ use std::time::Duration;
 use clap::Parser;
 use headcni_core::ipam::Strategy;
 use headcni_node::config::{
-    self, Approval, Config, ConfigError, DaemonFlags, LogFormat, Mode, Origin, load_from,
+    self, Approval, Config, ConfigError, DaemonFlags, FirewallDriverKind, LogFormat, Mode, Origin,
+    load_from,
 };
 use headcni_node::podcidr::{
     self, Discovered, KubeAccess, PodCidrError, cluster_from_local_files, discover_with,
@@ -304,6 +305,31 @@ log_level = "debug"
 }
 
 #[test]
+fn firewall_driver_is_nft_by_default_none_on_request_and_nothing_else() {
+    let f = config_file("");
+    assert_eq!(
+        load(&flags_for(&f), &[])
+            .unwrap()
+            .config
+            .node
+            .firewall_driver,
+        FirewallDriverKind::Nft
+    );
+    let f = config_file("[node]\nfirewall_driver = \"none\"\n");
+    let c = load(&flags_for(&f), &[]).unwrap().config;
+    assert_eq!(c.node.firewall_driver, FirewallDriverKind::Unmanaged);
+    assert_eq!(c.node.firewall_driver.as_str(), "none");
+    assert!(c.to_redacted_toml().contains("firewall_driver = \"none\""));
+    let f = config_file("");
+    let e = load(
+        &flags_for(&f),
+        &[("HEADCNI_NODE_FIREWALL_DRIVER", "iptables")],
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("firewall_driver"), "{e}");
+}
+
+#[test]
 fn every_key_has_an_env_override() {
     let f = config_file("");
     let values: BTreeMap<&str, &str> = [
@@ -314,6 +340,7 @@ fn every_key_has_an_env_override() {
         ("node.node_cidr_prefix", "25,80"),
         ("node.kubeconfig", "/k/config"),
         ("node.local_files_root", "/fixtures"),
+        ("node.firewall_driver", "none"),
         ("cni.conf_dir", "/c"),
         ("cni.bin_dir", "/b"),
         ("cni.data_dir", "/d"),
@@ -369,6 +396,7 @@ fn every_key_has_an_env_override() {
     assert!(c.node.pod_cidr_from_name_hash);
     assert_eq!(c.node_cidr_prefixes(), Some((25, 80)));
     assert_eq!(c.cni.ipam_strategy, Strategy::DensePack);
+    assert_eq!(c.node.firewall_driver, FirewallDriverKind::Unmanaged);
     assert_eq!(c.cni.chained[0]["type"], "bandwidth");
     assert_eq!(c.tailscale.port, 41700);
     assert_eq!(c.headscale.approval, Approval::AutoApprovers);

@@ -25,6 +25,11 @@ pub const NFT_TABLE: &str = "headcni";
 /// The nftables family of HeadCNI's table: `inet` (IPv4 and IPv6 in one table).
 pub const NFT_TABLE_FAMILY: &str = "inet";
 
+/// The tailnet's MTU when nothing else gives one: tailscaled's default TUN MTU (tailscale
+/// `net/tstun/mtu.go`: `DefaultTUNMTU` returns `safeTUNMTU` = 1280 without `TS_DEBUG_MTU`), also the smallest tailnet interface MTU the node
+/// agent uses for pods (IPv6's minimum link MTU, RFC 8200 §5).
+pub const TAILNET_MTU: u32 = 1280;
+
 /// The IPv4 forwarding sysctl (`net.ipv4.ip_forward`, Linux `Documentation/networking/
 /// ip-sysctl.rst`); resolves against the network namespace of the thread that opens it.
 pub const IPV4_FORWARDING_SYSCTL: &str = "/proc/sys/net/ipv4/ip_forward";

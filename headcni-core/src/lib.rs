@@ -8,6 +8,9 @@
 //!   the [`ipam::AllocationStrategy`] and [`ipam::IpamStore`] traits.
 //! - [`link`]: the [`link::LinkManager`] and [`link::RouteManager`] traits.
 //! - [`control`]: the [`control::ControlPlaneBackend`] trait.
+//! - [`sysctl`]: the [`sysctl::ForwardingSysctl`] trait (reading the forwarding sysctls).
+//! - [`node`]: the node agent's decisions (the reconcile plan, MTU, retry, readiness) and
+//!   its effect traits (firewall driver, PodCIDR source, conflist sink).
 //! - [`defaults`]: the one owner of HeadCNI's fixed names, sysctl paths and the gateway rule.
 //! - [`events`]: the plugin → node agent event datagram ([`events::PluginEvent`]), format only.
 #![warn(missing_docs)]
@@ -21,3 +24,4 @@ pub mod ipam;
 pub mod link;
 pub mod node;
 pub mod plugin;
+pub mod sysctl;

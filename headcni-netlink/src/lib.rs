@@ -21,6 +21,7 @@
 
 mod convert;
 mod error;
+pub mod firewall;
 pub mod forward;
 mod handle;
 mod link_ops;
@@ -32,6 +33,7 @@ mod route_ops;
 mod sysctl;
 
 pub use convert::configured_address;
+pub use firewall::NftFirewall;
 pub use handle::NetlinkHandle;
 pub use namespaces::NetlinkNamespaces;
 pub use netns::NetnsError;

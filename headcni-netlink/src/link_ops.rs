@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use headcni_core::link::{BridgeSpec, LinkError, LinkInfo, LinkManager, VethPair, VethSpec};
+use headcni_core::sysctl::{ForwardingState, ForwardingSysctl};
 use ipnetwork::IpNetwork;
 use rtnetlink::packet_core::{NLM_F_CREATE, NLM_F_EXCL};
 use rtnetlink::packet_route::address::{
@@ -504,6 +505,16 @@ impl LinkManager for NetlinkHandle {
     async fn enable_forwarding(&self, ipv4: bool, ipv6: bool) -> Result<(), LinkError> {
         self.in_netns(move || sysctl::enable_forwarding(ipv4, ipv6))
             .await?
+    }
+}
+
+/// Reads `/proc/sys/net/ipv4/ip_forward` and `/proc/sys/net/ipv6/conf/all/forwarding` in this
+/// handle's namespace (on a thread inside it for a container namespace, on the calling thread
+/// for [`NetlinkHandle::current`]).
+#[async_trait]
+impl ForwardingSysctl for NetlinkHandle {
+    async fn forwarding(&self) -> Result<ForwardingState, LinkError> {
+        self.in_netns(sysctl::forwarding).await?
     }
 }
 

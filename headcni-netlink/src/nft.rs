@@ -414,6 +414,17 @@ pub fn list(table: &str) -> Result<Option<Value>, NftError> {
     }
 }
 
+/// Whether the live table `inet <plan.table>` already equals `plan` (the comparison of
+/// [`apply`]; one `nft -j list table`, nothing written). `Ok(false)` when the table is
+/// missing or differs. Acts in the calling thread's network namespace.
+///
+/// Errors: as [`list`].
+pub fn in_place(plan: &MasqueradePlan) -> Result<bool, NftError> {
+    masq::validate_table_name(&plan.table)?;
+    let want = expected(plan)?;
+    Ok(list(&plan.table)?.is_some_and(|live| canonical(objects(&live)) == want))
+}
+
 /// Makes the live table `inet <plan.table>` equal to `plan`: `Ok(false)` without writing
 /// anything when it already is (see the module docs for the comparison), otherwise one
 /// atomic `nft -j -f -` transaction that replaces the table (created if absent) and

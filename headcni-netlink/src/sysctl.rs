@@ -1,4 +1,4 @@
-//! Minimal `/proc/sys` writer. `/proc/sys/net/...` resolves against the network namespace
+//! Minimal `/proc/sys` reader and writer. `/proc/sys/net/...` resolves against the network namespace
 //! of the thread that opens the file, so callers run this on a thread inside the target
 //! namespace (see [`crate::NetlinkHandle`]).
 
@@ -6,6 +6,7 @@ use std::io;
 use std::path::Path;
 
 use headcni_core::link::LinkError;
+use headcni_core::sysctl::ForwardingState;
 
 use headcni_core::defaults::{
     IPV4_FORWARDING_SYSCTL as IPV4_FORWARD, IPV6_FORWARDING_SYSCTL as IPV6_FORWARD,
@@ -46,4 +47,23 @@ pub(crate) fn enable_forwarding(ipv4: bool, ipv6: bool) -> Result<(), LinkError>
         }
     }
     Ok(())
+}
+
+/// Reads a sysctl file; `None` when it does not exist (IPv6 disabled).
+fn read_optional(path: &'static str) -> Result<Option<String>, LinkError> {
+    match std::fs::read_to_string(path) {
+        Ok(s) => Ok(Some(s)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(LinkError::Io {
+            what: format!("read {path}"),
+            source,
+        }),
+    }
+}
+
+/// The forwarding sysctls of the calling thread's network namespace.
+pub(crate) fn forwarding() -> Result<ForwardingState, LinkError> {
+    let v4 = read_optional(IPV4_FORWARD)?;
+    let v6 = read_optional(IPV6_FORWARD)?;
+    Ok(ForwardingState::from_values(v4.as_deref(), v6.as_deref()))
 }

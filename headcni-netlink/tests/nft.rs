@@ -147,7 +147,10 @@ fn changed_plan_replaces_the_table_and_tampering_is_repaired() {
         &["10.244.1.0/24"],
         &["10.244.0.0/16", "10.96.0.0/12"],
     );
+    assert!(!ns.run(|| nft::in_place(&v1)).unwrap(), "no table yet");
     assert!(ns.run(|| nft::apply(&v1)).unwrap());
+    assert!(ns.run(|| nft::in_place(&v1)).unwrap());
+    assert!(!ns.run(|| nft::in_place(&v2)).unwrap(), "stale for v2");
     assert!(
         ns.run(|| nft::apply(&v2)).unwrap(),
         "new cluster CIDR rewrites"
@@ -186,7 +189,9 @@ fn changed_plan_replaces_the_table_and_tampering_is_repaired() {
         "pod_v4",
         "{ 10.250.0.0/16 }",
     ]);
+    assert!(!ns.run(|| nft::in_place(&v2)).unwrap(), "drift is seen");
     assert!(ns.run(|| nft::apply(&v2)).unwrap(), "drift is repaired");
+    assert!(ns.run(|| nft::in_place(&v2)).unwrap());
     let text = ns.nft(&["list", "table", "inet", "headcni"]);
     assert!(
         !text.contains("203.0.113.9") && !text.contains("10.250.0.0"),

@@ -7,28 +7,30 @@ use std::path::Path;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use anyhow::{Result, anyhow, bail};
-use headcni_core::control::{ControlPlaneBackend, ControlPlaneStatus};
-use headcni_core::ipam::IpamConf;
-use headcni_core::link::LinkManager;
-use headcni_core::node::cniconf::{Conflist, ConflistIpam};
-use headcni_headscale::{
-    ApprovalMode, BackendOptions, HeadscaleClient, HeadscaleConfig, LocalApiClient,
-    RequestObserver, Secret, TailnetBackend,
-};
+use anyhow::Result;
+use headcni_core::control::ControlPlaneBackend;
+use headcni_core::node::conflist_sink::ConflistSink;
+use headcni_core::node::firewall::{FirewallDriver, NoFirewall};
+use headcni_core::node::retry::ReconcileBackoff;
+use headcni_headscale::{HeadscaleClient, LocalApiClient};
+use headcni_netlink::{NetlinkHandle, NftFirewall};
 use ipnetwork::IpNetwork;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{self, Approval, Config, DaemonFlags, Mode};
+use crate::backend::{self, build_or_unavailable};
+use crate::cniconf::FileConflistSink;
+use crate::config::{self, Config, DaemonFlags, FirewallDriverKind, Mode};
 use crate::metrics::Metrics;
+use crate::reconciler::{NodeDeps, NodeReconciler};
 use crate::state::{self, DaemonState, SharedState};
-use crate::{cniconf, dataplane, events, http, podcidr, tailscaled};
+use crate::{dataplane, events, http, podcidr, tailscaled};
 
 /// The nftables table HeadCNI owns (`inet headcni`): [`headcni_core::defaults::NFT_TABLE`].
 pub use headcni_core::defaults::NFT_TABLE;
-/// MTU when neither the config nor the tailnet interface gives one (tailscaled's TUN MTU).
-pub const DEFAULT_TAILNET_MTU: u32 = 1280;
+/// MTU when neither the config nor the tailnet interface gives one (tailscaled's TUN MTU):
+/// [`headcni_core::defaults::TAILNET_MTU`].
+pub use headcni_core::defaults::TAILNET_MTU as DEFAULT_TAILNET_MTU;
 /// How long SIGTERM may take before the daemon returns anyway.
 pub const SHUTDOWN_BUDGET: Duration = Duration::from_secs(5);
 
@@ -55,234 +57,11 @@ fn lock<T>(m: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
     m.write().unwrap_or_else(|e| e.into_inner())
 }
 
-/// A Headscale client with `[headscale] timeout_secs` as its request budget.
-fn headscale_client(
-    cfg: &Config,
-    url: &str,
-    key: Secret,
-    observer: Option<RequestObserver>,
-) -> Result<HeadscaleClient> {
-    let mut hc = HeadscaleConfig::new(url.to_owned(), Some(key));
-    hc.request_timeout = cfg.headscale.timeout();
-    hc.connect_timeout = cfg.headscale.timeout().min(Duration::from_secs(5));
-    let client = HeadscaleClient::new(hc)?;
-    Ok(match observer {
-        Some(o) => client.with_observer(o),
-        None => client,
-    })
-}
-
-/// Feeds `headcni_control_plane_requests_total{endpoint,result}` from both clients.
-fn metrics_observer(metrics: &Arc<Metrics>) -> RequestObserver {
-    let m = metrics.clone();
-    RequestObserver::new(move |endpoint, ok| m.record_control(endpoint, ok))
-}
-
-/// Builds the control-plane backend for the configured mode and approval. Both clients use
-/// `[headscale] timeout_secs` per request, so an unresponsive Headscale or tailscaled makes
-/// the node not ready instead of stalling the reconcile.
-fn backend(
-    cfg: &Config,
-    observer: Option<RequestObserver>,
-) -> Result<(Arc<TailnetBackend>, Option<Arc<HeadscaleClient>>)> {
-    let mut localapi =
-        LocalApiClient::new(cfg.tailscale_socket()).with_timeout(cfg.headscale.timeout());
-    if let Some(o) = &observer {
-        localapi = localapi.with_observer(o.clone());
-    }
-    let headscale = match (&cfg.headscale.url, cfg.headscale.approval) {
-        (Some(url), Approval::Api) => {
-            let key = Secret::load_api_key(cfg.headscale.api_key_file.as_deref())
-                .map_err(|e| anyhow!("headscale API key: {e}"))?;
-            Some(Arc::new(headscale_client(cfg, url, key, observer.clone())?))
-        }
-        (Some(url), Approval::AutoApprovers) if cfg.tailscale.mode == Mode::Daemon => {
-            // daemon mode still needs the API for the bootstrap pre-auth key
-            match Secret::load_api_key(cfg.headscale.api_key_file.as_deref()) {
-                Ok(key) => Some(Arc::new(headscale_client(cfg, url, key, observer.clone())?)),
-                Err(_) => None,
-            }
-        }
-        _ => None,
-    };
-    let approval = match (cfg.headscale.approval, &headscale) {
-        (Approval::Api, Some(h)) => ApprovalMode::Api(h.clone()),
-        (Approval::Api, None) => {
-            bail!("[headscale] approval = \"api\" needs [headscale] url and an API key")
-        }
-        (Approval::AutoApprovers, _) => ApprovalMode::AutoApprovers,
-    };
-    let opts = BackendOptions {
-        approval_timeout: Duration::from_secs(10),
-        ..BackendOptions::default()
-    };
-    Ok((
-        Arc::new(TailnetBackend::new(localapi, approval, opts)),
-        headscale,
-    ))
-}
-
-/// The control plane as the reconcile loop sees it: a backend, or why none could be built
-/// (reported as not ready / refused and retried on every pass).
-type Backend = std::result::Result<Arc<TailnetBackend>, String>;
-
-fn try_backend(cfg: &Config, metrics: &Arc<Metrics>) -> (Backend, Option<Arc<HeadscaleClient>>) {
-    match backend(cfg, Some(metrics_observer(metrics))) {
-        Ok((b, h)) => (Ok(b), h),
-        Err(e) => {
-            tracing::error!("control plane: {e:#}");
-            (Err(format!("{e:#}")), None)
-        }
-    }
-}
-
-/// The pod MTU: the config's; in daemon mode the MTU the daemon gives its own tailscaled
-/// (`TS_DEBUG_MTU`, the same value); in host mode the tailnet interface's, else 1280.
-///
-/// Daemon mode never reads the interface: a TUN is visible before its owner has set the MTU
-/// (wireguard-go creates it at 1420), and a pod attached in that window would keep the wrong
-/// MTU for its lifetime.
-async fn pod_mtu(cfg: &Config) -> u32 {
-    if let Some(m) = cfg.cni.mtu {
-        return m;
-    }
-    if cfg.tailscale.mode == config::Mode::Daemon {
-        return DEFAULT_TAILNET_MTU;
-    }
-    match headcni_netlink::NetlinkHandle::current().await {
-        Ok(h) => match h.link(&cfg.interface()).await {
-            Ok(Some(l)) if l.mtu >= 1280 => l.mtu,
-            _ => DEFAULT_TAILNET_MTU,
-        },
-        Err(_) => DEFAULT_TAILNET_MTU,
-    }
-}
-
-/// One pass of the node reconcile: data plane, conflist, IPAM metrics, control plane. Each
-/// step is timed and reported; a failing step never stops the others (the conflist is written
-/// even while Headscale is down, so CNI ADD keeps working).
-async fn reconcile(
-    cfg: &Config,
-    pod_cidrs: &[IpNetwork],
-    backend: &Backend,
-    state: &SharedState,
-    metrics: &Metrics,
-    cancel: &CancellationToken,
-) -> bool {
-    let mut all_ok = true;
-
-    let t = Instant::now();
-    let mtu = pod_mtu(cfg).await;
-    let params = dataplane::DataplaneParams {
-        bridge: cfg.cni.bridge.clone(),
-        mtu: Some(mtu),
-        pod_cidrs: pod_cidrs.to_vec(),
-        cluster_cidrs: cfg.node.cluster_cidr.clone(),
-        table: NFT_TABLE.to_owned(),
-    };
-    // As anyhow, so that the log line shows the step and its causes (`{e:#}`).
-    let dp = dataplane::reconcile(&params)
-        .await
-        .map_err(anyhow::Error::from);
-    metrics.observe_reconcile("dataplane", t.elapsed().as_secs_f64(), dp.is_ok());
-    match &dp {
-        Ok(r) => tracing::debug!(?r, "data plane reconciled"),
-        Err(e) => {
-            all_ok = false;
-            tracing::warn!("data plane: {e:#}");
-        }
-    }
-    lock(state).masquerade_ready = dp.is_ok();
-
-    let t = Instant::now();
-    let conflist = cniconf::conflist_for(cfg, pod_cidrs, mtu);
-    let written = cniconf::write_if_changed(&cfg.cni.conf_dir, &cfg.cni.conflist_name, &conflist);
-    metrics.observe_reconcile("conflist", t.elapsed().as_secs_f64(), written.is_ok());
-    match &written {
-        Ok(true) => {
-            tracing::info!(dir = %cfg.cni.conf_dir.display(), file = %cfg.cni.conflist_name, "CNI conflist written")
-        }
-        Ok(false) => {}
-        Err(e) => {
-            all_ok = false;
-            tracing::warn!("writing the CNI conflist: {e}");
-        }
-    }
-    {
-        let mut st = lock(state);
-        st.conflist_written = written.is_ok();
-        st.conflist = Some(cfg.cni.conflist_path().display().to_string());
-    }
-
-    ipam_metrics(&cfg.cni.network_name, &conflist.plugin.ipam, metrics);
-
-    let t = Instant::now();
-    let status: ControlPlaneStatus = match backend {
-        Ok(backend) => {
-            let cp = tokio::select! {
-                r = backend.ensure_routes(pod_cidrs) => Some(r),
-                _ = cancel.cancelled() => None,
-            };
-            let ok = matches!(cp, Some(Ok(_)));
-            metrics.observe_reconcile("control-plane", t.elapsed().as_secs_f64(), ok);
-            if let Some(Err(e)) = &cp {
-                all_ok = false;
-                tracing::warn!("control plane: {e}");
-            }
-            backend.status()
-        }
-        Err(why) => {
-            all_ok = false;
-            metrics.observe_reconcile("control-plane", t.elapsed().as_secs_f64(), false);
-            let mut s = ControlPlaneStatus::initial("headscale");
-            s.wanted = pod_cidrs.to_vec();
-            s.readiness = headcni_core::control::Readiness::NotReady {
-                reason: headcni_core::control::NotReadyReason::Refused,
-                detail: why.clone(),
-            };
-            s
-        }
-    };
-    for r in pod_cidrs {
-        metrics.set_route(
-            &r.to_string(),
-            status.routes.advertised.contains(r),
-            status.routes.approved.contains(r),
-            status.routes.primary.contains(r),
-        );
-    }
-    let mut st = lock(state);
-    st.control = Some(status);
-    let ready = st.not_ready_reasons().is_empty();
-    metrics.set_ready(ready);
-    metrics.set_pods(st.pods.len() as u64);
-    all_ok && ready
-}
-
-/// IPAM usage per range set of the store the conflist's `ipam` section points at (the same
-/// conflist that was written, so the metrics always describe the pods' store).
-fn ipam_metrics(network: &str, section: &ConflistIpam, metrics: &Metrics) {
-    let Ok(section) = serde_json::to_value(section) else {
-        return;
-    };
-    let Ok(ipam) = IpamConf::parse(&section) else {
-        return;
-    };
-    let subnets: Vec<String> = ipam
-        .ranges
-        .iter()
-        .filter_map(|set| set.first())
-        .map(|r| r.subnet.to_string())
-        .collect();
-    let Ok(plugin) = headcni_ipam::plugin::IpamPlugin::from_ipam(ipam, network, &[]) else {
-        return;
-    };
-    if let Ok(usage) = plugin.usage() {
-        for (u, subnet) in usage.iter().zip(&subnets) {
-            let size = u64::try_from(u.size).unwrap_or(u64::MAX);
-            let allocated = u64::try_from(u.allocated).unwrap_or(u64::MAX);
-            metrics.set_ipam(subnet, allocated, size.saturating_sub(allocated));
-        }
+/// The firewall driver `[node] firewall_driver` names.
+pub fn firewall_driver(cfg: &Config) -> Arc<dyn FirewallDriver> {
+    match cfg.node.firewall_driver {
+        FirewallDriverKind::Nft => Arc::new(NftFirewall),
+        FirewallDriverKind::Unmanaged => Arc::new(NoFirewall),
     }
 }
 
@@ -303,7 +82,7 @@ fn start_daemon_mode(
         port: cfg.tailscale.port,
         env: vec![(
             "TS_DEBUG_MTU".into(),
-            cfg.cni.mtu.unwrap_or(DEFAULT_TAILNET_MTU).to_string(),
+            headcni_core::node::mtu::own_tailscaled_mtu(cfg.cni.mtu).to_string(),
         )],
     };
     let prefs = headcni_headscale::daemon::DaemonPrefs {
@@ -372,6 +151,9 @@ pub enum NodeError {
     /// No PodCIDR could be discovered.
     #[error(transparent)]
     PodCidr(#[from] podcidr::PodCidrError),
+    /// No netlink socket could be opened in the node's namespace.
+    #[error("open netlink in the node namespace")]
+    Netlink(#[source] headcni_core::link::LinkError),
 }
 
 /// Runs the node agent with `cfg` (loaded from `flags`, [`load_config`]) until `cancel` is
@@ -442,12 +224,8 @@ pub async fn run(
     if discovered.source != state::PodCidrSource::Config {
         log_warnings(&config::cidr_warnings("PodCIDR", &discovered.cidrs));
     }
-    {
-        let mut st = lock(&state);
-        st.pod_cidrs = discovered.cidrs.clone();
-        st.pod_cidr_source = Some(discovered.source);
-    }
-    let (mut backend, headscale) = try_backend(&cfg, &metrics);
+    lock(&state).pod_cidr_source = Some(discovered.source);
+    let (control, mut control_built, headscale) = build_or_unavailable(&cfg, &metrics);
     let supervisor = if cfg.tailscale.mode == Mode::Daemon {
         Some(start_daemon_mode(
             &cfg,
@@ -458,22 +236,34 @@ pub async fn run(
     } else {
         None
     };
+    let netlink = Arc::new(NetlinkHandle::current().await.map_err(NodeError::Netlink)?);
+    let deps = NodeDeps {
+        control,
+        firewall: firewall_driver(&cfg),
+        links: netlink.clone(),
+        sysctl: netlink,
+        conflist: Arc::new(FileConflistSink::for_config(&cfg)),
+    };
+    let mut node = NodeReconciler::new(
+        cfg.clone(),
+        discovered.cidrs.clone(),
+        deps,
+        state.clone(),
+        metrics.clone(),
+    );
 
-    let interval = Duration::from_secs(cfg.daemon.reconcile_interval_secs.max(1));
-    let mut retry = Duration::from_secs(1);
+    let mut backoff =
+        ReconcileBackoff::new(Duration::from_secs(cfg.daemon.reconcile_interval_secs));
     loop {
-        if backend.is_err() {
+        if !control_built {
             // e.g. the API key file was fixed through its Secret
-            backend = try_backend(&cfg, &metrics).0;
+            let (control, built, _) = build_or_unavailable(&cfg, &metrics);
+            node.set_control(control);
+            control_built = built;
         }
-        let ok = reconcile(&cfg, &discovered.cidrs, &backend, &state, &metrics, &cancel).await;
+        let outcome = node.reconcile_once(&cancel).await;
         // Not ready: retry sooner, with capped exponential backoff; ready: the normal interval.
-        let wait = if ok { interval } else { retry.min(interval) };
-        retry = if ok {
-            Duration::from_secs(1)
-        } else {
-            (retry * 2).min(interval)
-        };
+        let wait = backoff.next_wait(outcome.ok());
         tokio::select! {
             _ = cancel.cancelled() => break,
             _ = reload.notified() => {
@@ -483,7 +273,13 @@ pub async fn run(
                         if new.node.pod_cidr != cfg.node.pod_cidr || new.tailscale.mode != cfg.tailscale.mode {
                             tracing::warn!("PodCIDR or mode changed in the config: restart the daemon to apply");
                         }
-                        backend = try_backend(&new, &metrics).0;
+                        if new.node.firewall_driver != cfg.node.firewall_driver {
+                            tracing::warn!("firewall_driver changed in the config: restart the daemon to apply");
+                        }
+                        let (control, built, _) = build_or_unavailable(&new, &metrics);
+                        node.set_control(control);
+                        control_built = built;
+                        node.set_config(new.clone());
                         cfg = new;
                         tracing::info!("configuration reloaded (flags and environment re-applied)");
                     }
@@ -522,11 +318,11 @@ async fn shutdown(
 
 /// The pod CIDRs recorded in the conflist HeadCNI wrote (for uninstall when discovery is not
 /// possible any more).
-fn cidrs_from_conflist(path: &Path) -> Vec<IpNetwork> {
-    std::fs::read(path)
+fn cidrs_from_conflist(sink: &dyn ConflistSink) -> Vec<IpNetwork> {
+    sink.read()
         .ok()
-        .and_then(|bytes| Conflist::parse(&bytes).ok())
-        .map(|c| c.pod_cidrs())
+        .flatten()
+        .map(|c| c.conflist.pod_cidrs())
         .unwrap_or_default()
 }
 
@@ -544,10 +340,26 @@ pub struct UninstallReport {
 /// HeadCNI's own file). Not done on a plain restart. Prints nothing: the caller reports.
 pub async fn uninstall(cfg: &Config) -> UninstallReport {
     headcni_headscale::tls::install_ring_provider();
+    let sink = FileConflistSink::for_config(cfg);
+    let control = backend::build(cfg, None)
+        .map(|(b, _)| b as Arc<dyn ControlPlaneBackend>)
+        .map_err(|e| backend::chain(&e));
+    uninstall_with(cfg, control, firewall_driver(cfg).as_ref(), &sink).await
+}
+
+/// [`uninstall`] with the given effects: withdraw through `control` (or report why it could
+/// not be built), remove the rule set through `firewall` (nothing with the `none` driver),
+/// remove the conflist from `sink`.
+pub async fn uninstall_with(
+    cfg: &Config,
+    control: std::result::Result<Arc<dyn ControlPlaneBackend>, String>,
+    firewall: &dyn FirewallDriver,
+    sink: &dyn ConflistSink,
+) -> UninstallReport {
     let mut report = UninstallReport::default();
     let (done, problems) = (&mut report.done, &mut report.problems);
-    let conflist = cfg.cni.conf_dir.join(&cfg.cni.conflist_name);
-    let mut cidrs = cidrs_from_conflist(&conflist);
+    let conflist = sink.location();
+    let mut cidrs = cidrs_from_conflist(sink);
     if cidrs.is_empty() {
         cidrs = podcidr::from_config(cfg).unwrap_or_default();
     }
@@ -556,22 +368,29 @@ pub async fn uninstall(cfg: &Config) -> UninstallReport {
             "no PodCIDR known (no conflist, none configured): routes not withdrawn".to_owned(),
         );
     } else {
-        match backend(cfg, None) {
-            Ok((b, _)) => match b.withdraw_routes(&cidrs).await {
+        match control {
+            Ok(b) => match b.withdraw_routes(&cidrs).await {
                 Ok(()) => done.push(format!("withdrew {cidrs:?} from the tailnet")),
                 Err(e) => problems.push(format!("withdrawing routes: {e}")),
             },
-            Err(e) => problems.push(format!("control plane: {e:#}")),
+            Err(e) => problems.push(format!("control plane: {e}")),
         }
     }
-    match dataplane::teardown(NFT_TABLE).await {
-        Ok(()) => done.push(format!("removed the nftables table inet {NFT_TABLE}")),
-        Err(e) => problems.push(format!("masquerade table: {:#}", anyhow::Error::from(e))),
+    if firewall.manages_masquerade() {
+        match dataplane::teardown_with(firewall, NFT_TABLE).await {
+            Ok(_) => done.push(format!("removed the nftables table inet {NFT_TABLE}")),
+            Err(e) => problems.push(format!("masquerade table: {}", backend::chain(&e))),
+        }
+    } else {
+        done.push(format!(
+            "left the firewall alone (firewall_driver = \"{}\")",
+            firewall.name()
+        ));
     }
-    match cniconf::remove(&cfg.cni.conf_dir, &cfg.cni.conflist_name) {
-        Ok(true) => done.push(format!("removed {}", conflist.display())),
+    match sink.remove() {
+        Ok(true) => done.push(format!("removed {conflist}")),
         Ok(false) => {}
-        Err(e) => problems.push(format!("removing {}: {e}", conflist.display())),
+        Err(e) => problems.push(format!("removing {conflist}: {e}")),
     }
     report
 }

@@ -17,6 +17,7 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use headcni_core::node::cniconf::{Conflist, ConflistParams};
+use headcni_core::node::conflist_sink::{ConflistOnDisk, ConflistSink};
 use ipnetwork::IpNetwork;
 use serde::Serialize;
 use serde_json::Value;
@@ -147,6 +148,78 @@ pub fn remove(conf_dir: &Path, file_name: &str) -> io::Result<bool> {
         }
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
         Err(e) => Err(e),
+    }
+}
+
+/// The file [`ConflistSink`]: `dir/file_name`, read with [`Conflist::parse`], written with
+/// [`write_if_changed`] (atomic, only when changed, mode 0644), removed with [`remove`] (only
+/// this file).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileConflistSink {
+    dir: PathBuf,
+    file_name: String,
+}
+
+impl FileConflistSink {
+    /// The sink `dir/file_name` (e.g. `[cni] conf_dir` and `[cni] conflist_name`).
+    pub fn new(dir: impl Into<PathBuf>, file_name: impl Into<String>) -> FileConflistSink {
+        FileConflistSink {
+            dir: dir.into(),
+            file_name: file_name.into(),
+        }
+    }
+
+    /// The sink of `[cni] conf_dir` / `[cni] conflist_name`.
+    pub fn for_config(cfg: &Config) -> FileConflistSink {
+        FileConflistSink::new(&cfg.cni.conf_dir, &cfg.cni.conflist_name)
+    }
+
+    /// The conflist's path.
+    pub fn path(&self) -> PathBuf {
+        self.dir.join(&self.file_name)
+    }
+}
+
+impl ConflistSink for FileConflistSink {
+    fn location(&self) -> String {
+        self.path().display().to_string()
+    }
+
+    /// `Ok(None)` when the file is missing (or its directory is) or is not a HeadCNI
+    /// conflist; [`ConflistOnDisk::canonical`] when its JSON equals the parsed conflist's and
+    /// its mode is [`CONFLIST_MODE`] (what [`write_if_changed`] compares).
+    fn read(&self) -> io::Result<Option<ConflistOnDisk>> {
+        check_name(&self.file_name)?;
+        let path = self.path();
+        let bytes = match std::fs::read(&path) {
+            Ok(b) => b,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::NotFound | io::ErrorKind::NotADirectory
+                ) =>
+            {
+                return Ok(None);
+            }
+            Err(e) => return Err(e),
+        };
+        let Ok(conflist) = Conflist::parse(&bytes) else {
+            return Ok(None);
+        };
+        let same_json = serde_json::from_slice::<Value>(&bytes).ok() == Some(conflist.to_value());
+        let mode_ok = std::fs::metadata(&path)?.permissions().mode() & 0o7777 == CONFLIST_MODE;
+        Ok(Some(ConflistOnDisk {
+            conflist,
+            canonical: same_json && mode_ok,
+        }))
+    }
+
+    fn write_if_changed(&self, conflist: &Conflist) -> io::Result<bool> {
+        write_if_changed(&self.dir, &self.file_name, conflist)
+    }
+
+    fn remove(&self) -> io::Result<bool> {
+        remove(&self.dir, &self.file_name)
     }
 }
 
@@ -353,6 +426,42 @@ mod tests {
             .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(names, vec![std::ffi::OsString::from(NAME)]);
+    }
+
+    #[test]
+    fn file_sink_reads_what_it_wrote_and_reports_drift() {
+        let tmp = tempfile::tempdir().unwrap();
+        let sink = FileConflistSink::new(tmp.path().join("net.d"), NAME);
+        assert_eq!(sink.read().unwrap(), None, "no directory yet");
+        let mut cfg = Config::default();
+        cfg.cni.data_dir = "/var/lib/cni/networks".into();
+        let c = conflist_for(&cfg, &["10.244.1.0/24".parse().unwrap()], 1280);
+        assert!(sink.write_if_changed(&c).unwrap());
+        let d = sink.read().unwrap().unwrap();
+        assert!(d.canonical);
+        assert_eq!(d.conflist, c);
+        assert!(!sink.write_if_changed(&c).unwrap());
+        // a drifted mode or a key added by hand: same conflist, not canonical
+        std::fs::set_permissions(sink.path(), Permissions::from_mode(0o600)).unwrap();
+        assert!(!sink.read().unwrap().unwrap().canonical);
+        assert!(
+            !sink.write_if_changed(&c).unwrap(),
+            "only the mode is restored"
+        );
+        assert!(sink.read().unwrap().unwrap().canonical);
+        let mut v = c.to_value();
+        v["extra"] = json!(1);
+        std::fs::write(sink.path(), serde_json::to_vec(&v).unwrap()).unwrap();
+        let d = sink.read().unwrap().unwrap();
+        assert_eq!((d.conflist == c, d.canonical), (true, false));
+        std::fs::write(sink.path(), b"{half").unwrap();
+        assert_eq!(sink.read().unwrap(), None, "not a conflist");
+        assert!(sink.remove().unwrap());
+        assert!(!sink.remove().unwrap());
+        assert_eq!(
+            sink.location(),
+            tmp.path().join("net.d").join(NAME).display().to_string()
+        );
     }
 
     #[test]

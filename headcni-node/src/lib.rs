@@ -6,11 +6,17 @@
 //!
 //! - [`run`]: the reconcile loop (data plane, conflist, IPAM metrics, control plane);
 //!   [`load_config`] first. [`uninstall`]: `headcni uninstall`'s steps.
+//! - [`NodeReconciler`]: one node's reconcile built from its effects ([`NodeDeps`]: a
+//!   control-plane backend, a firewall driver, link and sysctl access, a conflist sink);
+//!   [`run`] builds the production ones, an embedder can pass its own
+//!   (`examples/custom_control_plane.rs`). The decisions are `headcni_core::node`'s.
+//! - [`backend`]: the production control plane (`TailnetBackend`) from the configuration,
+//!   and the stand-in that reports why it could not be built.
 //! - [`config`]: the configuration (schema, `HEADCNI_*` env registry, layered loader,
 //!   validation, redaction and `config show`).
 //! - [`podcidr`]: PodCIDR discovery (config, env, kubelet/k3s files, the Kubernetes Node
 //!   watch, the name hash).
-//! - [`dataplane`]: bridge, forwarding sysctls and the masquerade table.
+//! - [`dataplane`]: bridge, forwarding sysctls and the masquerade table (observe, plan, act).
 //! - [`cniconf`]: the conflist writer (atomic, only when changed).
 //! - [`tailscaled`]: the dedicated tailscaled's supervisor (daemon mode).
 //! - [`state`], [`metrics`], [`http`]: what the node reports (`/status`, `/metrics`,
@@ -20,6 +26,7 @@
 #![warn(missing_docs)]
 
 mod agent;
+pub mod backend;
 pub mod cniconf;
 pub mod config;
 pub mod dataplane;
@@ -27,11 +34,13 @@ pub mod events;
 pub mod http;
 pub mod metrics;
 pub mod podcidr;
+pub mod reconciler;
 pub mod state;
 pub mod status;
 pub mod tailscaled;
 
 pub use agent::{
-    DEFAULT_TAILNET_MTU, NFT_TABLE, NodeError, SHUTDOWN_BUDGET, UninstallReport, load_config,
-    log_warnings, run, uninstall,
+    DEFAULT_TAILNET_MTU, NFT_TABLE, NodeError, SHUTDOWN_BUDGET, UninstallReport, firewall_driver,
+    load_config, log_warnings, run, uninstall, uninstall_with,
 };
+pub use reconciler::{NodeDeps, NodeReconciler, ReconcileOutcome};

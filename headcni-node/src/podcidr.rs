@@ -1,6 +1,7 @@
 //! The node's PodCIDR: which subnet this node's pods get addresses from.
 //!
-//! Sources, first match wins ([`discover`]):
+//! Sources, first match wins ([`discover`]); each is a
+//! [`headcni_core::node::podcidr_source::PodCidrSource`] ([`sources`]):
 //!
 //! 1. **config**: `[node] pod_cidr` (or `HEADCNI_NODE_POD_CIDR`, `--pod-cidr`);
 //! 2. **env**: `NODE_POD_CIDR` (comma-separated for dual-stack);
@@ -38,8 +39,12 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use async_trait::async_trait;
 use futures::StreamExt;
 use headcni_core::node::podcidr::{self as formats, PodCidrFormatError};
+use headcni_core::node::podcidr_source::{
+    Discovery, FoundPodCidrs, PodCidrSource as Source, first_found,
+};
 use ipnetwork::IpNetwork;
 use k8s_openapi::api::core::v1::Node;
 use kube::runtime::WatchStreamExt;
@@ -580,60 +585,190 @@ pub async fn discover(
     discover_with(cfg, env.as_deref(), KubeAccess::Infer, cancel).await
 }
 
-/// [`discover`] with the `NODE_POD_CIDR` value and the Kubernetes access given.
-pub async fn discover_with(
-    cfg: &Config,
-    node_pod_cidr_env: Option<&str>,
-    kube: KubeAccess,
-    cancel: &CancellationToken,
-) -> Result<Discovered, PodCidrError> {
-    let node = cfg.node_name();
-    let found = |cidrs, source, detail: String| {
-        let d = Discovered {
+/// Source 1 as a [`Source`]: `[node] pod_cidr`, checked as a node CIDR list.
+#[derive(Debug, Clone)]
+pub struct ConfigSource {
+    cidrs: Vec<IpNetwork>,
+}
+
+impl ConfigSource {
+    /// The source for `cfg`'s `[node] pod_cidr`.
+    pub fn new(cfg: &Config) -> ConfigSource {
+        ConfigSource {
+            cidrs: cfg.node.pod_cidr.clone(),
+        }
+    }
+}
+
+#[async_trait]
+impl Source for ConfigSource {
+    type Error = PodCidrError;
+    fn origin(&self) -> PodCidrSource {
+        PodCidrSource::Config
+    }
+    fn tried(&self) -> String {
+        "[node] pod_cidr".to_owned()
+    }
+    async fn lookup(&self) -> Result<Option<FoundPodCidrs>, PodCidrError> {
+        let mut v = self.cidrs.clone();
+        if v.is_empty() {
+            return Ok(None);
+        }
+        v.sort_by_key(IpNetwork::is_ipv6);
+        let cidrs = formats::node_cidrs(&v).map_err(format_err("[node] pod_cidr"))?;
+        Ok(Some(FoundPodCidrs {
             cidrs,
-            source,
-            detail,
+            detail: "[node] pod_cidr".to_owned(),
+        }))
+    }
+}
+
+/// Source 2 as a [`Source`]: the value of `NODE_POD_CIDR` ([`from_env`]).
+#[derive(Debug, Clone)]
+pub struct EnvSource {
+    value: Option<String>,
+}
+
+impl EnvSource {
+    /// The source for this value of `NODE_POD_CIDR` (`None`: unset).
+    pub fn new(value: Option<&str>) -> EnvSource {
+        EnvSource {
+            value: value.map(str::to_owned),
+        }
+    }
+}
+
+#[async_trait]
+impl Source for EnvSource {
+    type Error = PodCidrError;
+    fn origin(&self) -> PodCidrSource {
+        PodCidrSource::Env
+    }
+    fn tried(&self) -> String {
+        NODE_POD_CIDR_ENV.to_owned()
+    }
+    async fn lookup(&self) -> Result<Option<FoundPodCidrs>, PodCidrError> {
+        Ok(from_env(self.value.as_deref())?.map(|cidrs| FoundPodCidrs {
+            cidrs,
+            detail: NODE_POD_CIDR_ENV.to_owned(),
+        }))
+    }
+}
+
+/// Source 3 as a [`Source`]: the Kubernetes Node. With an API (configured or inferred) it
+/// waits for the Node's PodCIDR ([`wait_for_node`]) and so always answers (or fails, or is
+/// cancelled); without one it has nothing.
+#[derive(Debug, Clone)]
+pub struct KubeNodeSource {
+    cfg: Config,
+    access: KubeAccess,
+    cancel: CancellationToken,
+}
+
+impl KubeNodeSource {
+    /// The source for `cfg`'s node and `[node] kubeconfig`, reaching the API through
+    /// `access`; `cancel` ends the wait with [`PodCidrError::Cancelled`].
+    pub fn new(cfg: &Config, access: KubeAccess, cancel: &CancellationToken) -> KubeNodeSource {
+        KubeNodeSource {
+            cfg: cfg.clone(),
+            access,
+            cancel: cancel.clone(),
+        }
+    }
+}
+
+#[async_trait]
+impl Source for KubeNodeSource {
+    type Error = PodCidrError;
+    fn origin(&self) -> PodCidrSource {
+        PodCidrSource::KubernetesNode
+    }
+    fn tried(&self) -> String {
+        "Kubernetes API (not configured)".to_owned()
+    }
+    async fn lookup(&self) -> Result<Option<FoundPodCidrs>, PodCidrError> {
+        let client = match &self.access {
+            KubeAccess::Infer => kube_client(&self.cfg).await?,
+            KubeAccess::Client(c) => Some(c.clone()),
+            KubeAccess::Disabled => None,
         };
-        tracing::info!(node = %node, cidrs = ?d.cidrs, source = ?d.source, detail = %d.detail, "PodCIDR discovered");
-        Ok(d)
-    };
-    let mut tried = Vec::new();
-
-    if let Some(c) = from_config(cfg) {
-        let c = formats::node_cidrs(&c).map_err(format_err("[node] pod_cidr"))?;
-        return found(c, PodCidrSource::Config, "[node] pod_cidr".to_owned());
+        let Some(client) = client else {
+            return Ok(None);
+        };
+        let node = self.cfg.node_name();
+        let cidrs = wait_for_node(client, &node, &self.cancel).await?;
+        Ok(Some(FoundPodCidrs {
+            cidrs,
+            detail: format!("Node {node} spec.podCIDRs"),
+        }))
     }
-    tried.push("[node] pod_cidr");
+}
 
-    if let Some(c) = from_env(node_pod_cidr_env)? {
-        return found(c, PodCidrSource::Env, NODE_POD_CIDR_ENV.to_owned());
+/// Source 4 as a [`Source`]: the kubelet/k3s files under `[node] local_files_root`
+/// ([`from_local_files`]).
+#[derive(Debug, Clone)]
+pub struct LocalFilesSource {
+    root: PathBuf,
+    node: String,
+}
+
+impl LocalFilesSource {
+    /// The source for `cfg`'s `[node] local_files_root` and node name.
+    pub fn new(cfg: &Config) -> LocalFilesSource {
+        LocalFilesSource {
+            root: cfg.node.local_files_root.clone(),
+            node: cfg.node_name(),
+        }
     }
-    tried.push(NODE_POD_CIDR_ENV);
+}
 
-    let client = match kube {
-        KubeAccess::Infer => kube_client(cfg).await?,
-        KubeAccess::Client(c) => Some(c),
-        KubeAccess::Disabled => None,
-    };
-    if let Some(client) = client {
-        let c = wait_for_node(client, &node, cancel).await?;
-        return found(
-            c,
-            PodCidrSource::KubernetesNode,
-            format!("Node {node} spec.podCIDRs"),
-        );
+#[async_trait]
+impl Source for LocalFilesSource {
+    type Error = PodCidrError;
+    fn origin(&self) -> PodCidrSource {
+        PodCidrSource::LocalFiles
     }
-    tried.push("Kubernetes API (not configured)");
-
-    let root = &cfg.node.local_files_root;
-    if let Some((c, detail)) = from_local_files(root, &node)? {
-        return found(c, PodCidrSource::LocalFiles, detail);
+    fn tried(&self) -> String {
+        "kubelet/k3s local files".to_owned()
     }
-    tried.push("kubelet/k3s local files");
+    async fn lookup(&self) -> Result<Option<FoundPodCidrs>, PodCidrError> {
+        Ok(from_local_files(&self.root, &self.node)?
+            .map(|(cidrs, detail)| FoundPodCidrs { cidrs, detail }))
+    }
+}
 
-    if cfg.node.pod_cidr_from_name_hash {
+/// Source 5 as a [`Source`]: the name hash, only with `[node] pod_cidr_from_name_hash`
+/// ([`from_name_hash`]; the cluster CIDR is `[node] cluster_cidr`, else
+/// [`cluster_from_local_files`]).
+#[derive(Debug, Clone)]
+pub struct NameHashSource {
+    cfg: Config,
+}
+
+impl NameHashSource {
+    /// The source for `cfg`.
+    pub fn new(cfg: &Config) -> NameHashSource {
+        NameHashSource { cfg: cfg.clone() }
+    }
+}
+
+#[async_trait]
+impl Source for NameHashSource {
+    type Error = PodCidrError;
+    fn origin(&self) -> PodCidrSource {
+        PodCidrSource::NameHash
+    }
+    fn tried(&self) -> String {
+        "name hash (disabled)".to_owned()
+    }
+    async fn lookup(&self) -> Result<Option<FoundPodCidrs>, PodCidrError> {
+        let cfg = &self.cfg;
+        if !cfg.node.pod_cidr_from_name_hash {
+            return Ok(None);
+        }
+        let node = cfg.node_name();
         let (cluster, hint_masks, from) = if cfg.node.cluster_cidr.is_empty() {
-            match cluster_from_local_files(root)? {
+            match cluster_from_local_files(&cfg.node.local_files_root)? {
                 Some(h) => (h.cidrs, (h.mask_v4, h.mask_v6), h.detail),
                 None => return Err(PodCidrError::NoClusterCidr),
             }
@@ -648,22 +783,60 @@ pub async fn discover_with(
             hint_masks.0.unwrap_or(formats::DEFAULT_NODE_PREFIX_V4),
             hint_masks.1.unwrap_or(formats::DEFAULT_NODE_PREFIX_V6),
         ));
-        let c = from_name_hash(&node, &cluster, p4, p6)?;
+        let cidrs = from_name_hash(&node, &cluster, p4, p6)?;
         let cl: Vec<String> = cluster.iter().map(ToString::to_string).collect();
-        return found(
-            c,
-            PodCidrSource::NameHash,
-            format!(
+        Ok(Some(FoundPodCidrs {
+            cidrs,
+            detail: format!(
                 "hash of node name {node:?} in {} ({from}), /{p4} and /{p6}",
                 cl.join(",")
             ),
-        );
+        }))
     }
-    tried.push("name hash (disabled)");
-    Err(PodCidrError::NotFound {
-        node,
-        tried: tried.join(", "),
-    })
+}
+
+/// The sources in discovery's order: [`ConfigSource`], [`EnvSource`] (with
+/// `node_pod_cidr_env`), [`KubeNodeSource`] (with `kube`), [`LocalFilesSource`],
+/// [`NameHashSource`].
+pub fn sources(
+    cfg: &Config,
+    node_pod_cidr_env: Option<&str>,
+    kube: KubeAccess,
+    cancel: &CancellationToken,
+) -> Vec<Box<dyn Source<Error = PodCidrError>>> {
+    vec![
+        Box::new(ConfigSource::new(cfg)),
+        Box::new(EnvSource::new(node_pod_cidr_env)),
+        Box::new(KubeNodeSource::new(cfg, kube, cancel)),
+        Box::new(LocalFilesSource::new(cfg)),
+        Box::new(NameHashSource::new(cfg)),
+    ]
+}
+
+/// [`discover`] with the `NODE_POD_CIDR` value and the Kubernetes access given: the first of
+/// [`sources`] with an answer wins ([`headcni_core::node::podcidr_source::first_found`]).
+pub async fn discover_with(
+    cfg: &Config,
+    node_pod_cidr_env: Option<&str>,
+    kube: KubeAccess,
+    cancel: &CancellationToken,
+) -> Result<Discovered, PodCidrError> {
+    let node = cfg.node_name();
+    match first_found(&sources(cfg, node_pod_cidr_env, kube, cancel)).await? {
+        Discovery::Found(source, found) => {
+            let d = Discovered {
+                cidrs: found.cidrs,
+                source,
+                detail: found.detail,
+            };
+            tracing::info!(node = %node, cidrs = ?d.cidrs, source = ?d.source, detail = %d.detail, "PodCIDR discovered");
+            Ok(d)
+        }
+        Discovery::NotFound(tried) => Err(PodCidrError::NotFound {
+            node,
+            tried: tried.join(", "),
+        }),
+    }
 }
 
 #[cfg(test)]

@@ -7,25 +7,14 @@ use std::sync::{Arc, RwLock};
 use std::time::SystemTime;
 
 use headcni_core::control::ControlPlaneStatus;
+use headcni_core::node::firewall::{NFT_DRIVER, NONE_DRIVER};
+use headcni_core::node::readiness::{NodeReadiness, not_ready_reasons};
 use ipnetwork::IpNetwork;
 use serde::{Deserialize, Serialize};
 
-/// Where the node's PodCIDR came from (issue order: config, env, Kubernetes Node, local
-/// kubelet/k3s files, name hash).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum PodCidrSource {
-    /// `[node] pod_cidr` in the config file (or its flag).
-    Config,
-    /// The `NODE_POD_CIDR` environment variable.
-    Env,
-    /// The Kubernetes Node object's `spec.podCIDRs`.
-    KubernetesNode,
-    /// Local kubelet or k3s files.
-    LocalFiles,
-    /// A hash of the node name inside the cluster CIDR (opt-in).
-    NameHash,
-}
+/// Where the node's PodCIDR came from (config, env, Kubernetes Node, local kubelet/k3s
+/// files, name hash): [`headcni_core::node::podcidr_source::PodCidrOrigin`].
+pub use headcni_core::node::podcidr_source::PodCidrOrigin as PodCidrSource;
 
 /// One pod attachment on this node, as reported by the plugin's best-effort events.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -59,8 +48,16 @@ pub struct DaemonState {
     pub conflist: Option<String>,
     /// The conflist on disk matches what the daemon wants.
     pub conflist_written: bool,
-    /// The masquerade table is in place.
+    /// The masquerade table is in place (always `false` with `firewall_driver = "none"`,
+    /// which does not manage it).
     pub masquerade_ready: bool,
+    /// The firewall driver (`[node] firewall_driver`): `nft`, or `none` when someone else
+    /// manages masquerading. Absent in a daemon older than the key: `nft`.
+    #[serde(default = "default_firewall_driver")]
+    pub firewall_driver: String,
+    /// The data plane (bridge, forwarding; and the masquerade table with `nft`) is in place.
+    #[serde(default)]
+    pub dataplane_ready: bool,
     /// The control plane's last observed status.
     pub control: Option<ControlPlaneStatus>,
     /// Pods on this node keyed by `containerID/ifname`.
@@ -80,6 +77,8 @@ impl DaemonState {
             conflist: None,
             conflist_written: false,
             masquerade_ready: false,
+            firewall_driver: default_firewall_driver(),
+            dataplane_ready: false,
             control: None,
             pods: BTreeMap::new(),
             started_at: SystemTime::now(),
@@ -87,29 +86,22 @@ impl DaemonState {
     }
 
     /// Why the node is not ready (`/readyz`): PodCIDR known, conflist written, masquerade in
-    /// place, route approved. Empty when ready.
+    /// place (with the `nft` driver; the data plane with `none`), route approved. Empty when
+    /// ready. The rules: [`headcni_core::node::readiness::not_ready_reasons`].
     pub fn not_ready_reasons(&self) -> Vec<String> {
-        let mut r = Vec::new();
-        if self.pod_cidrs.is_empty() {
-            r.push("PodCIDR not known yet".to_owned());
-        }
-        if !self.conflist_written {
-            r.push("CNI conflist not written".to_owned());
-        }
-        if !self.masquerade_ready {
-            r.push("masquerade rules not in place".to_owned());
-        }
-        match &self.control {
-            None => r.push("control plane not reconciled yet".to_owned()),
-            Some(c) => {
-                if let headcni_core::control::Readiness::NotReady { reason, detail } = &c.readiness
-                {
-                    r.push(format!("control plane: {}: {detail}", reason.as_str()));
-                }
-            }
-        }
-        r
+        not_ready_reasons(&NodeReadiness {
+            pod_cidr_known: !self.pod_cidrs.is_empty(),
+            conflist_written: self.conflist_written,
+            masquerade_managed: self.firewall_driver != NONE_DRIVER,
+            masquerade_ready: self.masquerade_ready,
+            dataplane_ready: self.dataplane_ready,
+            control: self.control.as_ref().map(|c| &c.readiness),
+        })
     }
+}
+
+fn default_firewall_driver() -> String {
+    NFT_DRIVER.to_owned()
 }
 
 /// The most pods one `/status` answer lists (and the default page size): it bounds the
@@ -158,6 +150,8 @@ impl DaemonState {
             conflist: self.conflist.clone(),
             conflist_written: self.conflist_written,
             masquerade_ready: self.masquerade_ready,
+            firewall_driver: self.firewall_driver.clone(),
+            dataplane_ready: self.dataplane_ready,
             control: self.control.clone(),
             pods,
             started_at: self.started_at,
@@ -177,6 +171,27 @@ pub type SharedState = Arc<RwLock<DaemonState>>;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn driver_none_does_not_require_the_masquerade_table() {
+        let mut s = DaemonState::new("n", "host");
+        s.pod_cidrs = vec!["10.244.1.0/24".parse().unwrap()];
+        s.conflist_written = true;
+        s.control = Some(ControlPlaneStatus {
+            readiness: headcni_core::control::Readiness::Ready,
+            ..ControlPlaneStatus::initial("x")
+        });
+        s.dataplane_ready = true;
+        assert_eq!(s.not_ready_reasons(), ["masquerade rules not in place"]);
+        s.firewall_driver = "none".into();
+        assert!(s.not_ready_reasons().is_empty());
+        // a status document from a daemon older than the key reads as the nft driver
+        let mut v = serde_json::to_value(&s).unwrap();
+        v.as_object_mut().unwrap().remove("firewall_driver");
+        v.as_object_mut().unwrap().remove("dataplane_ready");
+        let old: DaemonState = serde_json::from_value(v).unwrap();
+        assert_eq!(old.firewall_driver, "nft");
+    }
 
     #[test]
     fn status_pages_cover_the_table() {

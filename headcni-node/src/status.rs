@@ -328,10 +328,10 @@ pub fn render(state: &DaemonState) -> String {
     let _ = writeln!(
         o,
         "Masquerade:  {}",
-        if state.masquerade_ready {
-            "in place"
-        } else {
-            "not in place"
+        match (state.firewall_driver.as_str(), state.masquerade_ready) {
+            ("none", _) => "not managed (firewall_driver = none)",
+            (_, true) => "in place",
+            (_, false) => "not in place",
         }
     );
     match &state.control {

@@ -1,8 +1,18 @@
-//! Node-level domain logic for the daemon, free of I/O: PodCIDR sources' file formats,
-//! the CNI conflist the daemon writes, the masquerade rule set and the `filter FORWARD`
-//! accept rules.
+//! Node-level domain logic for the node agent, free of I/O: PodCIDR sources' file formats
+//! and the [`podcidr_source::PodCidrSource`] trait, the CNI conflist the agent writes and its
+//! [`conflist_sink::ConflistSink`], the masquerade rule set and the
+//! [`firewall::FirewallDriver`] that applies it, the `filter FORWARD` accept rules
+//! ([`forward`]), and the node reconcile's decisions ([`reconcile`], [`mtu`], [`retry`],
+//! [`readiness`]).
 
 pub mod cniconf;
+pub mod conflist_sink;
+pub mod firewall;
 pub mod forward;
 pub mod masq;
+pub mod mtu;
 pub mod podcidr;
+pub mod podcidr_source;
+pub mod readiness;
+pub mod reconcile;
+pub mod retry;

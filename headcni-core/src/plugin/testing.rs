@@ -13,6 +13,7 @@ use super::Namespaces;
 use crate::link::{
     BridgeSpec, LinkError, LinkInfo, LinkManager, RouteManager, RouteSpec, VethPair, VethSpec,
 };
+use crate::sysctl::{ForwardingState, ForwardingSysctl};
 
 /// The fake's name for the host (plugin) namespace.
 pub const HOST: &str = "<host>";
@@ -40,6 +41,9 @@ pub struct World {
     pub log: Vec<String>,
     /// The last link index handed out.
     pub next_index: u32,
+    /// netns → its forwarding sysctls (absent: both off, as in a new namespace); written by
+    /// [`LinkManager::enable_forwarding`], read by [`ForwardingSysctl::forwarding`].
+    pub forwarding: BTreeMap<String, ForwardingState>,
 }
 
 /// A recording, in-memory [`Namespaces`] backend: links, addresses and routes per namespace
@@ -159,6 +163,10 @@ impl LinkManager for Handle {
                 entry.1.push(*a);
             }
         }
+        if let Some(mtu) = spec.mtu {
+            entry.0.mtu = mtu;
+        }
+        entry.0.up = true;
         Ok(entry.0.clone())
     }
     async fn create_veth(&self, spec: &VethSpec) -> Result<VethPair, LinkError> {
@@ -295,9 +303,39 @@ impl LinkManager for Handle {
     async fn hairpin(&self, port: &str) -> Result<bool, LinkError> {
         Ok(self.world.w().hairpin.contains(port))
     }
-    async fn enable_forwarding(&self, _v4: bool, _v6: bool) -> Result<(), LinkError> {
+    async fn enable_forwarding(&self, v4: bool, v6: bool) -> Result<(), LinkError> {
         let mut w = self.world.w();
-        fail(&mut w, "enable_forwarding")
+        fail(&mut w, "enable_forwarding")?;
+        let f = w
+            .forwarding
+            .entry(self.ns.clone())
+            .or_insert(ForwardingState {
+                ipv4: Some(false),
+                ipv6: Some(false),
+            });
+        if v4 {
+            f.ipv4 = Some(true);
+        }
+        if v6 && f.ipv6.is_some() {
+            f.ipv6 = Some(true);
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl ForwardingSysctl for Handle {
+    async fn forwarding(&self) -> Result<ForwardingState, LinkError> {
+        Ok(self
+            .world
+            .w()
+            .forwarding
+            .get(&self.ns)
+            .copied()
+            .unwrap_or(ForwardingState {
+                ipv4: Some(false),
+                ipv6: Some(false),
+            }))
     }
 }
 

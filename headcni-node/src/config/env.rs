@@ -25,6 +25,7 @@ pub(super) const KEYS: &[(&str, &str, Kind)] = &[
     ("node", "node_cidr_prefix", Kind::Prefix),
     ("node", "kubeconfig", Kind::Str),
     ("node", "local_files_root", Kind::Str),
+    ("node", "firewall_driver", Kind::Str),
     ("cni", "conf_dir", Kind::Str),
     ("cni", "bin_dir", Kind::Str),
     ("cni", "data_dir", Kind::Str),

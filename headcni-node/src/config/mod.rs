@@ -47,6 +47,7 @@
 //! node_cidr_prefix = 24            # for the hash: IPv4 prefix, or { v4 = 24, v6 = 64 }
 //! kubeconfig = "/etc/headcni/kubeconfig"  # default: in-cluster, KUBECONFIG, ~/.kube/config
 //! local_files_root = "/"           # where the kubelet/k3s files are looked up (tests)
+//! firewall_driver = "nft"          # nft | none (masquerade managed by someone else)
 //!
 //! [cni]
 //! conf_dir = "/etc/cni/net.d"

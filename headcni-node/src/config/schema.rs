@@ -59,6 +59,30 @@ pub enum Approval {
     AutoApprovers,
 }
 
+/// Which firewall driver puts the masquerade rule set in place (`[node] firewall_driver`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FirewallDriverKind {
+    /// nftables: HeadCNI's own table `inet headcni` (`headcni_netlink::NftFirewall`).
+    #[default]
+    Nft,
+    /// No firewall driver: masquerading is managed by someone else; HeadCNI neither writes
+    /// nor requires the masquerade rule set, and uninstall leaves nftables alone.
+    #[serde(rename = "none")]
+    Unmanaged,
+}
+
+impl FirewallDriverKind {
+    /// `nft` or `none` ([`headcni_core::node::firewall::NFT_DRIVER`],
+    /// [`headcni_core::node::firewall::NONE_DRIVER`]).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FirewallDriverKind::Nft => headcni_core::node::firewall::NFT_DRIVER,
+            FirewallDriverKind::Unmanaged => headcni_core::node::firewall::NONE_DRIVER,
+        }
+    }
+}
+
 /// Log output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -176,6 +200,8 @@ pub struct NodeConfig {
     pub kubeconfig: Option<PathBuf>,
     /// The root under which kubelet/k3s files are read (`/` on a node; a fixture dir in tests).
     pub local_files_root: PathBuf,
+    /// The firewall driver for the masquerade rule set: `nft` (default) or `none`.
+    pub firewall_driver: FirewallDriverKind,
 }
 
 impl Default for NodeConfig {
@@ -188,6 +214,7 @@ impl Default for NodeConfig {
             node_cidr_prefix: None,
             kubeconfig: None,
             local_files_root: PathBuf::from("/"),
+            firewall_driver: FirewallDriverKind::Nft,
         }
     }
 }

@@ -1,0 +1,225 @@
+//! The control plane the node agent drives: the production [`TailnetBackend`] built from the
+//! configuration ([`build`]), and [`UnavailableBackend`], which stands in for it while it
+//! cannot be built (no API key yet, ...) and reports why as not ready / refused.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use headcni_core::control::{
+    ControlPlaneBackend, ControlPlaneError, ControlPlaneStatus, NotReadyReason, PeerRoutes,
+    Readiness, RouteState,
+};
+use headcni_headscale::{
+    ApprovalMode, BackendOptions, HeadscaleClient, HeadscaleConfig, HeadscaleError, LocalApiClient,
+    RequestObserver, Secret, TailnetBackend,
+};
+use ipnetwork::IpNetwork;
+
+use crate::config::{Approval, Config, Mode};
+use crate::metrics::Metrics;
+
+/// Why the control-plane backend could not be built from the configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    /// The Headscale API key could not be loaded (missing, unsafe mode, ...).
+    #[error("headscale API key: {0}")]
+    ApiKey(String),
+    /// The Headscale client could not be built (bad URL, bad CA bundle).
+    #[error(transparent)]
+    Client(#[from] HeadscaleError),
+    /// `approval = "api"` without a URL and an API key.
+    #[error("[headscale] approval = \"api\" needs [headscale] url and an API key")]
+    NoApi,
+}
+
+/// `e` and its causes, `: `-separated (as `anyhow`'s `{:#}`).
+pub(crate) fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+/// A Headscale client with `[headscale] timeout_secs` as its request budget.
+fn headscale_client(
+    cfg: &Config,
+    url: &str,
+    key: Secret,
+    observer: Option<RequestObserver>,
+) -> Result<HeadscaleClient, BackendError> {
+    let mut hc = HeadscaleConfig::new(url.to_owned(), Some(key));
+    hc.request_timeout = cfg.headscale.timeout();
+    hc.connect_timeout = cfg.headscale.timeout().min(Duration::from_secs(5));
+    let client = HeadscaleClient::new(hc)?;
+    Ok(match observer {
+        Some(o) => client.with_observer(o),
+        None => client,
+    })
+}
+
+/// Feeds `headcni_control_plane_requests_total{endpoint,result}` from both clients.
+pub(crate) fn metrics_observer(metrics: &Arc<Metrics>) -> RequestObserver {
+    let m = metrics.clone();
+    RequestObserver::new(move |endpoint, ok| m.record_control(endpoint, ok))
+}
+
+/// Builds the control-plane backend for the configured mode and approval (LocalAPI at
+/// `[tailscale] socket`; Headscale's API with `approval = "api"`, and in daemon mode for the
+/// bootstrap pre-auth key when a key is available). Both clients use `[headscale]
+/// timeout_secs` per request, so an unresponsive Headscale or tailscaled makes the node not
+/// ready instead of stalling the reconcile. Also returns the Headscale client, if any.
+///
+/// Errors: [`BackendError`].
+pub fn build(
+    cfg: &Config,
+    observer: Option<RequestObserver>,
+) -> Result<(Arc<TailnetBackend>, Option<Arc<HeadscaleClient>>), BackendError> {
+    let mut localapi =
+        LocalApiClient::new(cfg.tailscale_socket()).with_timeout(cfg.headscale.timeout());
+    if let Some(o) = &observer {
+        localapi = localapi.with_observer(o.clone());
+    }
+    let headscale = match (&cfg.headscale.url, cfg.headscale.approval) {
+        (Some(url), Approval::Api) => {
+            let key = Secret::load_api_key(cfg.headscale.api_key_file.as_deref())
+                .map_err(|e| BackendError::ApiKey(e.to_string()))?;
+            Some(Arc::new(headscale_client(cfg, url, key, observer.clone())?))
+        }
+        (Some(url), Approval::AutoApprovers) if cfg.tailscale.mode == Mode::Daemon => {
+            // daemon mode still needs the API for the bootstrap pre-auth key
+            match Secret::load_api_key(cfg.headscale.api_key_file.as_deref()) {
+                Ok(key) => Some(Arc::new(headscale_client(cfg, url, key, observer.clone())?)),
+                Err(_) => None,
+            }
+        }
+        _ => None,
+    };
+    let approval = match (cfg.headscale.approval, &headscale) {
+        (Approval::Api, Some(h)) => ApprovalMode::Api(h.clone()),
+        (Approval::Api, None) => return Err(BackendError::NoApi),
+        (Approval::AutoApprovers, _) => ApprovalMode::AutoApprovers,
+    };
+    let opts = BackendOptions {
+        approval_timeout: Duration::from_secs(10),
+        ..BackendOptions::default()
+    };
+    Ok((
+        Arc::new(TailnetBackend::new(localapi, approval, opts)),
+        headscale,
+    ))
+}
+
+/// A control plane that could not be built: every call is refused with `reason`, and its
+/// status is not ready ([`NotReadyReason::Refused`], detail `reason`) with the routes last
+/// asked for as `wanted`. The node agent replaces it as soon as the real backend can be built.
+#[derive(Debug)]
+pub struct UnavailableBackend {
+    backend: String,
+    reason: String,
+    wanted: Mutex<Vec<IpNetwork>>,
+}
+
+impl UnavailableBackend {
+    /// A stand-in for backend `backend` (e.g. `headscale`) that refuses with `reason`.
+    pub fn new(backend: impl Into<String>, reason: impl Into<String>) -> UnavailableBackend {
+        UnavailableBackend {
+            backend: backend.into(),
+            reason: reason.into(),
+            wanted: Mutex::new(Vec::new()),
+        }
+    }
+
+    fn refused(&self) -> ControlPlaneError {
+        ControlPlaneError::Refused {
+            endpoint: self.backend.clone(),
+            reason: self.reason.clone(),
+        }
+    }
+}
+
+#[async_trait]
+impl ControlPlaneBackend for UnavailableBackend {
+    async fn ensure_routes(&self, routes: &[IpNetwork]) -> Result<RouteState, ControlPlaneError> {
+        *self.wanted.lock().unwrap_or_else(|p| p.into_inner()) = routes.to_vec();
+        Err(self.refused())
+    }
+    async fn withdraw_routes(&self, _routes: &[IpNetwork]) -> Result<(), ControlPlaneError> {
+        Err(self.refused())
+    }
+    async fn peer_routes(&self) -> Result<Vec<PeerRoutes>, ControlPlaneError> {
+        Err(self.refused())
+    }
+    fn status(&self) -> ControlPlaneStatus {
+        let mut s = ControlPlaneStatus::initial(self.backend.clone());
+        s.wanted = self
+            .wanted
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        s.readiness = Readiness::NotReady {
+            reason: NotReadyReason::Refused,
+            detail: self.reason.clone(),
+        };
+        s
+    }
+}
+
+/// The configured backend, or an [`UnavailableBackend`] with the reason (logged as an
+/// error); `true` when the real one was built. Also returns the Headscale client, if any.
+pub(crate) fn build_or_unavailable(
+    cfg: &Config,
+    metrics: &Arc<Metrics>,
+) -> (
+    Arc<dyn ControlPlaneBackend>,
+    bool,
+    Option<Arc<HeadscaleClient>>,
+) {
+    match build(cfg, Some(metrics_observer(metrics))) {
+        Ok((b, h)) => (b, true, h),
+        Err(e) => {
+            let why = chain(&e);
+            tracing::error!("control plane: {why}");
+            (
+                Arc::new(UnavailableBackend::new("headscale", why)),
+                false,
+                None,
+            )
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn unavailable_backend_refuses_and_reports_why() {
+        let b = UnavailableBackend::new("headscale", "headscale API key: missing");
+        let r: Vec<IpNetwork> = vec!["10.244.1.0/24".parse().unwrap()];
+        let e = b.ensure_routes(&r).await.unwrap_err();
+        assert!(!e.is_transient());
+        assert!(b.withdraw_routes(&r).await.is_err());
+        let s = b.status();
+        assert_eq!(s.backend, "headscale");
+        assert_eq!(s.wanted, r);
+        assert_eq!(
+            s.readiness,
+            Readiness::NotReady {
+                reason: NotReadyReason::Refused,
+                detail: "headscale API key: missing".into()
+            }
+        );
+    }
+
+    #[test]
+    fn api_approval_without_url_is_refused() {
+        let cfg = Config::default();
+        let e = build(&cfg, None).unwrap_err();
+        assert!(matches!(e, BackendError::NoApi), "{e:?}");
+    }
+}

@@ -219,6 +219,24 @@ pub fn ensure(backend: Backend, cidrs: &[IpNetwork]) -> Result<ForwardReport, Fo
     Ok(report)
 }
 
+/// Whether the accept rules for `cidrs` are in place in every family that has a CIDR (a
+/// family without one is not looked at). Reads only.
+///
+/// Errors: [`ForwardError::Tool`].
+pub fn in_place(backend: Backend, cidrs: &[IpNetwork]) -> Result<bool, ForwardError> {
+    for family in [IpFamily::V4, IpFamily::V6] {
+        let rules = ForwardRules::new(family, cidrs);
+        if rules.is_empty() {
+            continue;
+        }
+        let (fwd, chain) = observe(backend, family)?;
+        if !rules.in_place(&fwd, chain.as_deref()) {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
 /// Removes HeadCNI's jump and chain from one family; `Ok(false)` when there was none (also
 /// when the family's `filter` table cannot be used at all, e.g. IPv6 disabled).
 fn remove_family(backend: Backend, family: IpFamily) -> Result<bool, ForwardError> {

@@ -60,7 +60,7 @@ fn lock<T>(m: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
 /// The firewall driver `[node] firewall_driver` names.
 pub fn firewall_driver(cfg: &Config) -> Arc<dyn FirewallDriver> {
     match cfg.node.firewall_driver {
-        FirewallDriverKind::Nft => Arc::new(NftFirewall),
+        FirewallDriverKind::Nft => Arc::new(NftFirewall::new()),
         FirewallDriverKind::Unmanaged => Arc::new(NoFirewall),
     }
 }

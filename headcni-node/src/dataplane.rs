@@ -236,7 +236,7 @@ pub async fn reconcile(p: &DataplaneParams) -> Result<DataplaneReport, Dataplane
     let nl = NetlinkHandle::current()
         .await
         .map_err(link_step("open netlink in the node namespace"))?;
-    reconcile_with(&nl, &nl, &NftFirewall, p).await
+    reconcile_with(&nl, &nl, &NftFirewall::new(), p).await
 }
 
 /// Uninstall: deletes HeadCNI's rule set `table` through `firewall` (no error if it is
@@ -263,7 +263,7 @@ pub async fn teardown_with(
 ///
 /// Errors: invalid table name, `nft` missing or failing.
 pub async fn teardown(table: &str) -> Result<(), DataplaneError> {
-    teardown_with(&NftFirewall, table).await.map(|_| ())
+    teardown_with(&NftFirewall::new(), table).await.map(|_| ())
 }
 
 #[cfg(test)]

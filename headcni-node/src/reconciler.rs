@@ -182,10 +182,17 @@ impl NodeReconciler {
             Ok(r) => tracing::debug!(?r, "data plane reconciled"),
             Err(e) => tracing::warn!("data plane: {}", crate::backend::chain(e)),
         }
+        let firewall_warnings = d.firewall.warnings().await;
         {
             let mut st = lock(&self.state);
+            if st.firewall_warnings != firewall_warnings {
+                for w in &firewall_warnings {
+                    tracing::warn!("firewall: {w}");
+                }
+            }
             st.dataplane_ready = dp.is_ok();
             st.masquerade_ready = dp.is_ok() && d.firewall.manages_masquerade();
+            st.firewall_warnings = firewall_warnings;
         }
 
         let t = Instant::now();

@@ -58,6 +58,10 @@ pub struct DaemonState {
     /// The data plane (bridge, forwarding; and the masquerade table with `nft`) is in place.
     #[serde(default)]
     pub dataplane_ready: bool,
+    /// Other firewalls that would still drop pod traffic (the driver's
+    /// `FirewallDriver::warnings`, e.g. a foreign nftables forward chain with policy drop).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub firewall_warnings: Vec<String>,
     /// The control plane's last observed status.
     pub control: Option<ControlPlaneStatus>,
     /// Pods on this node keyed by `containerID/ifname`.
@@ -79,6 +83,7 @@ impl DaemonState {
             masquerade_ready: false,
             firewall_driver: default_firewall_driver(),
             dataplane_ready: false,
+            firewall_warnings: Vec::new(),
             control: None,
             pods: BTreeMap::new(),
             started_at: SystemTime::now(),
@@ -152,6 +157,7 @@ impl DaemonState {
             masquerade_ready: self.masquerade_ready,
             firewall_driver: self.firewall_driver.clone(),
             dataplane_ready: self.dataplane_ready,
+            firewall_warnings: self.firewall_warnings.clone(),
             control: self.control.clone(),
             pods,
             started_at: self.started_at,

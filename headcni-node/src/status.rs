@@ -334,6 +334,9 @@ pub fn render(state: &DaemonState) -> String {
             (_, false) => "not in place",
         }
     );
+    for w in &state.firewall_warnings {
+        let _ = writeln!(o, "Firewall:    {}", clean(w));
+    }
     match &state.control {
         None => {
             let _ = writeln!(o, "Control:     not reconciled yet");

@@ -55,6 +55,12 @@ pub trait FirewallDriver: Send + Sync {
     ///
     /// Errors: [`FirewallError`].
     async fn remove(&self, table: &str) -> Result<bool, FirewallError>;
+    /// Other firewalls on the node that would still drop pod traffic although this driver's
+    /// rules are in place (e.g. an nftables forward chain with policy `drop` in a table the
+    /// driver does not own), one sentence each, for `headcni status`. Default: none known.
+    async fn warnings(&self) -> Vec<String> {
+        Vec::new()
+    }
 }
 
 /// The `none` driver: installs and removes nothing ([`FirewallDriver::manages_masquerade`]

@@ -268,6 +268,7 @@ pub async fn ensure_logged_in(
         LoginStep::Start { mint_key } => mint_key,
     };
     let key = if mint_key {
+        refuse_tags_with_key(prefs)?;
         let client = headscale.ok_or_else(|| ControlPlaneError::Refused {
             endpoint: "headscale API".into(),
             reason: format!(
@@ -322,6 +323,25 @@ pub async fn ensure_logged_in(
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// A node may not request tags (`AdvertiseTags`) when it registers with a pre-auth key:
+/// Headscale 0.28, 0.29 and main refuse the registration ("requested tags … are invalid or not
+/// permitted", headscale `hscontrol/state/state.go` `HandleNodeFromPreAuthKey`, from 0.28 on), so HeadCNI refuses the combination before it
+/// creates a key. Tags come from the key instead (`acl_tags` of [`bootstrap_key`]).
+///
+/// Errors: [`ControlPlaneError::Refused`] when `prefs.advertise_tags` is not empty.
+pub fn refuse_tags_with_key(prefs: &DaemonPrefs) -> Result<(), ControlPlaneError> {
+    if prefs.advertise_tags.is_empty() {
+        return Ok(());
+    }
+    Err(ControlPlaneError::Refused {
+        endpoint: "headscale API".into(),
+        reason: format!(
+            "the node would request tags {:?} while registering with a pre-auth key, which Headscale ≥ 0.28 refuses; put the tags on the key ([headscale] acl_tags) instead",
+            prefs.advertise_tags
+        ),
+    })
 }
 
 fn cp_err(endpoint: &str, retryable: bool, reason: String) -> ControlPlaneError {
@@ -385,6 +405,22 @@ mod tests {
             login_step(&status("InUseOtherUser", true)),
             LoginStep::Blocked { .. }
         ));
+    }
+
+    #[test]
+    fn requesting_tags_with_a_pre_auth_key_is_refused_before_a_key_is_made() {
+        let mut p = DaemonPrefs {
+            control_url: "https://hs.example".into(),
+            hostname: "node-1".into(),
+            routes: vec![],
+            advertise_tags: vec![],
+            netfilter_mode: NetfilterMode::On,
+        };
+        assert!(refuse_tags_with_key(&p).is_ok());
+        p.advertise_tags = vec!["tag:headcni".into()];
+        let e = refuse_tags_with_key(&p).unwrap_err();
+        assert!(matches!(e, ControlPlaneError::Refused { .. }), "{e}");
+        assert!(e.to_string().contains("acl_tags"), "{e}");
     }
 
     #[test]

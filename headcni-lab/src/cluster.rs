@@ -546,7 +546,11 @@ impl Lab {
             .env(
                 "PATH",
                 "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-            );
+            )
+            // Every tailscaled stand-in of the lab (host mode's, and daemon mode's through the
+            // daemon's environment) writes its state file at start-up, before any login, as
+            // real tailscaled does (`cmd/tailscaled/tailscaled.go` → `ipn/store/stores.go`).
+            .env("HEADCNI_STANDIN_WRITE_STATE_AT_START", "true");
         let mut child = cmd
             .spawn()
             .with_context(|| format!("spawning {}", program.display()))?;

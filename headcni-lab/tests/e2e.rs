@@ -564,3 +564,46 @@ fn docker_like_forward_drop_host_and_daemon_mode() {
         assert_eq!(inet, IpAddr::V4(lab.nodes()[&1].underlay), "{mode:?}");
     }
 }
+
+/// Issue 10, failure 1: daemon mode, a node joins while Headscale is down. Its first
+/// bootstrap fails (no pre-auth key can be made), its tailscaled stand-in has already written
+/// its state file (as real tailscaled does at start-up), and the daemon says why it is not
+/// ready; once Headscale is back the daemon logs in by itself and its pod is reachable.
+#[test]
+fn daemon_mode_bootstrap_during_a_headscale_outage_recovers_by_itself() {
+    let mut s = spec(&unique("e2ej"), 1, 1);
+    s.mode = Mode::Daemon;
+    let (mut lab, _g) = up(s);
+    lab.stop_headscale().unwrap();
+    lab.add_node(2).unwrap();
+    wait_for(
+        Duration::from_secs(30),
+        "node-2's daemon to report the failed login",
+        || {
+            let (_, body) = lab.daemon_get(2, "/readyz")?;
+            Ok(body.contains("dedicated tailscaled login"))
+        },
+    )
+    .unwrap();
+    let state = run_in(
+        &lab,
+        "node-2",
+        &["sh", "-c", "ls /run/headcni/state/tailscaled/"],
+    );
+    assert!(
+        String::from_utf8_lossy(&state.stdout).contains("tailscaled.state"),
+        "the stand-in writes its state file at start-up"
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(!lab.daemon_ready(2));
+    lab.start_headscale().unwrap();
+    lab.wait_ready(2, Duration::from_secs(60)).unwrap();
+    let p2 = lab.add_pod(2).unwrap();
+    let p11 = pod(&lab, "pod-1-1");
+    wait_for(
+        Duration::from_secs(20),
+        "node-2's pod to reach node-1's",
+        || lab.ping_from(&p2, IpAddr::V4(ip(&p11)), Duration::from_millis(500)),
+    )
+    .unwrap();
+}

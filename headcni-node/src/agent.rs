@@ -12,7 +12,6 @@ use headcni_core::control::ControlPlaneBackend;
 use headcni_core::node::conflist_sink::ConflistSink;
 use headcni_core::node::firewall::{FirewallDriver, NoFirewall};
 use headcni_core::node::retry::ReconcileBackoff;
-use headcni_headscale::{HeadscaleClient, LocalApiClient};
 use headcni_netlink::{NetlinkHandle, NftFirewall};
 use ipnetwork::IpNetwork;
 use tokio::sync::Notify;
@@ -65,69 +64,33 @@ pub fn firewall_driver(cfg: &Config) -> Arc<dyn FirewallDriver> {
     }
 }
 
-/// Daemon mode: refuse beside a host tailscaled, then start the supervisor and log in on
-/// every (re)start.
+/// Daemon mode: starts the supervisor of the dedicated tailscaled; each (re)start wakes the
+/// reconcile loop (`wake`), whose control plane logs it in ([`crate::backend::DaemonModeBackend`]).
 fn start_daemon_mode(
     cfg: &Config,
-    pod_cidrs: &[IpNetwork],
-    headscale: Option<Arc<HeadscaleClient>>,
+    wake: Arc<Notify>,
     cancel: &CancellationToken,
 ) -> tokio::task::JoinHandle<tailscaled::SupervisorReport> {
-    let state_dir = cfg.tailscaled_state_dir();
     let spec = tailscaled::TailscaledSpec {
         binary: cfg.tailscale.tailscaled_path.clone(),
         tun: cfg.interface(),
         socket: cfg.tailscale_socket(),
-        state_dir: state_dir.clone(),
+        state_dir: cfg.tailscaled_state_dir(),
         port: cfg.tailscale.port,
         env: vec![(
             "TS_DEBUG_MTU".into(),
             headcni_core::node::mtu::own_tailscaled_mtu(cfg.cni.mtu).to_string(),
         )],
     };
-    let prefs = headcni_headscale::daemon::DaemonPrefs {
-        control_url: cfg.headscale.url.clone().unwrap_or_default(),
-        hostname: cfg.node_name(),
-        routes: pod_cidrs.to_vec(),
-        advertise_tags: Vec::new(),
-        netfilter_mode: Default::default(),
-    };
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<u32>();
-    let sup = tokio::spawn(tailscaled::supervise(
+    tokio::spawn(tailscaled::supervise(
         spec,
         tailscaled::RestartPolicy::default(),
         cancel.child_token(),
         move |n| {
-            let _ = tx.send(n);
+            tracing::info!(start = n, "dedicated tailscaled started");
+            wake.notify_one();
         },
-    ));
-    let socket = cfg.tailscale_socket();
-    let user = cfg.headscale.user.clone();
-    let login_cancel = cancel.child_token();
-    tokio::spawn(async move {
-        let localapi = LocalApiClient::new(socket).with_timeout(Duration::from_secs(5));
-        let backoff = headcni_headscale::retry::Backoff::default();
-        while let Some(n) =
-            tokio::select! { n = rx.recv() => n, _ = login_cancel.cancelled() => None }
-        {
-            let has_state = state_dir.join("tailscaled.state").exists();
-            match headcni_headscale::daemon::login_as(
-                &localapi,
-                headscale.as_deref(),
-                &prefs,
-                &user,
-                has_state,
-                Duration::from_secs(30),
-                &backoff,
-            )
-            .await
-            {
-                Ok(_) => tracing::info!(start = n, "dedicated tailscaled logged in"),
-                Err(e) => tracing::warn!(start = n, "dedicated tailscaled login: {e}"),
-            }
-        }
-    });
-    sup
+    ))
 }
 
 /// Why [`run`] could not start the node agent (it does not fail once running: failing
@@ -225,14 +188,10 @@ pub async fn run(
         log_warnings(&config::cidr_warnings("PodCIDR", &discovered.cidrs));
     }
     lock(&state).pod_cidr_source = Some(discovered.source);
-    let (control, mut control_built, headscale) = build_or_unavailable(&cfg, &metrics);
+    let (control, mut control_built, _) = build_or_unavailable(&cfg, &metrics);
+    let wake = Arc::new(Notify::new());
     let supervisor = if cfg.tailscale.mode == Mode::Daemon {
-        Some(start_daemon_mode(
-            &cfg,
-            &discovered.cidrs,
-            headscale,
-            &cancel,
-        ))
+        Some(start_daemon_mode(&cfg, wake.clone(), &cancel))
     } else {
         None
     };
@@ -286,6 +245,7 @@ pub async fn run(
                     Err(e) => tracing::error!("reload failed, keeping the running configuration: {e:#}"),
                 }
             }
+            _ = wake.notified() => {}
             _ = tokio::time::sleep(wait) => {}
         }
     }

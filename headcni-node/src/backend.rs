@@ -10,13 +10,16 @@ use headcni_core::control::{
     ControlPlaneBackend, ControlPlaneError, ControlPlaneStatus, NotReadyReason, PeerRoutes,
     Readiness, RouteState,
 };
+use headcni_headscale::daemon::{self, DaemonPrefs, LoginStep};
+use headcni_headscale::localapi::NetfilterMode;
+use headcni_headscale::retry::Backoff;
 use headcni_headscale::{
     ApprovalMode, BackendOptions, HeadscaleClient, HeadscaleConfig, HeadscaleError, LocalApiClient,
     RequestObserver, Secret, TailnetBackend,
 };
 use ipnetwork::IpNetwork;
 
-use crate::config::{Approval, Config, Mode};
+use crate::config::{Approval, Config, Mode, NetfilterModeKind};
 use crate::metrics::Metrics;
 
 /// Why the control-plane backend could not be built from the configuration.
@@ -106,6 +109,7 @@ pub fn build(
     };
     let opts = BackendOptions {
         approval_timeout: Duration::from_secs(10),
+        cluster_cidrs: cfg.node.cluster_cidr.clone(),
         ..BackendOptions::default()
     };
     Ok((
@@ -169,8 +173,136 @@ impl ControlPlaneBackend for UnavailableBackend {
     }
 }
 
+/// Daemon mode's control plane: before every reconcile of the routes it makes sure the
+/// dedicated tailscaled is logged in ([`daemon::ensure_logged_in`], decided from its LocalAPI
+/// status, never from files), creating a bootstrap pre-auth key (with `[headscale] acl_tags`)
+/// when one is needed. A failed login (Headscale down, a wrong key, a node deleted or expired
+/// in Headscale) is retried by the reconcile loop's backoff, forever, and reported in
+/// `/readyz` and `headcni status` until it succeeds. Then it is the inner backend.
+pub struct DaemonModeBackend {
+    inner: Arc<dyn ControlPlaneBackend>,
+    localapi: LocalApiClient,
+    headscale: Option<Arc<HeadscaleClient>>,
+    prefs: DaemonPrefs,
+    user: String,
+    acl_tags: Vec<String>,
+    login_wait: Duration,
+    failure: Mutex<Option<ControlPlaneStatus>>,
+}
+
+impl std::fmt::Debug for DaemonModeBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DaemonModeBackend")
+            .field("localapi", &self.localapi)
+            .field("prefs", &self.prefs)
+            .field("user", &self.user)
+            .field("acl_tags", &self.acl_tags)
+            .finish_non_exhaustive()
+    }
+}
+
+impl DaemonModeBackend {
+    /// Wraps `inner` (the route backend on the dedicated tailscaled) for daemon mode with
+    /// `cfg`'s login settings; `headscale` mints the bootstrap keys.
+    pub fn new(
+        cfg: &Config,
+        inner: Arc<dyn ControlPlaneBackend>,
+        headscale: Option<Arc<HeadscaleClient>>,
+    ) -> DaemonModeBackend {
+        DaemonModeBackend {
+            inner,
+            localapi: LocalApiClient::new(cfg.tailscale_socket())
+                .with_timeout(cfg.headscale.timeout()),
+            headscale,
+            prefs: daemon_prefs(cfg, &[]),
+            user: cfg.headscale.user.clone(),
+            acl_tags: cfg.headscale.acl_tags.clone(),
+            login_wait: Duration::from_secs(10),
+            failure: Mutex::new(None),
+        }
+    }
+
+    fn set_failure(&self, f: Option<ControlPlaneStatus>) {
+        *self.failure.lock().unwrap_or_else(|p| p.into_inner()) = f;
+    }
+}
+
+/// The dedicated tailscaled's prefs, every one explicit: the Headscale URL, the node name,
+/// `routes`, no requested tags (tags come from the pre-auth key, `[headscale] acl_tags`:
+/// Headscale ≥ 0.28 refuses a node that requests tags with a pre-auth key) and `[tailscale]
+/// netfilter_mode`.
+pub fn daemon_prefs(cfg: &Config, routes: &[IpNetwork]) -> DaemonPrefs {
+    DaemonPrefs {
+        control_url: cfg.headscale.url.clone().unwrap_or_default(),
+        hostname: cfg.node_name(),
+        routes: routes.to_vec(),
+        advertise_tags: Vec::new(),
+        netfilter_mode: match cfg.tailscale.netfilter_mode {
+            NetfilterModeKind::On => NetfilterMode::On,
+            NetfilterModeKind::Nodivert => NetfilterMode::NoDivert,
+            NetfilterModeKind::Off => NetfilterMode::Off,
+        },
+    }
+}
+
+#[async_trait]
+impl ControlPlaneBackend for DaemonModeBackend {
+    async fn ensure_routes(&self, routes: &[IpNetwork]) -> Result<RouteState, ControlPlaneError> {
+        let mut prefs = self.prefs.clone();
+        prefs.routes = routes.to_vec();
+        match daemon::ensure_logged_in(
+            &self.localapi,
+            self.headscale.as_deref(),
+            &prefs,
+            &self.user,
+            &self.acl_tags,
+            self.login_wait,
+            &Backoff::default(),
+        )
+        .await
+        {
+            Ok(step) => {
+                if matches!(step, LoginStep::Start { .. }) {
+                    tracing::info!(?step, "dedicated tailscaled logged in");
+                }
+                self.set_failure(None);
+                self.inner.ensure_routes(routes).await
+            }
+            Err(e) => {
+                tracing::warn!("dedicated tailscaled login: {e}");
+                let mut s = ControlPlaneStatus::initial(self.inner.status().backend);
+                s.wanted = routes.to_vec();
+                s.readiness = Readiness::NotReady {
+                    reason: match e {
+                        ControlPlaneError::Refused { .. } => NotReadyReason::Refused,
+                        ControlPlaneError::Unreachable { .. } => NotReadyReason::Unreachable,
+                        _ => NotReadyReason::AgentNotRunning,
+                    },
+                    detail: format!("dedicated tailscaled login: {e}"),
+                };
+                self.set_failure(Some(s));
+                Err(e)
+            }
+        }
+    }
+    async fn withdraw_routes(&self, routes: &[IpNetwork]) -> Result<(), ControlPlaneError> {
+        self.inner.withdraw_routes(routes).await
+    }
+    async fn peer_routes(&self) -> Result<Vec<PeerRoutes>, ControlPlaneError> {
+        self.inner.peer_routes().await
+    }
+    fn status(&self) -> ControlPlaneStatus {
+        self.failure
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .unwrap_or_else(|| self.inner.status())
+    }
+}
+
 /// The configured backend, or an [`UnavailableBackend`] with the reason (logged as an
 /// error); `true` when the real one was built. Also returns the Headscale client, if any.
+/// In daemon mode the backend is a [`DaemonModeBackend`] (login first).
 pub(crate) fn build_or_unavailable(
     cfg: &Config,
     metrics: &Arc<Metrics>,
@@ -180,6 +312,9 @@ pub(crate) fn build_or_unavailable(
     Option<Arc<HeadscaleClient>>,
 ) {
     match build(cfg, Some(metrics_observer(metrics))) {
+        Ok((b, h)) if cfg.tailscale.mode == Mode::Daemon => {
+            (Arc::new(DaemonModeBackend::new(cfg, b, h.clone())), true, h)
+        }
         Ok((b, h)) => (b, true, h),
         Err(e) => {
             let why = chain(&e);

@@ -414,10 +414,12 @@ fn build(l: &Layers, errors: &mut Vec<ConfigError>) -> Config {
     set!("tailscale", "tailscaled_path", c.tailscale.tailscaled_path);
     set!("tailscale", "state_dir", Some c.tailscale.state_dir);
     set!("tailscale", "port", c.tailscale.port);
+    set!("tailscale", "netfilter_mode", c.tailscale.netfilter_mode);
     set!("headscale", "url", Some c.headscale.url);
     set!("headscale", "api_key_file", Some c.headscale.api_key_file);
     set!("headscale", "approval", c.headscale.approval);
     set!("headscale", "user", c.headscale.user);
+    set!("headscale", "acl_tags", c.headscale.acl_tags);
     set!("headscale", "timeout_secs", c.headscale.timeout_secs);
     set!("daemon", "listen", c.daemon.listen);
     set!("daemon", "expose_to_network", c.daemon.expose_to_network);

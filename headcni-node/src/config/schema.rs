@@ -59,6 +59,23 @@ pub enum Approval {
     AutoApprovers,
 }
 
+/// Daemon mode: the dedicated tailscaled's `NetfilterMode` pref (`[tailscale]
+/// netfilter_mode`; tailscale `types/preftype/netfiltermode.go`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum NetfilterModeKind {
+    /// `on`: tailscaled installs its `ts-*` chains and jumps to them (its Linux default): it
+    /// accepts tunnel traffic in `ts-forward` and drops spoofed tailnet addresses in
+    /// `ts-input`.
+    #[default]
+    On,
+    /// `nodivert`: the `ts-*` chains without the jumps from the built-in chains (the
+    /// operator hooks them in).
+    Nodivert,
+    /// `off`: no netfilter rules from tailscaled.
+    Off,
+}
+
 /// Which firewall driver puts the masquerade rule set in place (`[node] firewall_driver`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -299,6 +316,9 @@ pub struct TailscaleConfig {
     pub state_dir: Option<PathBuf>,
     /// Daemon mode: tailscaled's UDP `--port` (0 picks one).
     pub port: u16,
+    /// Daemon mode: the dedicated tailscaled's `NetfilterMode` (`on`, `nodivert`, `off`;
+    /// default `on`, tailscaled's own Linux default). Set deliberately on every start.
+    pub netfilter_mode: NetfilterModeKind,
 }
 
 impl Default for TailscaleConfig {
@@ -310,6 +330,7 @@ impl Default for TailscaleConfig {
             tailscaled_path: PathBuf::from("tailscaled"),
             state_dir: None,
             port: 41645,
+            netfilter_mode: NetfilterModeKind::On,
         }
     }
 }
@@ -328,6 +349,11 @@ pub struct HeadscaleConfig {
     pub approval: Approval,
     /// Daemon mode: the Headscale user that owns this node's pre-auth key.
     pub user: String,
+    /// Daemon mode: the ACL tags of the bootstrap pre-auth key (Headscale
+    /// `PreAuthKey.aclTags`), e.g. `["tag:headcni"]`: the node is then tag-owned, which a
+    /// `tag:` approver in `autoApprovers` needs (≥ 0.28 a tag resolves only to nodes carrying
+    /// it). Each must be in the policy's `tagOwners`. Empty: a user-owned node.
+    pub acl_tags: Vec<String>,
     /// Timeout of one Headscale or LocalAPI request, in seconds.
     pub timeout_secs: u64,
 }
@@ -339,6 +365,7 @@ impl Default for HeadscaleConfig {
             api_key_file: None,
             approval: Approval::Api,
             user: "headcni".to_owned(),
+            acl_tags: Vec::new(),
             timeout_secs: 10,
         }
     }

@@ -262,6 +262,22 @@ impl Config {
         if h.user.trim().is_empty() {
             bad("headscale.user", "is empty".into());
         }
+        for t in &h.acl_tags {
+            // Headscale's own check of a pre-auth key's tags (hscontrol/types: `tag:` prefix,
+            // lower case, no spaces).
+            let name = t.strip_prefix("tag:").unwrap_or_default();
+            if name.is_empty()
+                || t.len() > 256
+                || name.chars().any(|c| c.is_whitespace() || c.is_uppercase())
+            {
+                bad(
+                    "headscale.acl_tags",
+                    format!(
+                        "{t:?} is not an ACL tag (`tag:` then a lower-case name without spaces)"
+                    ),
+                );
+            }
+        }
         if h.timeout_secs == 0 {
             bad("headscale.timeout_secs", "must be at least 1".into());
         }

@@ -133,6 +133,11 @@ pub struct LabSpec {
     /// and bridged frames through iptables (`net.bridge.bridge-nf-call-iptables=1`).
     #[serde(default)]
     pub forward_drop: bool,
+    /// The Headscale policy (HuJSON) the stand-in enforces, e.g. `headcni policy`'s output;
+    /// `None`: none, or with [`Approval::AutoApprovers`] one whose `autoApprovers` cover the
+    /// cluster CIDR for the lab's user.
+    #[serde(default)]
+    pub policy: Option<String>,
 }
 
 impl LabSpec {
@@ -148,6 +153,7 @@ impl LabSpec {
             bin_dir: default_bin_dir()?,
             reconcile_secs: 2,
             forward_drop: false,
+            policy: None,
         })
     }
 }
@@ -464,7 +470,11 @@ impl Lab {
             ),
             format!("--api={}", spec.api.flag()),
         ];
-        if spec.approval == Approval::AutoApprovers {
+        if let Some(text) = &spec.policy {
+            let policy = shared.join("policy.hujson");
+            std::fs::write(&policy, text)?;
+            args.push(format!("--policy={}", policy.display()));
+        } else if spec.approval == Approval::AutoApprovers {
             let policy = shared.join("policy.json");
             std::fs::write(
                 &policy,
@@ -520,6 +530,15 @@ impl Lab {
             }
         }
         out
+    }
+
+    /// Restarts the Headscale stand-in with `policy` (HuJSON) as its policy; its state
+    /// (nodes, keys, approvals) is kept, and the peers' netmaps follow the new policy.
+    pub fn replace_policy(&mut self, policy: &str) -> Result<()> {
+        self.state.spec.policy = Some(policy.to_owned());
+        self.save()?;
+        self.stop_headscale()?;
+        self.start_headscale()
     }
 
     /// Stops the Headscale stand-in (SIGTERM).

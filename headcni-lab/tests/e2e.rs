@@ -607,3 +607,88 @@ fn daemon_mode_bootstrap_during_a_headscale_outage_recovers_by_itself() {
     )
     .unwrap();
 }
+
+/// Issue 10, item 4: the policy `headcni policy` prints is accepted by the stand-in's strict
+/// policy engine (Headscale 0.29's rules) and approves and carries every PodCIDR; the same
+/// autoApprovers with an ACL that does not reach the cluster CIDR leave the routes out of the
+/// peers' netmaps, and cross-node pod traffic stops.
+#[test]
+fn headcni_policy_output_makes_cross_node_traffic_work() {
+    let mut s = spec(&unique("e2ek"), 2, 1);
+    let out = std::process::Command::new(s.bin_dir.join("headcni"))
+        .args([
+            "policy",
+            "--cluster-cidr",
+            "10.244.0.0/16",
+            "--headscale-version",
+            "0.29",
+            "--approver-user",
+            "lab",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let fragment = String::from_utf8(out.stdout).unwrap();
+    s.approval = headcni_lab::cluster::Approval::AutoApprovers;
+    s.policy = Some(fragment);
+    // Lab::up waits until every pod reaches every other pod.
+    let (mut lab, _g) = up(s);
+    let p11 = pod(&lab, "pod-1-1");
+    let p21 = pod(&lab, "pod-2-1");
+    assert!(
+        lab.ping_from(&p11, IpAddr::V4(ip(&p21)), Duration::from_secs(2))
+            .unwrap()
+    );
+    let narrow = r#"{
+        // the same approvers, but the ACL only lets the nodes reach each other's tailnet
+        // addresses, not the pod CIDRs
+        "autoApprovers": {"routes": {"10.244.0.0/16": ["lab@"]}},
+        "acls": [{"action": "accept", "src": ["lab@"], "dst": ["lab@:*"]}],
+    }"#;
+    lab.replace_policy(narrow).unwrap();
+    wait_for(
+        Duration::from_secs(20),
+        "node-2's route to leave node-1's table 52",
+        || Ok(!table52(&lab, "node-1").contains("10.244.2.0/24")),
+    )
+    .unwrap();
+    assert!(
+        !lab.ping_from(&p11, IpAddr::V4(ip(&p21)), Duration::from_secs(1))
+            .unwrap(),
+        "cross-node pod traffic without the ACL to the cluster CIDR"
+    );
+}
+
+/// Daemon mode against the ≤ 0.25 route API (pre-auth key by user name, route rows
+/// `enable`): the same cluster as with 0.29 (host mode × 0.25 is `headscale_v025_api`).
+#[test]
+fn daemon_mode_v025_api() {
+    let mut s = spec(&unique("e2el"), 2, 1);
+    s.mode = Mode::Daemon;
+    s.api = Api::V0_25;
+    let (lab, _g) = up(s);
+    let (code, routes) = lab.headscale_api("GET", "/api/v1/routes", None).unwrap();
+    assert_eq!(code, 200);
+    let enabled = routes["routes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["enabled"] == true)
+        .count();
+    assert_eq!(enabled, 2, "{routes}");
+    let p11 = pod(&lab, "pod-1-1");
+    let p21 = pod(&lab, "pod-2-1");
+    assert_eq!(
+        seen_source(
+            &lab,
+            "pod-2-1",
+            "pod-1-1",
+            SocketAddr::new(IpAddr::V4(ip(&p11)), 0)
+        ),
+        IpAddr::V4(ip(&p21))
+    );
+}

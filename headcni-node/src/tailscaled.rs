@@ -201,11 +201,32 @@ mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
 
+    /// An executable script. Executing a file just written can fail with ETXTBSY while a
+    /// child forked by another test thread still holds the write descriptor (until its exec
+    /// closes it); probe-run it (`HCT_PROBE` set: exit at once) until it starts, so the
+    /// supervisor's spawns never see that race. Descriptors opened after our write was closed
+    /// are not the file's, so once a probe runs, later spawns are safe.
     fn script(dir: &std::path::Path, body: &str) -> PathBuf {
         let p = dir.join("fake-tailscaled");
-        std::fs::write(&p, format!("#!/bin/sh\n{body}\n")).unwrap();
+        std::fs::write(
+            &p,
+            format!("#!/bin/sh\n[ -n \"$HCT_PROBE\" ] && exit 0\n{body}\n"),
+        )
+        .unwrap();
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
-        p
+        for _ in 0..200 {
+            match std::process::Command::new(&p)
+                .env("HCT_PROBE", "1")
+                .status()
+            {
+                Ok(_) => return p,
+                Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) => {
+                    std::thread::sleep(Duration::from_millis(5))
+                }
+                Err(e) => panic!("running {}: {e}", p.display()),
+            }
+        }
+        panic!("{} stayed busy (ETXTBSY)", p.display());
     }
 
     fn spec(dir: &std::path::Path, binary: PathBuf) -> TailscaledSpec {

@@ -360,10 +360,12 @@ fn every_key_has_an_env_override() {
         ("tailscale.tailscaled_path", "/usr/sbin/tailscaled"),
         ("tailscale.state_dir", "/var/lib/ts"),
         ("tailscale.port", "41700"),
+        ("tailscale.netfilter_mode", "nodivert"),
         ("headscale.url", "https://hs.example"),
         ("headscale.api_key_file", "/etc/key"),
         ("headscale.approval", "auto-approvers"),
         ("headscale.user", "pods"),
+        ("headscale.acl_tags", r#"["tag:headcni","tag:pods"]"#),
         ("headscale.timeout_secs", "7"),
         ("daemon.listen", "127.0.0.1:9999"),
         ("daemon.expose_to_network", "true"),
@@ -401,6 +403,11 @@ fn every_key_has_an_env_override() {
     assert_eq!(c.tailscale.port, 41700);
     assert_eq!(c.headscale.approval, Approval::AutoApprovers);
     assert_eq!(c.headscale.timeout_secs, 7);
+    assert_eq!(c.headscale.acl_tags, ["tag:headcni", "tag:pods"]);
+    assert_eq!(
+        c.tailscale.netfilter_mode,
+        headcni_node::config::NetfilterModeKind::Nodivert
+    );
     assert_eq!(c.daemon.log_format, LogFormat::Json);
     assert!(c.daemon.expose_to_network);
     assert_eq!(c.interface(), "ts9");
@@ -1654,4 +1661,16 @@ chained = [{ type = "portmap", capabilities = { portMappings = true } },
     }
     assert_eq!(v["plugins"][0]["ipam"]["strategy"], "random");
     assert!(!headcni_node::cniconf::ensure(&cfg, &cidrs, 1280).unwrap());
+}
+
+#[test]
+fn acl_tags_must_be_tags() {
+    for bad in ["headcni", "tag:", "tag:Upper", "tag:a b"] {
+        let mut c = valid();
+        c.headscale.acl_tags = vec![bad.to_owned()];
+        assert_eq!(problem_keys(&c, &[]), ["headscale.acl_tags"], "{bad}");
+    }
+    let mut c = valid();
+    c.headscale.acl_tags = vec!["tag:headcni".to_owned()];
+    assert!(problem_keys(&c, &[]).is_empty());
 }

@@ -23,6 +23,7 @@
 pub mod backend;
 pub mod daemon;
 pub mod headscale;
+mod http;
 pub mod localapi;
 pub mod observe;
 pub mod policy;

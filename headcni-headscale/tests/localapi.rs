@@ -325,67 +325,93 @@ fn body_of<'a>(ts: &'a [headcni_testkit::LocalApiRequest], path: &str) -> &'a Va
         .unwrap()
 }
 
+/// A fake Headscale of `version`, a fresh FakeTailscaled logged in to it, an API client and
+/// the daemon prefs of `node-N` with `10.244.N.0/24`.
+struct DaemonEnv {
+    _dir: tempfile::TempDir,
+    hs: FakeHeadscale,
+    ts: FakeTailscaled,
+    la: LocalApiClient,
+    api: HeadscaleClient,
+    prefs: DaemonPrefs,
+}
+
+async fn daemon_env(version: FakeApiVersion, n: u8) -> DaemonEnv {
+    let dir = tempfile::tempdir().unwrap();
+    let hs = FakeHeadscale::start(FakeHeadscaleOptions {
+        version,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let ts = FakeTailscaled::start(dir.path().join("headcni.sock"), Some(hs.control()))
+        .await
+        .unwrap();
+    let la = LocalApiClient::new(ts.socket());
+    let api = HeadscaleClient::new(HeadscaleConfig::new(
+        hs.url(),
+        Some(Secret::new(hs.api_key())),
+    ))
+    .unwrap();
+    let prefs = DaemonPrefs {
+        control_url: hs.url().to_string(),
+        hostname: format!("node-{n}"),
+        routes: vec![net(&format!("10.244.{n}.0/24"))],
+        advertise_tags: vec![],
+        netfilter_mode: NetfilterMode::On,
+    };
+    DaemonEnv {
+        _dir: dir,
+        hs,
+        ts,
+        la,
+        api,
+        prefs,
+    }
+}
+
+impl DaemonEnv {
+    async fn login(
+        &self,
+        api: bool,
+        tags: &[String],
+    ) -> Result<daemon::LoginStep, ControlPlaneError> {
+        daemon::ensure_logged_in(
+            &self.la,
+            api.then_some(&self.api),
+            &self.prefs,
+            "headcni",
+            tags,
+            Duration::from_secs(2),
+            &fast_backoff(),
+        )
+        .await
+    }
+}
+
 #[tokio::test]
 async fn daemon_login_with_bootstrap_key_both_generations() {
     for version in [FakeApiVersion::V0_29, FakeApiVersion::V0_25] {
-        let dir = tempfile::tempdir().unwrap();
-        let hs = FakeHeadscale::start(FakeHeadscaleOptions {
-            version,
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-        let ts = FakeTailscaled::start(dir.path().join("headcni.sock"), Some(hs.control()))
-            .await
-            .unwrap();
-        let la = LocalApiClient::new(ts.socket());
-        let api = HeadscaleClient::new(HeadscaleConfig::new(
-            hs.url(),
-            Some(Secret::new(hs.api_key())),
-        ))
-        .unwrap();
-        let prefs = DaemonPrefs {
-            control_url: hs.url().to_string(),
-            hostname: "node-7".into(),
-            routes: vec![net("10.244.7.0/24")],
-            advertise_tags: vec![],
-            netfilter_mode: NetfilterMode::On,
-        };
-        // no state and no API key → refused with a reason
-        let e = daemon::login(
-            &la,
-            None,
-            &prefs,
-            false,
-            Duration::from_secs(2),
-            &fast_backoff(),
-        )
-        .await
-        .unwrap_err();
-        assert!(matches!(e, ControlPlaneError::Refused { .. }), "{e}");
+        let e = daemon_env(version, 7).await;
+        // a key is needed and no API key is configured → refused with a reason
+        let err = e.login(false, &[]).await.unwrap_err();
+        assert!(matches!(err, ControlPlaneError::Refused { .. }), "{err}");
 
-        let st = daemon::login(
-            &la,
-            Some(&api),
-            &prefs,
-            false,
-            Duration::from_secs(2),
-            &fast_backoff(),
-        )
-        .await
-        .unwrap();
+        let step = e.login(true, &[]).await.unwrap();
+        assert_eq!(step, daemon::LoginStep::Start { mint_key: true });
+        let st = e.la.status_without_peers().await.unwrap();
         assert!(st.is_running());
-        let id = ts.node_id().unwrap();
+        let id = e.ts.node_id().unwrap();
         assert_eq!(st.self_.unwrap().id, id.to_string());
-        let node = hs.node(id).unwrap();
+        let node = e.hs.node(id).unwrap();
         assert_eq!(node.name, "node-7");
         assert_eq!(node.user, "headcni");
         assert_eq!(node.announced, vec![net("10.244.7.0/24")]);
-        let keys = hs.preauth_keys();
+        let keys = e.hs.preauth_keys();
         assert_eq!(keys.len(), 1);
         assert!(keys[0].used && !keys[0].reusable && !keys[0].ephemeral && !keys[0].expired);
 
-        let reqs = ts.requests();
+        let reqs = e.ts.requests();
         let start = body_of(&reqs, "/localapi/v0/start");
         assert!(start["AuthKey"].as_str().is_some_and(|k| !k.is_empty()));
         let up = start["UpdatePrefs"].as_object().unwrap();
@@ -407,65 +433,43 @@ async fn daemon_login_with_bootstrap_key_both_generations() {
                 .any(|r| r.path == "/localapi/v0/login-interactive")
         );
 
-        // a restart with state: no new key
-        let st = daemon::login(
-            &la,
-            Some(&api),
-            &prefs,
-            true,
-            Duration::from_secs(2),
-            &fast_backoff(),
-        )
-        .await
-        .unwrap();
-        assert!(st.is_running());
-        assert_eq!(hs.preauth_keys().len(), 1);
-        assert!(daemon::tailscaled_answers(ts.socket()).await);
-        assert!(!daemon::tailscaled_answers(&dir.path().join("absent.sock")).await);
-        assert_spec_valid(&hs);
+        // running: nothing to do, no new key
+        assert_eq!(
+            e.login(true, &[]).await.unwrap(),
+            daemon::LoginStep::Running
+        );
+        assert_eq!(e.hs.preauth_keys().len(), 1);
+        assert!(daemon::tailscaled_answers(e.ts.socket()).await);
+        assert!(!daemon::tailscaled_answers(&e._dir.path().join("absent.sock")).await);
+        assert_spec_valid(&e.hs);
     }
 }
 
+/// A tailscaled left in `NeedsLogin` by a bad key (the old daemon could not recover from
+/// this: it decided from the state file) gets a fresh bootstrap key and logs in; without an
+/// API key the answer is a prompt refusal, not a wait.
 #[tokio::test]
-async fn daemon_login_with_a_bad_key_reports_not_ready() {
-    let dir = tempfile::tempdir().unwrap();
-    let hs = FakeHeadscale::start(FakeHeadscaleOptions::default())
-        .await
-        .unwrap();
-    let ts = FakeTailscaled::start(dir.path().join("t.sock"), Some(hs.control()))
-        .await
-        .unwrap();
-    let la = LocalApiClient::new(ts.socket());
-    la.start(&StartOptions {
+async fn a_tailscaled_stuck_on_a_bad_key_gets_a_fresh_one() {
+    let e = daemon_env(FakeApiVersion::V0_29, 8).await;
+    e.la.start(&StartOptions {
         auth_key: Some(Secret::new("not-a-key")),
         update_prefs: default_prefs(),
     })
     .await
     .unwrap();
-    la.login_interactive().await.unwrap();
-    let st = la.status_without_peers().await.unwrap();
+    e.la.login_interactive().await.unwrap();
+    let st = e.la.status_without_peers().await.unwrap();
     assert_eq!(st.backend_state, "NeedsLogin");
     assert!(st.health.iter().any(|h| h.contains("invalid authkey")));
-    let prefs = DaemonPrefs {
-        control_url: hs.url().to_string(),
-        hostname: "n".into(),
-        routes: vec![],
-        advertise_tags: vec![],
-        netfilter_mode: NetfilterMode::On,
-    };
     let t0 = std::time::Instant::now();
-    let e = daemon::login(
-        &la,
-        None,
-        &prefs,
-        true,
-        Duration::from_millis(500),
-        &fast_backoff(),
-    )
-    .await
-    .unwrap_err();
-    assert!(t0.elapsed() < Duration::from_secs(3), "bounded wait");
-    assert!(matches!(e, ControlPlaneError::NotReady { .. }), "{e}");
+    let err = e.login(false, &[]).await.unwrap_err();
+    assert!(t0.elapsed() < Duration::from_secs(3), "bounded");
+    assert!(matches!(err, ControlPlaneError::Refused { .. }), "{err}");
+    assert_eq!(
+        e.login(true, &[]).await.unwrap(),
+        daemon::LoginStep::Start { mint_key: true }
+    );
+    assert_eq!(e.ts.backend_state(), "Running");
 }
 
 /// Issue 10, failure 1: a first bootstrap that fails while Headscale is down is retried by
@@ -473,89 +477,45 @@ async fn daemon_login_with_a_bad_key_reports_not_ready() {
 /// real tailscaled writes at start-up), and succeeds once Headscale is back.
 #[tokio::test]
 async fn a_bootstrap_that_fails_while_headscale_is_down_succeeds_on_a_later_pass() {
-    let dir = tempfile::tempdir().unwrap();
-    let hs = FakeHeadscale::start(FakeHeadscaleOptions::default())
-        .await
-        .unwrap();
-    let ts = FakeTailscaled::start(dir.path().join("t.sock"), Some(hs.control()))
-        .await
-        .unwrap();
-    let la = LocalApiClient::new(ts.socket());
-    let api = HeadscaleClient::new(HeadscaleConfig::new(
-        hs.url(),
-        Some(Secret::new(hs.api_key())),
-    ))
-    .unwrap();
-    let prefs = DaemonPrefs {
-        control_url: hs.url().to_string(),
-        hostname: "node-9".into(),
-        routes: vec![net("10.244.9.0/24")],
-        advertise_tags: vec![],
-        netfilter_mode: NetfilterMode::On,
-    };
+    let e = daemon_env(FakeApiVersion::V0_29, 9).await;
     let tags = vec!["tag:headcni".to_owned()];
-    hs.control()
+    e.hs.control()
         .inject(headcni_testkit::Fault::Unavailable, 1000);
-    let e = daemon::ensure_logged_in(
-        &la,
-        Some(&api),
-        &prefs,
-        "headcni",
-        &tags,
-        Duration::from_secs(2),
-        &fast_backoff(),
-    )
-    .await
-    .unwrap_err();
-    assert!(matches!(e, ControlPlaneError::Unreachable { .. }), "{e}");
-    assert_eq!(ts.backend_state(), "NeedsLogin");
-    assert!(ts.node_id().is_none());
+    let err = e.login(true, &tags).await.unwrap_err();
+    assert!(
+        matches!(err, ControlPlaneError::Unreachable { .. }),
+        "{err}"
+    );
+    assert_eq!(e.ts.backend_state(), "NeedsLogin");
+    assert!(e.ts.node_id().is_none());
 
-    hs.control().clear_faults();
-    let step = daemon::ensure_logged_in(
-        &la,
-        Some(&api),
-        &prefs,
-        "headcni",
-        &tags,
-        Duration::from_secs(2),
-        &fast_backoff(),
-    )
-    .await
-    .unwrap();
+    e.hs.control().clear_faults();
+    let step = e.login(true, &tags).await.unwrap();
     assert_eq!(step, daemon::LoginStep::Start { mint_key: true });
-    assert_eq!(ts.backend_state(), "Running");
-    let keys = hs.preauth_keys();
+    assert_eq!(e.ts.backend_state(), "Running");
+    let keys = e.hs.preauth_keys();
     assert_eq!(keys.len(), 1);
     assert!(keys[0].used);
     // the key carries the configured ACL tags (a tag alias in autoApprovers resolves only
     // tagged nodes, headscale `hscontrol/policy/v2/types.go`)
-    let create = hs
-        .control()
-        .exchanges()
-        .into_iter()
-        .rfind(|x| x.method == "POST" && x.path == "/api/v1/preauthkey" && x.status == 200)
-        .unwrap();
+    let create =
+        e.hs.control()
+            .exchanges()
+            .into_iter()
+            .rfind(|x| x.method == "POST" && x.path == "/api/v1/preauthkey" && x.status == 200)
+            .unwrap();
     assert_eq!(
         create.request_json.unwrap()["aclTags"],
         json!(["tag:headcni"])
     );
 
     // the next pass finds it running and does nothing
-    let step = daemon::ensure_logged_in(
-        &la,
-        Some(&api),
-        &prefs,
-        "headcni",
-        &tags,
-        Duration::from_secs(2),
-        &fast_backoff(),
-    )
-    .await
-    .unwrap();
-    assert_eq!(step, daemon::LoginStep::Running);
     assert_eq!(
-        hs.preauth_keys().len(),
+        e.login(true, &tags).await.unwrap(),
+        daemon::LoginStep::Running
+    );
+    assert_eq!(
+        e.hs.preauth_keys().len(),
         1,
         "no key minted for a running node"
     );

@@ -2,33 +2,13 @@
 //! binary: tracing's per-callsite interest cache is process-wide, so a thread-scoped
 //! subscriber only sees everything when no other test runs beside it.
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
+#[path = "common/capture.rs"]
+mod capture;
 
+use capture::Capture;
 use headcni_headscale::headscale::{HeadscaleClient, HeadscaleConfig, PreAuthKeyOptions};
 use headcni_headscale::secret::Secret;
 use headcni_testkit::{FakeHeadscale, FakeHeadscaleOptions, Fault};
-
-/// A `MakeWriter` collecting everything tracing prints.
-#[derive(Clone, Default)]
-struct Capture(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Capture {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Capture {
-    type Writer = Capture;
-    fn make_writer(&'a self) -> Capture {
-        self.clone()
-    }
-}
 
 #[tokio::test]
 async fn api_key_never_in_debug_or_logs() {
@@ -36,12 +16,7 @@ async fn api_key_never_in_debug_or_logs() {
         .await
         .unwrap();
     let capture = Capture::default();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::TRACE)
-        .with_writer(capture.clone())
-        .with_ansi(false)
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let _guard = capture.install();
 
     let key = hs.api_key().to_string();
     let cfg = HeadscaleConfig::new(hs.url(), Some(Secret::new(key.clone())));
@@ -65,7 +40,7 @@ async fn api_key_never_in_debug_or_logs() {
     let e = bad.list_nodes(None).await.unwrap_err();
     tracing::warn!(error = %e, debug = ?e, "expected 401");
 
-    let logs = String::from_utf8(capture.0.lock().unwrap().clone()).unwrap();
+    let logs = capture.text();
     assert!(
         logs.contains("headscale request"),
         "logging was captured: {logs}"

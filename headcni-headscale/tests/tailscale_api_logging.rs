@@ -2,9 +2,10 @@
 //! test binary, like `secret_logging.rs`: tracing's per-callsite interest cache is
 //! process-wide, so a thread-scoped subscriber only sees everything when no other test runs.
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
+#[path = "common/capture.rs"]
+mod capture;
 
+use capture::Capture;
 use headcni_headscale::secret::Secret;
 use headcni_headscale::tailscale_api::{
     NodeRef, OAuthCredentials, TailscaleApi, TailscaleApiConfig,
@@ -12,38 +13,13 @@ use headcni_headscale::tailscale_api::{
 use headcni_testkit::random_node_key;
 use headcni_testkit::tailscale_api::{FakeTailscaleApi, FakeTailscaleApiOptions};
 
-#[derive(Clone, Default)]
-struct Capture(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Capture {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Capture {
-    type Writer = Capture;
-    fn make_writer(&'a self) -> Capture {
-        self.clone()
-    }
-}
-
 #[tokio::test]
 async fn client_secret_and_tokens_never_in_logs() {
     let api = FakeTailscaleApi::start(FakeTailscaleApiOptions::default())
         .await
         .unwrap();
     let capture = Capture::default();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::TRACE)
-        .with_writer(capture.clone())
-        .with_ansi(false)
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let _guard = capture.install();
 
     let secret = api.client_secret();
     let mut cfg = TailscaleApiConfig::new(OAuthCredentials::new(
@@ -63,7 +39,7 @@ async fn client_secret_and_tokens_never_in_logs() {
     let e = c.device_routes("nNOPE").await.unwrap_err();
     tracing::warn!(error = %e, debug = ?e, "expected failure");
 
-    let logs = String::from_utf8(capture.0.lock().unwrap().clone()).unwrap();
+    let logs = capture.text();
     assert!(
         logs.contains("tailscale API request") && logs.contains("renewing the access token"),
         "logging was captured: {logs}"

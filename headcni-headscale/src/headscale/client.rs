@@ -152,35 +152,18 @@ impl HeadscaleClient {
     ///
     /// Errors: [`HeadscaleError::Config`] for a URL that is not `http(s)://…` or a bad PEM.
     pub fn new(config: HeadscaleConfig) -> Result<Self, HeadscaleError> {
-        crate::tls::install_ring_provider();
         // Userinfo and query are redacted in every message (a password must not reach logs).
-        let shown = crate::secret::redact_url(&config.url);
-        let mut base = Url::parse(&config.url)
-            .map_err(|e| HeadscaleError::Config(format!("url {shown:?}: {e}")))?;
-        if !matches!(base.scheme(), "http" | "https") || base.host_str().is_none() {
-            return Err(HeadscaleError::Config(format!(
-                "url {shown:?}: must be http(s)://host[:port][/prefix]"
-            )));
-        }
+        let mut base = crate::http::base_url(&config.url).map_err(HeadscaleError::Config)?;
         if !base.path().ends_with('/') {
             let p = format!("{}/", base.path());
             base.set_path(&p);
         }
-        base.set_query(None);
-        base.set_fragment(None);
-        let mut builder = reqwest::Client::builder()
-            .timeout(config.request_timeout)
-            .connect_timeout(config.connect_timeout)
-            .redirect(reqwest::redirect::Policy::none())
-            .user_agent(concat!("headcni/", env!("CARGO_PKG_VERSION")));
-        if let Some(pem) = &config.extra_root_pem {
-            let certs = reqwest::Certificate::from_pem_bundle(pem)
-                .map_err(|e| HeadscaleError::Config(format!("extra root certificates: {e}")))?;
-            builder = builder.tls_certs_merge(certs);
-        }
-        let http = builder
-            .build()
-            .map_err(|e| HeadscaleError::Config(format!("http client: {e}")))?;
+        let http = crate::http::client(
+            config.request_timeout,
+            config.connect_timeout,
+            config.extra_root_pem.as_deref(),
+        )
+        .map_err(HeadscaleError::Config)?;
         Ok(HeadscaleClient {
             http,
             base,

@@ -132,23 +132,14 @@ impl TailscaleApi {
     /// Errors: [`TailscaleApiError::Config`] for a URL that is not `http(s)://host…`, an empty
     /// tailnet, a zero size cap, or a bad PEM.
     pub fn new(config: TailscaleApiConfig) -> Result<Self, TailscaleApiError> {
-        crate::tls::install_ring_provider();
         let shown = redact_url(&config.base_url);
-        let mut base = Url::parse(&config.base_url)
-            .map_err(|e| TailscaleApiError::Config(format!("url {shown:?}: {e}")))?;
-        if !matches!(base.scheme(), "http" | "https") || base.host_str().is_none() {
-            return Err(TailscaleApiError::Config(format!(
-                "url {shown:?}: must be http(s)://host[:port][/prefix]"
-            )));
-        }
+        let base = crate::http::base_url(&config.base_url).map_err(TailscaleApiError::Config)?;
         if !base.username().is_empty() || base.password().is_some() {
             // reqwest would turn userinfo into a Basic header next to the Bearer token.
             return Err(TailscaleApiError::Config(format!(
                 "url {shown:?}: credentials in the URL are not allowed (use the OAuth client file)"
             )));
         }
-        base.set_query(None);
-        base.set_fragment(None);
         if config.tailnet.trim().is_empty() {
             return Err(TailscaleApiError::Config(
                 "tailnet is empty (use \"-\" for the credential's tailnet)".into(),
@@ -159,19 +150,12 @@ impl TailscaleApi {
                 "max_response_bytes must be > 0".into(),
             ));
         }
-        let mut builder = reqwest::Client::builder()
-            .timeout(config.request_timeout)
-            .connect_timeout(config.connect_timeout)
-            .redirect(reqwest::redirect::Policy::none())
-            .user_agent(concat!("headcni/", env!("CARGO_PKG_VERSION")));
-        if let Some(pem) = &config.extra_root_pem {
-            let certs = reqwest::Certificate::from_pem_bundle(pem)
-                .map_err(|e| TailscaleApiError::Config(format!("extra root certificates: {e}")))?;
-            builder = builder.tls_certs_merge(certs);
-        }
-        let http = builder
-            .build()
-            .map_err(|e| TailscaleApiError::Config(format!("http client: {e}")))?;
+        let http = crate::http::client(
+            config.request_timeout,
+            config.connect_timeout,
+            config.extra_root_pem.as_deref(),
+        )
+        .map_err(TailscaleApiError::Config)?;
         Ok(TailscaleApi {
             http,
             base,

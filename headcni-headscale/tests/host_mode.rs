@@ -305,11 +305,18 @@ async fn auto_approvers_that_never_approve_give_a_clear_bounded_failure() {
     }
     assert_eq!(s.routes.advertised, vec![net(POD)], "advertised anyway");
     assert!(s.routes.primary.is_empty());
+    // the node is user-owned: the status says which approver can match it (issue 10, item 2)
+    assert!(
+        s.notes.iter().any(|n| n.contains("no ACL tag")),
+        "{:?}",
+        s.notes
+    );
     // the policy is fixed later: the next reconcile succeeds
     e.hs.set_policy(&auto_policy(FakeApiVersion::V0_29, &[net("10.244.0.0/16")]))
         .unwrap();
     b.ensure_routes(&[net(POD)]).await.unwrap();
     assert!(b.status().readiness.is_ready());
+    assert!(b.status().notes.is_empty(), "{:?}", b.status().notes);
 }
 
 #[tokio::test]

@@ -162,6 +162,7 @@ fn view(n: &NetmapNode) -> NodeView {
         approved: Vec::new(),
         primary: n.primary_routes.clone(),
         online: n.online,
+        tags: Vec::new(),
     }
 }
 

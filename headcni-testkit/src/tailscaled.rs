@@ -398,6 +398,10 @@ fn peer_json(n: &NodeView, online: bool) -> Value {
     allowed.extend(n.primary.iter().map(|p| p.to_string()));
     if let Some(o) = v.as_object_mut() {
         o.insert("AllowedIPs".into(), json!(allowed));
+        if !n.tags.is_empty() {
+            // `Tags` (omitempty): the node's ACL tags (tailscale `ipn/ipnstate/ipnstate.go`)
+            o.insert("Tags".into(), json!(n.tags));
+        }
         if !n.primary.is_empty() {
             // omitempty
             o.insert(

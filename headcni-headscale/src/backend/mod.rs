@@ -31,8 +31,8 @@ use tokio::time::Instant;
 
 use async_trait::async_trait;
 use headcni_core::control::plan::{
-    ApprovalPath, ServedRoutes, Wanted, missing_peer_routes, partial_routes, prefs_patch_remove,
-    running_self, stateful_filtering_note,
+    ApprovalPath, ServedRoutes, Wanted, approver_note, missing_peer_routes, partial_routes,
+    prefs_patch_remove, running_self, stateful_filtering_note,
 };
 use headcni_core::control::{
     ControlPlaneBackend, ControlPlaneError, ControlPlaneStatus, NotReadyReason, PeerRoutes,
@@ -235,6 +235,12 @@ impl ControlPlaneBackend for TailnetBackend {
                 .as_ref()
                 .and_then(|a| stateful_filtering_note(&a.version)),
         );
+        let tags = obs
+            .agent
+            .as_ref()
+            .and_then(|a| a.self_node.as_ref())
+            .map(|s| s.tags.clone())
+            .unwrap_or_default();
         if let Ok(p) = self.peers().await {
             out.peers = p;
         }
@@ -254,6 +260,9 @@ impl ControlPlaneBackend for TailnetBackend {
                 tracing::warn!(error = %f.error, reason = ?f.reason, "control plane not ready");
                 out.routes = partial_routes(&wanted, &obs);
                 out.readiness = f.readiness();
+                if matches!(self.approval, ApprovalMode::AutoApprovers) {
+                    out.notes.extend(approver_note(&out.readiness, &tags));
+                }
                 Err(f.error)
             }
         };

@@ -22,6 +22,7 @@ pub(super) fn agent_view(st: &Status) -> AgentView {
             public_key: s.public_key.clone(),
             host_name: s.host_name.clone(),
             primary_routes: s.primary_routes.clone(),
+            tags: s.tags.clone(),
         }),
     }
 }

@@ -280,6 +280,9 @@ pub struct PeerStatus {
     /// `Online`.
     #[serde(rename = "Online", deserialize_with = "de_null_default")]
     pub online: bool,
+    /// `Tags` (omitempty): the node's ACL tags; empty for a user-owned node.
+    #[serde(rename = "Tags", deserialize_with = "de_null_default")]
+    pub tags: Vec<String>,
 }
 
 /// `ipnstate.Status` from `GET /localapi/v0/status[?peers=false]`.

@@ -74,6 +74,8 @@ pub struct NodeView {
     pub primary: Vec<IpNetwork>,
     /// Online.
     pub online: bool,
+    /// ACL tags the node carries (from its pre-auth key's `aclTags`); empty: user-owned.
+    pub tags: Vec<String>,
 }
 
 /// Snapshot of a fake pre-auth key.

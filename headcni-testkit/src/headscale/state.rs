@@ -267,6 +267,7 @@ impl State {
             approved: self.approved_of(n),
             primary: self.primary_of(n.id),
             online: n.online,
+            tags: n.tags.clone(),
         }
     }
 }
@@ -282,5 +283,6 @@ pub(super) fn empty_view(id: u64) -> NodeView {
         approved: Vec::new(),
         primary: Vec::new(),
         online: false,
+        tags: Vec::new(),
     }
 }

@@ -26,6 +26,7 @@
 //!    row, then `enable` it. With autoApprovers: no API call.
 //! 4. Wait until LocalAPI `Self.PrimaryRoutes ⊇ PodCIDRs`.
 
+mod approver;
 mod ensure;
 mod observation;
 mod peers;
@@ -38,6 +39,7 @@ mod withdraw;
 #[cfg(test)]
 mod tests;
 
+pub use approver::approver_note;
 pub use ensure::{next_step, partial_routes};
 pub use observation::{
     AgentView, ApprovalPath, ApprovalView, ControlObservation, NodeLookup, NodeView, PrefsView,

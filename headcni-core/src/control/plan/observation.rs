@@ -39,6 +39,8 @@ pub struct SelfView {
     pub host_name: String,
     /// `PrimaryRoutes`: the routes this node serves as primary.
     pub primary_routes: Vec<IpNetwork>,
+    /// `Tags`: the node's ACL tags (empty: user-owned).
+    pub tags: Vec<String>,
 }
 
 /// LocalAPI `GET /localapi/v0/status?peers=false` (tailscale `ipn/ipnstate/ipnstate.go`

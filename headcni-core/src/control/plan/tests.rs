@@ -42,6 +42,7 @@ fn running(id: &str) -> AgentView {
             public_key: KEY.into(),
             host_name: "node-1".into(),
             primary_routes: vec![],
+            tags: vec![],
         }),
     }
 }

@@ -647,6 +647,13 @@ impl FakeTailscaled {
         Self::serve(socket.as_ref(), api)
     }
 
+    /// A tailscaled in the state `init` describes (identity, prefs, `BackendState`, and the
+    /// coordination server, e.g. a test's own [`TailnetControl`] that also feeds another
+    /// double), listening on `socket`.
+    pub async fn start_with(socket: impl AsRef<Path>, init: LocalApiInit) -> std::io::Result<Self> {
+        Self::serve(socket.as_ref(), LocalApi::new(init))
+    }
+
     fn serve(socket: &Path, api: LocalApi) -> std::io::Result<Self> {
         let _ = std::fs::remove_file(socket);
         let listener = tokio::net::UnixListener::bind(socket)?;

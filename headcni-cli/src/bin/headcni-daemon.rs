@@ -189,6 +189,7 @@ fn config_check(flags: &DaemonFlags) -> anyhow::Result<()> {
         None => format!("{DEFAULT_CONFIG_PATH} (absent: defaults)"),
     };
     problems.extend(config::api_key_problem(&loaded.config, &env));
+    problems.extend(config::oauth_file_problem(&loaded.config));
     for w in &checked.warnings {
         println!("warning: {w}");
     }

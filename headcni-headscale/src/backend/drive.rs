@@ -5,18 +5,20 @@
 use std::time::Duration;
 
 use headcni_core::control::plan::{
-    ControlObservation, ControlStep, NodeLookup, PlanFailure, Wanted, next_step,
+    ControlObservation, ControlStep, DeviceView, NodeLookup, PlanFailure, Wanted, next_step,
     next_withdraw_step, prefs_conflict,
 };
 use headcni_core::control::{ControlPlaneError, RouteState};
 use tokio::time::Instant;
 
 use super::views::{
-    agent_view, hs_err, la_err, masked_prefs, node_view, prefs_view, route_model, row_views,
+    agent_view, device_view, hs_err, la_err, masked_prefs, node_view, prefs_view, route_model,
+    row_views,
 };
 use super::{ApprovalMode, TailnetBackend};
 use crate::headscale::HeadscaleClient;
 use crate::retry::Retryable;
+use crate::tailscale_api::{NodeRef, TailscaleApi};
 
 /// Most steps between two waits. A phase of the plan takes at most a dozen (status, prefs
 /// with their own bounded retries, model, node, one write, a confirmation, a poll); more means
@@ -41,6 +43,7 @@ pub(super) struct Drive<'a> {
     /// Set when the plan first goes past the prefs (the approval and primary waits share it).
     deadline: Option<Instant>,
     rows_delay: Duration,
+    device_delay: Duration,
     primary_delay: Duration,
 }
 
@@ -53,6 +56,7 @@ impl<'a> Drive<'a> {
             obs: ControlObservation::default(),
             deadline: None,
             rows_delay: b.first_poll(),
+            device_delay: b.first_poll(),
             primary_delay: b.first_poll(),
         }
     }
@@ -189,6 +193,42 @@ impl<'a> Drive<'a> {
                     self.obs.approval.route_rows = None;
                     steps = 0;
                 }
+                ControlStep::ApproveDevice {
+                    node_key,
+                    stable_id,
+                    routes,
+                } => {
+                    let api = self.tailscale_api()?;
+                    let node = NodeRef::new(node_key, stable_id);
+                    let res = self
+                        .b
+                        .ts("tailscale API approve", || api.approve(&node, &routes))
+                        .await;
+                    self.obs.approval.device = device_view(res)?;
+                }
+                ControlStep::WaitDevice { pending } => {
+                    tracing::debug!(
+                        ?pending,
+                        "device does not advertise the routes yet (tailscale API)"
+                    );
+                    tokio::time::sleep(self.device_delay).await;
+                    self.device_delay = self.b.next_poll(self.device_delay);
+                    self.obs.approval.device = DeviceView::NotAsked;
+                    steps = 0;
+                }
+                ControlStep::WithdrawDevice {
+                    node_key,
+                    stable_id,
+                    routes,
+                } => {
+                    let api = self.tailscale_api()?;
+                    let node = NodeRef::new(node_key, stable_id);
+                    let res = self
+                        .b
+                        .ts("tailscale API withdraw", || api.withdraw(&node, &routes))
+                        .await;
+                    self.obs.approval.device = device_view(res)?;
+                }
                 ControlStep::ObservePrimary => {
                     let st = self
                         .b
@@ -213,8 +253,22 @@ impl<'a> Drive<'a> {
     fn client(&self) -> Result<&'a HeadscaleClient, PlanFailure> {
         match &self.b.approval {
             ApprovalMode::Api(c) => Ok(c),
-            ApprovalMode::AutoApprovers => Err(ControlPlaneError::Conflict {
-                reason: "the control-plane plan asked for the Headscale API without an API key"
+            ApprovalMode::AutoApprovers | ApprovalMode::TailscaleApi(_) => {
+                Err(ControlPlaneError::Conflict {
+                    reason: "the control-plane plan asked for the Headscale API without an API key"
+                        .to_string(),
+                }
+                .into())
+            }
+        }
+    }
+
+    /// The Tailscale API client; the plan asks for it only with `approval = "tailscale-api"`.
+    fn tailscale_api(&self) -> Result<&'a TailscaleApi, PlanFailure> {
+        match &self.b.approval {
+            ApprovalMode::TailscaleApi(c) => Ok(c),
+            _ => Err(ControlPlaneError::Conflict {
+                reason: "the control-plane plan asked for the Tailscale API without a client"
                     .to_string(),
             }
             .into()),

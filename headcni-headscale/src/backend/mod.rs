@@ -10,6 +10,10 @@
 //! 3. Approval for **this node id only**: ≥ 0.26 `approve_routes` with the node's current
 //!    approved set ∪ PodCIDRs (replace semantics); ≤ 0.25 wait for the advertised route row,
 //!    then `enable`. Never any other route, never exit routes. With autoApprovers: no API call.
+//!    With the Tailscale API ([`ApprovalMode::TailscaleApi`]): the device whose `nodeKey` is
+//!    `Self.PublicKey` and `nodeId` is `Self.ID` gets `enabledRoutes ∪ PodCIDRs`
+//!    ([`crate::tailscale_api::TailscaleApi::approve`]), retried while the device does not
+//!    advertise them yet.
 //! 4. Confirm: LocalAPI `Self.PrimaryRoutes ⊇ PodCIDRs`, bounded by
 //!    [`BackendOptions::approval_timeout`].
 //!
@@ -46,7 +50,8 @@ pub use headcni_core::control::plan::validate_routes;
 
 use crate::headscale::{HeadscaleClient, HeadscaleError};
 use crate::localapi::{LocalApiClient, LocalApiError};
-use crate::retry::Backoff;
+use crate::retry::{Backoff, Retryable};
+use crate::tailscale_api::{TailscaleApi, TailscaleApiError};
 use drive::{Drive, Op};
 use views::{hs_err, la_err};
 
@@ -58,6 +63,10 @@ pub enum ApprovalMode {
     /// No API key on the node: the Headscale policy's `autoApprovers.routes` must contain the
     /// PodCIDR (`[headscale] approval = "auto-approvers"`); HeadCNI advertises and waits.
     AutoApprovers,
+    /// Approve through the Tailscale API v2 with an OAuth client (`[headscale] approval =
+    /// "tailscale-api"`): Tailscale SaaS, or a Headscale serving `/api/v2`. Only this node's
+    /// PodCIDRs are ever added to or removed from its device's enabled routes.
+    TailscaleApi(Arc<TailscaleApi>),
 }
 
 /// Timing of a [`TailnetBackend`].
@@ -157,6 +166,7 @@ impl TailnetBackend {
         match approval {
             ApprovalMode::Api(_) => "headscale/api",
             ApprovalMode::AutoApprovers => "headscale/auto-approvers",
+            ApprovalMode::TailscaleApi(_) => "tailscale/api",
         }
     }
 
@@ -183,6 +193,7 @@ impl TailnetBackend {
             approval: match self.approval {
                 ApprovalMode::Api(_) => ApprovalPath::Api,
                 ApprovalMode::AutoApprovers => ApprovalPath::AutoApprovers,
+                ApprovalMode::TailscaleApi(_) => ApprovalPath::TailscaleApi,
             },
             approval_timeout: self.opts.approval_timeout,
         }
@@ -204,6 +215,22 @@ impl TailnetBackend {
         Fut: std::future::Future<Output = Result<T, HeadscaleError>>,
     {
         self.opts.backoff.retry(what, op).await.map_err(hs_err)
+    }
+
+    /// A Tailscale API call with the backoff for retryable errors, except "not advertised
+    /// yet", which is the plan's to wait on (until the approval deadline). Returns the
+    /// client's error: the plan reads lookups and advertisement from it.
+    async fn ts<T, F, Fut>(&self, what: &str, op: F) -> Result<T, TailscaleApiError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, TailscaleApiError>>,
+    {
+        self.opts
+            .backoff
+            .retry_if(what, op, |e: &TailscaleApiError| {
+                e.is_retryable() && !matches!(e, TailscaleApiError::NotAdvertised { .. })
+            })
+            .await
     }
 
     /// The first wait of a poll loop: 50 ms, or [`BackendOptions::poll_interval`] if shorter.

@@ -11,11 +11,13 @@ use super::views::{agent_view, la_err, prefs_view};
 use super::{ApprovalMode, TailnetBackend, now_unix};
 use crate::headscale::{ApiGeneration, NodeId};
 use crate::localapi::Status;
+use crate::tailscale_api::NodeRef;
 
 impl TailnetBackend {
     /// Observes the current state without changing anything (for `headcni status`): LocalAPI
     /// status with peers and prefs, and with an API key the node's approvals (≥ 0.26
-    /// `approvedRoutes`, ≤ 0.25 the enabled route rows). Readiness as
+    /// `approvedRoutes`, ≤ 0.25 the enabled route rows; with the Tailscale API the
+    /// `enabledRoutes` of the device of `Self.PublicKey`/`Self.ID`). Readiness as
     /// `headcni_core::control::plan::observed_readiness` decides it; an unreachable
     /// tailscaled gives `unreachable`/`refused`.
     pub async fn observe(&self, routes: &[IpNetwork]) -> ControlPlaneStatus {
@@ -66,6 +68,14 @@ impl TailnetBackend {
                     }
                 }
                 Err(_) => {}
+            }
+        }
+        if let (ApprovalMode::TailscaleApi(api), Some(me)) = (&self.approval, &st.self_) {
+            let node = NodeRef::new(me.public_key.clone(), me.id.clone());
+            if let Ok(d) = api.find_device(&node).await
+                && let Ok(r) = api.device_routes(d.device_id()).await
+            {
+                out.routes.approved = r.enabled;
             }
         }
         out.readiness = observed_readiness(routes, &agent, prefs.as_ref());

@@ -4,13 +4,15 @@
 
 use headcni_core::control::ControlPlaneError;
 use headcni_core::control::plan::{
-    AgentView, NodeView, PrefsPatch, PrefsView, RouteModel, RouteRowView, SelfView,
+    AgentView, DeviceView, NodeView, PrefsPatch, PrefsView, RouteModel, RouteRowView, SelfView,
     has_no_stateful_filtering,
 };
+use ipnetwork::IpNetwork;
 
 use crate::headscale::{ApiGeneration, HeadscaleError, Node, Route};
 use crate::localapi::{LocalApiError, MaskedPrefs, OptBool, Prefs, Status};
 use crate::retry::Retryable;
+use crate::tailscale_api::TailscaleApiError;
 
 /// LocalAPI `Status` → `AgentView` (`BackendState`, `Self`).
 pub(super) fn agent_view(st: &Status) -> AgentView {
@@ -113,6 +115,59 @@ pub(super) fn hs_err(e: HeadscaleError) -> ControlPlaneError {
     }
 }
 
+/// The outcome of the Tailscale API client's `approve`/`withdraw` as the plan's
+/// [`DeviceView`]: the enabled set; the routes the device does not advertise yet
+/// ([`TailscaleApiError::NotAdvertised`]); no device ([`TailscaleApiError::DeviceNotFound`]);
+/// a device whose `nodeKey`/`nodeId` disagree, or several devices
+/// ([`TailscaleApiError::IdentityMismatch`], [`TailscaleApiError::AmbiguousDevice`]). Every
+/// other error is a [`ControlPlaneError`] ([`ts_err`]).
+pub(super) fn device_view(
+    res: Result<Vec<IpNetwork>, TailscaleApiError>,
+) -> Result<DeviceView, ControlPlaneError> {
+    match res {
+        Ok(enabled) => Ok(DeviceView::Enabled(enabled)),
+        Err(TailscaleApiError::NotAdvertised { routes, .. }) => {
+            Ok(DeviceView::NotAdvertised(routes))
+        }
+        Err(e @ TailscaleApiError::DeviceNotFound { .. }) => Ok(DeviceView::NotFound {
+            reason: e.to_string(),
+        }),
+        Err(
+            e @ (TailscaleApiError::IdentityMismatch { .. }
+            | TailscaleApiError::AmbiguousDevice { .. }),
+        ) => Ok(DeviceView::Mismatch {
+            reason: e.to_string(),
+        }),
+        Err(e) => Err(ts_err(e)),
+    }
+}
+
+/// A Tailscale API error (endpoint "tailscale API"): the answer lacking the routes →
+/// `NotApproved`; a route HeadCNI refuses → `InvalidRoute`; retryable (transport, timeout,
+/// 429, 5xx) → `Unreachable`; everything else — bad or unreadable credentials
+/// (`invalid_client`, 401), a missing scope (403, `invalid_scope`), an unknown tailnet, a
+/// refused request — → `Refused`.
+pub(super) fn ts_err(e: TailscaleApiError) -> ControlPlaneError {
+    let endpoint = "tailscale API".to_string();
+    match e {
+        TailscaleApiError::NotApproved { ref routes, .. } => ControlPlaneError::NotApproved {
+            routes: routes.clone(),
+            reason: e.to_string(),
+        },
+        TailscaleApiError::InvalidRoute { route, reason } => {
+            ControlPlaneError::InvalidRoute { route, reason }
+        }
+        e if e.is_retryable() => ControlPlaneError::Unreachable {
+            endpoint,
+            reason: e.to_string(),
+        },
+        e => ControlPlaneError::Refused {
+            endpoint,
+            reason: e.to_string(),
+        },
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -127,6 +182,65 @@ mod tests {
         assert_eq!(m.no_stateful_filtering, Some(OptBool::True));
         assert_eq!(m.route_all, None);
         assert!(masked_prefs(&PrefsPatch::default()).is_empty());
+    }
+
+    #[test]
+    fn tailscale_api_errors_map_to_the_plans_terms() {
+        let pod: IpNetwork = "10.244.1.0/24".parse().unwrap();
+        assert_eq!(
+            device_view(Err(TailscaleApiError::NotAdvertised {
+                device: "n1".into(),
+                routes: vec![pod],
+            })),
+            Ok(DeviceView::NotAdvertised(vec![pod]))
+        );
+        assert!(matches!(
+            device_view(Err(TailscaleApiError::IdentityMismatch {
+                reason: "x".into()
+            })),
+            Ok(DeviceView::Mismatch { .. })
+        ));
+        assert!(matches!(
+            device_view(Err(TailscaleApiError::AmbiguousDevice {
+                node: "x".into(),
+                count: 2
+            })),
+            Ok(DeviceView::Mismatch { .. })
+        ));
+        assert!(matches!(
+            device_view(Err(TailscaleApiError::DeviceNotFound {
+                tailnet: "-".into(),
+                node: "x".into()
+            })),
+            Ok(DeviceView::NotFound { .. })
+        ));
+        let refused = device_view(Err(TailscaleApiError::TokenRejected {
+            status: 401,
+            error: "invalid_client".into(),
+            description: String::new(),
+        }));
+        assert!(
+            matches!(refused, Err(ControlPlaneError::Refused { .. })),
+            "{refused:?}"
+        );
+        let forbidden = ts_err(TailscaleApiError::Forbidden {
+            endpoint: "POST /api/v2/device/n1/routes".into(),
+            message: "missing scope".into(),
+        });
+        assert!(matches!(forbidden, ControlPlaneError::Refused { .. }));
+        let down = ts_err(TailscaleApiError::Api {
+            endpoint: "GET /api/v2/tailnet/-/devices".into(),
+            status: 503,
+            message: String::new(),
+        });
+        assert!(matches!(down, ControlPlaneError::Unreachable { .. }));
+        let not_approved = ts_err(TailscaleApiError::NotApproved {
+            device: "n1".into(),
+            routes: vec![pod],
+        });
+        assert!(
+            matches!(&not_approved, ControlPlaneError::NotApproved { routes, .. } if routes == &vec![pod])
+        );
     }
 
     #[test]

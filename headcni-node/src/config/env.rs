@@ -55,9 +55,19 @@ pub(super) const KEYS: &[(&str, &str, Kind)] = &[
     ("daemon", "reconcile_interval_secs", Kind::Int),
     ("daemon", "log_level", Kind::Str),
     ("daemon", "log_format", Kind::Str),
+    ("tailscale_api", "url", Kind::Str),
+    ("tailscale_api", "tailnet", Kind::Str),
+    ("tailscale_api", "oauth_file", Kind::Str),
 ];
 
-pub(super) const SECTIONS: &[&str] = &["node", "cni", "tailscale", "headscale", "daemon"];
+pub(super) const SECTIONS: &[&str] = &[
+    "node",
+    "cni",
+    "tailscale",
+    "headscale",
+    "daemon",
+    "tailscale_api",
+];
 
 /// The environment variable that overrides `section.key`: `HEADCNI_<SECTION>_<KEY>`.
 pub fn env_var_name(section: &str, key: &str) -> String {
@@ -137,6 +147,7 @@ mod tests {
         c.tailscale.state_dir = Some("/d".into());
         c.headscale.url = Some("https://h".into());
         c.headscale.api_key_file = Some("/f".into());
+        c.tailscale_api.oauth_file = Some("/o".into());
         let v = toml::Value::try_from(&c).unwrap();
         let mut keys: Vec<String> = Vec::new();
         for (s, t) in v.as_table().unwrap() {
@@ -169,5 +180,9 @@ mod tests {
         assert!(j.is_array());
         assert!(env_value(Kind::Json, "[null]").is_err());
         assert_eq!(env_var_name("node", "pod_cidr"), "HEADCNI_NODE_POD_CIDR");
+        assert_eq!(
+            env_var_name("tailscale_api", "oauth_file"),
+            "HEADCNI_TAILSCALE_API_OAUTH_FILE"
+        );
     }
 }

@@ -431,5 +431,8 @@ fn build(l: &Layers, errors: &mut Vec<ConfigError>) -> Config {
     );
     set!("daemon", "log_level", c.daemon.log_level);
     set!("daemon", "log_format", c.daemon.log_format);
+    set!("tailscale_api", "url", c.tailscale_api.url);
+    set!("tailscale_api", "tailnet", c.tailscale_api.tailnet);
+    set!("tailscale_api", "oauth_file", Some c.tailscale_api.oauth_file);
     c
 }

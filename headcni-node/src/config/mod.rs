@@ -72,7 +72,7 @@
 //! [headscale]
 //! url = "https://headscale.example.com"
 //! api_key_file = "/etc/headcni/api-key"   # or env HEADSCALE_API_KEY
-//! approval = "api"                 # api | auto-approvers
+//! approval = "api"                 # api | auto-approvers | tailscale-api
 //! user = "headcni"                 # daemon mode: the owner of pre-auth keys
 //! timeout_secs = 10                # per Headscale/LocalAPI request
 //!
@@ -83,6 +83,11 @@
 //! reconcile_interval_secs = 30
 //! log_level = "info"               # or a tracing filter, e.g. "info,headcni_headscale=debug"
 //! log_format = "text"              # text | json
+//!
+//! [tailscale_api]                  # only with [headscale] approval = "tailscale-api"
+//! url = "https://api.tailscale.com"  # or a Headscale serving /api/v2
+//! tailnet = "-"                    # "-": the OAuth client's own tailnet
+//! oauth_file = "/etc/headcni/tailscale-oauth"  # client_id=… / client_secret=…, mode 0600
 //! ```
 //!
 //! # Files
@@ -105,4 +110,4 @@ pub use error::{ConfigError, Origin, Problem};
 pub use load::{Checked, DaemonFlags, Loaded, check_from, load, load_from};
 pub use schema::*;
 pub use show::render_show;
-pub use validate::{api_key_problem, cidr_warnings};
+pub use validate::{api_key_problem, cidr_warnings, oauth_file_problem};

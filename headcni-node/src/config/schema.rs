@@ -48,7 +48,7 @@ impl Mode {
     }
 }
 
-/// How this node's route gets approved in Headscale.
+/// How this node's route gets approved by the control server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Approval {
@@ -57,6 +57,9 @@ pub enum Approval {
     Api,
     /// By the Headscale policy's `autoApprovers` (no API key on the node).
     AutoApprovers,
+    /// Through the Tailscale API v2 with an OAuth client (`[tailscale_api]`): Tailscale SaaS,
+    /// or a Headscale that serves `/api/v2`.
+    TailscaleApi,
 }
 
 /// Daemon mode: the dedicated tailscaled's `NetfilterMode` pref (`[tailscale]
@@ -378,6 +381,34 @@ impl HeadscaleConfig {
     }
 }
 
+/// `[tailscale_api]`: the Tailscale API v2 used with `[headscale] approval =
+/// "tailscale-api"` (ignored otherwise).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct TailscaleApiConfig {
+    /// The API's base URL; requests go to `{url}/api/v2/…`. Default
+    /// `https://api.tailscale.com` (Tailscale SaaS); a Headscale serving `/api/v2` is its own
+    /// URL.
+    pub url: String,
+    /// The tailnet in `/api/v2/tailnet/{tailnet}/devices`. Default `-`: the OAuth client's
+    /// own tailnet (the only value Headscale accepts).
+    pub tailnet: String,
+    /// The OAuth client file (`client_id=…` and `client_secret=…` lines; mode 0600 or 0400,
+    /// owned by root or the daemon's user). Required with `approval = "tailscale-api"`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub oauth_file: Option<PathBuf>,
+}
+
+impl Default for TailscaleApiConfig {
+    fn default() -> Self {
+        TailscaleApiConfig {
+            url: headcni_headscale::tailscale_api::DEFAULT_BASE_URL.to_owned(),
+            tailnet: headcni_headscale::tailscale_api::DEFAULT_TAILNET.to_owned(),
+            oauth_file: None,
+        }
+    }
+}
+
 /// `[daemon]`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
@@ -432,6 +463,8 @@ pub struct Config {
     pub headscale: HeadscaleConfig,
     /// `[daemon]`.
     pub daemon: DaemonConfig,
+    /// `[tailscale_api]`.
+    pub tailscale_api: TailscaleApiConfig,
 }
 
 impl Config {

@@ -16,12 +16,28 @@ impl Config {
         if self.headscale.approval == Approval::AutoApprovers {
             return "none needed (approval = \"auto-approvers\")".to_owned();
         }
+        if self.headscale.approval == Approval::TailscaleApi {
+            return self.tailscale_api_source();
+        }
         match &self.headscale.api_key_file {
             Some(f) => format!("file {}", f.display()),
             None if env(API_KEY_ENV).is_some_and(|v| !v.trim().is_empty()) => {
                 format!("env {API_KEY_ENV} (set)")
             }
             None => format!("none (set headscale.api_key_file or {API_KEY_ENV})"),
+        }
+    }
+
+    /// Where the Tailscale API's OAuth client comes from (never its secret).
+    fn tailscale_api_source(&self) -> String {
+        match &self.tailscale_api.oauth_file {
+            Some(f) => format!(
+                "none needed (approval = \"tailscale-api\"); OAuth client: file {}",
+                f.display()
+            ),
+            None => "none needed (approval = \"tailscale-api\"); OAuth client: none (set \
+                     tailscale_api.oauth_file)"
+                .to_owned(),
         }
     }
 
@@ -173,5 +189,24 @@ mod tests {
         let out = c.to_redacted_toml_with(&env);
         assert!(out.contains("env HEADSCALE_API_KEY (set)"));
         assert!(!out.contains("hskey-api-secret"));
+    }
+
+    #[test]
+    fn tailscale_api_section_is_shown_with_its_file_and_redacted_url() {
+        let mut c = Config::default();
+        c.headscale.approval = Approval::TailscaleApi;
+        c.tailscale_api.url = "https://ops:tskey-api-leak@api.example.com".into();
+        c.tailscale_api.oauth_file = Some("/etc/headcni/tailscale-oauth".into());
+        let out = c.to_redacted_toml_with(&no_env);
+        assert!(!out.contains("tskey-api-leak"), "{out}");
+        assert!(out.contains("[tailscale_api]"), "{out}");
+        assert!(
+            out.contains("oauth_file = \"/etc/headcni/tailscale-oauth\""),
+            "{out}"
+        );
+        assert!(
+            out.contains("# API key: none needed (approval = \"tailscale-api\"); OAuth client: file /etc/headcni/tailscale-oauth"),
+            "{out}"
+        );
     }
 }

@@ -298,7 +298,55 @@ impl Config {
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&d.log_level) {
             bad("daemon.log_level", format!("{:?}: {e}", d.log_level));
         }
+
+        if h.approval == Approval::TailscaleApi {
+            for (key, message) in self.tailscale_api_problems() {
+                bad(key, message);
+            }
+        }
         p
+    }
+
+    /// `[tailscale_api]` with `approval = "tailscale-api"`: `url` an `http(s)://host` URL
+    /// without credentials in it, `tailnet` not empty, `oauth_file` given as an absolute path.
+    fn tailscale_api_problems(&self) -> Vec<(&'static str, String)> {
+        let a = &self.tailscale_api;
+        let mut out = Vec::new();
+        match check_url(&a.url) {
+            Err(e) => out.push(("tailscale_api.url", e)),
+            Ok(()) if url_has_userinfo(&a.url) => out.push((
+                "tailscale_api.url",
+                format!(
+                    "{:?} must not hold credentials (the OAuth client file does)",
+                    redact_url(&a.url)
+                ),
+            )),
+            Ok(()) => {}
+        }
+        if a.tailnet.trim().is_empty() {
+            out.push((
+                "tailscale_api.tailnet",
+                "is empty (use \"-\" for the OAuth client's own tailnet)".into(),
+            ));
+        }
+        match &a.oauth_file {
+            Some(f) if f.as_os_str().is_empty() => {
+                out.push(("tailscale_api.oauth_file", "is empty".into()))
+            }
+            Some(f) if !f.is_absolute() => out.push((
+                "tailscale_api.oauth_file",
+                format!("{} is not an absolute path", f.display()),
+            )),
+            Some(_) => {}
+            None => out.push((
+                "tailscale_api.oauth_file",
+                "approval = \"tailscale-api\" needs the OAuth client file (client_id=…, \
+                 client_secret=…): set tailscale_api.oauth_file or \
+                 HEADCNI_TAILSCALE_API_OAUTH_FILE"
+                    .into(),
+            )),
+        }
+        out
     }
 
     /// Legal but suspicious settings, each as a [`Problem`] naming its key: a PodCIDR or
@@ -357,6 +405,31 @@ pub fn api_key_problem(cfg: &Config, env: &dyn Fn(&str) -> Option<String>) -> Op
         key: "headscale.api_key_file".into(),
         message: e.to_string(),
     })
+}
+
+/// For `headcni config check`: with `approval = "tailscale-api"` and an OAuth client file
+/// configured, whether it can actually be used
+/// ([`headcni_headscale::tailscale_api::OAuthCredentials::from_file`]: permissions, owner,
+/// format; the secret is read and dropped, never shown). `None` when it can, or when it is not
+/// needed or not configured (that is a [`Config::validate_with`] error already).
+pub fn oauth_file_problem(cfg: &Config) -> Option<Problem> {
+    if cfg.headscale.approval != Approval::TailscaleApi {
+        return None;
+    }
+    let f = cfg.tailscale_api.oauth_file.as_deref()?;
+    let e = headcni_headscale::tailscale_api::OAuthCredentials::from_file(f).err()?;
+    Some(Problem {
+        key: "tailscale_api.oauth_file".into(),
+        message: e.to_string(),
+    })
+}
+
+/// Whether `u` names a user or password before its host (`https://user:pw@host`).
+fn url_has_userinfo(u: &str) -> bool {
+    u.parse::<http::Uri>()
+        .ok()
+        .and_then(|uri| uri.authority().map(|a| a.as_str().contains('@')))
+        .unwrap_or(false)
 }
 
 /// Checks `headscale.url`. Every message shows the URL through [`redact_url`] (the parse error

@@ -61,7 +61,35 @@ impl FakeTailscaleApiControl {
         enabled: &[IpNetwork],
     ) -> FakeDeviceView {
         self.lock()
-            .add_device(hostname, node_key, advertised.to_vec(), enabled.to_vec())
+            .add_device(
+                None,
+                hostname,
+                node_key,
+                advertised.to_vec(),
+                enabled.to_vec(),
+            )
+            .expect("a fresh stable id is unique")
+    }
+
+    /// Adds a device whose `nodeId` is `node_id`, as Headscale main's `/api/v2` reports it:
+    /// the decimal node id, which is also tailscaled's `Self.ID` there
+    /// (`hscontrol/api/v2/devices.go`). `None` when a device already has that `nodeId` or
+    /// numeric `id`.
+    pub fn add_device_with_node_id(
+        &self,
+        node_id: &str,
+        hostname: &str,
+        node_key: &str,
+        advertised: &[IpNetwork],
+        enabled: &[IpNetwork],
+    ) -> Option<FakeDeviceView> {
+        self.lock().add_device(
+            Some(node_id),
+            hostname,
+            node_key,
+            advertised.to_vec(),
+            enabled.to_vec(),
+        )
     }
 
     /// The device with this `nodeId` or numeric `id`.

@@ -53,18 +53,26 @@ impl State {
         }
     }
 
+    /// Adds a device; `node_id` `None` picks a Tailscale-style stable id. `None` when
+    /// `node_id` is already the `nodeId` or `id` of a device.
     pub(super) fn add_device(
         &mut self,
+        node_id: Option<&str>,
         hostname: &str,
         node_key: &str,
         advertised: Vec<IpNetwork>,
         enabled: Vec<IpNetwork>,
-    ) -> FakeDeviceView {
+    ) -> Option<FakeDeviceView> {
+        if node_id.is_some_and(|n| self.device_mut(n).is_some()) {
+            return None;
+        }
         let seq = NEXT_ID.fetch_add(1, Ordering::Relaxed);
         let view = FakeDeviceView {
             id: seq.to_string(),
             // Tailscale's stable node ids look like `nTESTJ31CNTRL` (client-go-v2 tests).
-            node_id: format!("n{}CNTRL", rand_alnum(10)),
+            node_id: node_id
+                .map(str::to_string)
+                .unwrap_or_else(|| format!("n{}CNTRL", rand_alnum(10))),
             node_key: node_key.to_string(),
             hostname: hostname.to_string(),
             advertised,
@@ -74,7 +82,7 @@ impl State {
             view: view.clone(),
             seq,
         });
-        view
+        Some(view)
     }
 
     /// A device by `nodeId` (preferred) or numeric `id` (client-go-v2 `devices.go`: "Using

@@ -4,7 +4,7 @@ use ipnetwork::IpNetwork;
 
 use super::routes::{contains_all, display, missing, union, validate_routes};
 use super::{
-    ApprovalPath, ControlObservation, ControlStep, NodeLookup, PlanFailure, RouteModel,
+    ApprovalPath, ControlObservation, ControlStep, DeviceView, NodeLookup, PlanFailure, RouteModel,
     RouteRowView, SelfView, Wanted, prefs_patch_add, running_self,
 };
 use crate::control::{ControlPlaneError, NotReadyReason, RouteState};
@@ -17,7 +17,10 @@ use crate::control::{ControlPlaneError, NotReadyReason, RouteState};
 /// with API approval, `Self.ID` not a Headscale id, no such Headscale node, or its `nodeKey`
 /// ≠ `Self.PublicKey` (`identity-mismatch`, never approving then); `approve_routes` answered
 /// without the routes (`not-approved`); ≤ 0.25 no advertised row by the deadline
-/// (`not-advertised`); not primary by the deadline: approved → `not-primary`, not approved →
+/// (`not-advertised`); with the Tailscale API, no device or a device whose `nodeKey`/`nodeId`
+/// disagree with `Self.PublicKey`/`Self.ID` (`identity-mismatch`), the device still not
+/// advertising the routes at the deadline or the answer lacking them (`not-approved`, naming
+/// the Tailscale API); not primary by the deadline: approved → `not-primary`, not approved →
 /// `not-approved`, autoApprovers → `not-approved` naming the policy's `autoApprovers.routes`.
 pub fn next_step(wanted: &Wanted, obs: &ControlObservation) -> ControlStep {
     match plan(wanted, obs) {
@@ -40,6 +43,10 @@ pub fn partial_routes(wanted: &Wanted, obs: &ControlObservation) -> RouteState {
         .unwrap_or_default();
     let approved = match (wanted.approval, settled) {
         (ApprovalPath::Api, Some(_)) => api_approval(wanted, me, obs).unwrap_or_default(),
+        (ApprovalPath::TailscaleApi, Some(_)) => match &obs.approval.device {
+            DeviceView::Enabled(e) => e.clone(),
+            _ => Vec::new(),
+        },
         _ => Vec::new(),
     };
     RouteState {
@@ -71,6 +78,7 @@ fn plan(wanted: &Wanted, obs: &ControlObservation) -> Result<ControlStep, Contro
     }
     let approved = match wanted.approval {
         ApprovalPath::Api => Some(api_approval(wanted, me, obs)?),
+        ApprovalPath::TailscaleApi => Some(device_approval(wanted, me, obs)?),
         ApprovalPath::AutoApprovers => None,
     };
     let primary = obs.primary.as_ref().ok_or(ControlStep::ObservePrimary)?;
@@ -193,6 +201,60 @@ fn api_approval(
     }
 }
 
+/// The Tailscale API approval of this node's device; `Ok` with the device's enabled set once
+/// it contains every wanted route. One [`ControlStep::ApproveDevice`] per reconcile (the client
+/// posts only when a route is missing), then a wait while the device does not advertise them.
+fn device_approval(
+    wanted: &Wanted,
+    me: &SelfView,
+    obs: &ControlObservation,
+) -> Result<Vec<IpNetwork>, ControlStep> {
+    let routes = &wanted.routes;
+    if me.public_key.is_empty() {
+        return Err(fail(ControlPlaneError::NotReady {
+            reason: "tailscaled Self has no PublicKey (node key): cannot find its device in the Tailscale API".to_string(),
+        }));
+    }
+    match &obs.approval.device {
+        DeviceView::NotAsked => Err(ControlStep::ApproveDevice {
+            node_key: me.public_key.clone(),
+            stable_id: me.id.clone(),
+            routes: routes.clone(),
+        }),
+        DeviceView::Enabled(enabled) if contains_all(enabled, routes) => Ok(enabled.clone()),
+        DeviceView::Enabled(enabled) => Err(ControlStep::Fail(PlanFailure::new(
+            ControlPlaneError::NotApproved {
+                routes: missing(enabled, routes),
+                reason: "the Tailscale API answered the route update without them".to_string(),
+            },
+            NotReadyReason::NotApproved,
+        ))),
+        DeviceView::NotAdvertised(pending) if !obs.deadline_passed => {
+            Err(ControlStep::WaitDevice {
+                pending: pending.clone(),
+            })
+        }
+        DeviceView::NotAdvertised(pending) => Err(ControlStep::Fail(PlanFailure::new(
+            ControlPlaneError::NotApproved {
+                routes: pending.clone(),
+                reason: format!(
+                    "not approved through the Tailscale API after {:?}: device {} ({}) does not advertise them there (has tailscaled announced its AdvertiseRoutes to the control server?)",
+                    wanted.approval_timeout, me.id, me.public_key
+                ),
+            },
+            NotReadyReason::NotApproved,
+        ))),
+        DeviceView::NotFound { reason } | DeviceView::Mismatch { reason } => {
+            Err(ControlStep::Fail(PlanFailure::new(
+                ControlPlaneError::Conflict {
+                    reason: format!("tailscale API: {reason}"),
+                },
+                NotReadyReason::IdentityMismatch,
+            )))
+        }
+    }
+}
+
 /// ≤ 0.25: for each wanted prefix, this node's first row (or one naming no node): advertised
 /// and enabled → done; advertised only → to enable; none or not advertised → pending.
 fn rows_to_enable(
@@ -226,6 +288,10 @@ fn not_primary(
 ) -> PlanFailure {
     let t = wanted.approval_timeout;
     let id = &me.id;
+    let approver = match wanted.approval {
+        ApprovalPath::TailscaleApi => "the Tailscale API",
+        _ => "headscale",
+    };
     match approved {
         Some(a) if contains_all(&a, &miss) => PlanFailure::new(
             ControlPlaneError::NotApproved {
@@ -239,7 +305,7 @@ fn not_primary(
         Some(_) => PlanFailure::new(
             ControlPlaneError::NotApproved {
                 routes: miss,
-                reason: format!("not approved by headscale after {t:?}"),
+                reason: format!("not approved by {approver} after {t:?}"),
             },
             NotReadyReason::NotApproved,
         ),

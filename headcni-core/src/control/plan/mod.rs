@@ -6,7 +6,8 @@
 //! 1. asks [`next_step`] (reconcile) or [`next_withdraw_step`] (uninstall) for the next step;
 //! 2. performs it: an `Observe…` step reads one thing into the [`ControlObservation`]; a write
 //!    step ([`ControlStep::PatchPrefs`], [`ControlStep::ApproveRoutes`],
-//!    [`ControlStep::EnableRouteRows`], [`ControlStep::DisableRouteRows`]) calls the API and
+//!    [`ControlStep::EnableRouteRows`], [`ControlStep::DisableRouteRows`],
+//!    [`ControlStep::ApproveDevice`], [`ControlStep::WithdrawDevice`]) calls the API and
 //!    records its effect in the observation; a `Wait…` step sleeps and forgets the observation
 //!    it waits on; [`ControlStep::Ready`], [`ControlStep::Withdrawn`] and
 //!    [`ControlStep::Fail`] end the loop;
@@ -23,7 +24,9 @@
 //! 3. With an API key, approval for this node id only, after checking that Headscale's
 //!    `nodeKey` is tailscaled's `Self.PublicKey`: ≥ 0.26 `approve_routes` with the node's
 //!    approved set ∪ PodCIDRs (replace semantics); ≤ 0.25 wait for this node's advertised route
-//!    row, then `enable` it. With autoApprovers: no API call.
+//!    row, then `enable` it. With autoApprovers: no API call. With the Tailscale API: one
+//!    approve call on the device whose `nodeKey`/`nodeId` are `Self.PublicKey`/`Self.ID`
+//!    (enabled set ∪ PodCIDRs), waiting while the device does not advertise them yet.
 //! 4. Wait until LocalAPI `Self.PrimaryRoutes ⊇ PodCIDRs`.
 
 mod approver;
@@ -38,12 +41,14 @@ mod withdraw;
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_tailscale_api;
 
 pub use approver::approver_note;
 pub use ensure::{next_step, partial_routes};
 pub use observation::{
-    AgentView, ApprovalPath, ApprovalView, ControlObservation, NodeLookup, NodeView, PrefsView,
-    RouteModel, RouteRowView, SelfView, Wanted,
+    AgentView, ApprovalPath, ApprovalView, ControlObservation, DeviceView, NodeLookup, NodeView,
+    PrefsView, RouteModel, RouteRowView, SelfView, Wanted,
 };
 pub use peers::{ServedRoutes, missing_peer_routes};
 pub use prefs::{

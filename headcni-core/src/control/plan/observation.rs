@@ -13,6 +13,10 @@ pub enum ApprovalPath {
     /// By the Headscale policy's `autoApprovers.routes`; no API call, approvals invisible
     /// (`approval = "auto-approvers"`).
     AutoApprovers,
+    /// Through the Tailscale API v2 with an OAuth client (`approval = "tailscale-api"`):
+    /// Tailscale SaaS, or a Headscale that serves `/api/v2`. The device is found by
+    /// `Self.PublicKey` (its `nodeKey`) and `Self.ID` (its `nodeId`).
+    TailscaleApi,
 }
 
 /// The intent of a reconcile or a withdrawal: not observed, given by the node agent.
@@ -130,8 +134,37 @@ pub struct RouteRowView {
     pub node_id: Option<u64>,
 }
 
-/// What Headscale's REST API showed about this node (API approval only; stays at its
-/// default with autoApprovers, where nothing is read).
+/// What the Tailscale API v2 answered about this node's device (`approval =
+/// "tailscale-api"`), as the driver recorded it after an approve or withdraw call
+/// (tailscale/tailscale-client-go-v2 `devices.go`: `GET /api/v2/tailnet/{tailnet}/devices`,
+/// `GET`/`POST /api/v2/device/{deviceId}/routes`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum DeviceView {
+    /// Not asked yet in this reconcile (and after a wait).
+    #[default]
+    NotAsked,
+    /// The device's `enabledRoutes` as the API last answered (after our call).
+    Enabled(Vec<IpNetwork>),
+    /// The device's `advertisedRoutes` lack these routes: the control server has not seen
+    /// tailscaled announce them yet (nothing was changed).
+    NotAdvertised(Vec<IpNetwork>),
+    /// No device of the tailnet has this node key or stable id; `reason` is the client's
+    /// message.
+    NotFound {
+        /// What was searched, for the failure message.
+        reason: String,
+    },
+    /// The device found by one identifier disagrees with the other, or several devices
+    /// match; nothing was changed. `reason` is the client's message.
+    Mismatch {
+        /// What disagrees.
+        reason: String,
+    },
+}
+
+/// What the control server's API showed about this node: Headscale's REST API (API
+/// approval) or the Tailscale API (`device`). Stays at its default with autoApprovers, where
+/// nothing is read.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ApprovalView {
     /// The route model, `None` until detected.
@@ -147,6 +180,8 @@ pub struct ApprovalView {
     /// ≤ 0.25: the enabled prefixes of this node's rows, read again once every wanted row was
     /// enabled (the approved set reported in the status).
     pub route_rows_confirmed: Option<Vec<IpNetwork>>,
+    /// Tailscale API approval: this node's device as the API last answered.
+    pub device: DeviceView,
 }
 
 /// Everything observed so far in one reconcile or withdrawal; `None` means "not read yet".

@@ -109,6 +109,36 @@ pub enum ControlStep {
         /// Enabled rows of this node (or naming no node) with one of our prefixes.
         route_ids: Vec<u64>,
     },
+    /// Tailscale API v2: find this node's device (`GET /api/v2/tailnet/{tailnet}/devices`,
+    /// matching both `nodeKey` and `nodeId`), read its routes, and — only when one of `routes`
+    /// is not enabled yet — `POST /api/v2/device/{deviceId}/routes` with `enabledRoutes ∪
+    /// routes` (replace semantics, every other enabled route kept, never an exit route).
+    /// Record the outcome in [`super::ApprovalView::device`].
+    ApproveDevice {
+        /// `Self.PublicKey` (`nodekey:<hex>`), the device's `nodeKey`.
+        node_key: String,
+        /// `Self.ID`, the device's `nodeId`.
+        stable_id: String,
+        /// HeadCNI's routes for this node (only these are added).
+        routes: Vec<IpNetwork>,
+    },
+    /// Tailscale API: the device does not advertise `pending` yet; sleep one poll interval,
+    /// then forget [`super::ApprovalView::device`] (so that the approval is tried again).
+    WaitDevice {
+        /// Wanted routes missing from the device's `advertisedRoutes`.
+        pending: Vec<IpNetwork>,
+    },
+    /// Tailscale API v2 (withdraw): find the device as for [`ControlStep::ApproveDevice`] and
+    /// — only when one of `routes` is enabled — `POST /api/v2/device/{deviceId}/routes` with
+    /// `enabledRoutes \ routes`. Record the outcome in [`super::ApprovalView::device`].
+    WithdrawDevice {
+        /// `Self.PublicKey`.
+        node_key: String,
+        /// `Self.ID`.
+        stable_id: String,
+        /// HeadCNI's routes for this node (only these are removed).
+        routes: Vec<IpNetwork>,
+    },
     /// Poll LocalAPI `GET /localapi/v0/status?peers=false` into
     /// [`super::ControlObservation::primary`] (`Self.PrimaryRoutes`).
     ObservePrimary,

@@ -3,8 +3,8 @@
 
 use super::routes::{validate_routes, without};
 use super::{
-    ApprovalPath, ControlObservation, ControlStep, NodeLookup, PlanFailure, RouteModel, Wanted,
-    prefs_patch_remove,
+    ApprovalPath, ControlObservation, ControlStep, DeviceView, NodeLookup, PlanFailure, RouteModel,
+    Wanted, prefs_patch_remove,
 };
 use crate::control::{ControlPlaneError, NotReadyReason};
 
@@ -16,6 +16,10 @@ use crate::control::{ControlPlaneError, NotReadyReason};
 ///    (`identity-mismatch`);
 /// 4. ≥ 0.26: `approve_routes` with the approved set minus ours, only if one of ours is
 ///    approved; ≤ 0.25: `disable` this node's enabled rows of our prefixes.
+///
+/// With the Tailscale API, step 2–4 are one [`ControlStep::WithdrawDevice`] on the device of
+/// `Self.PublicKey`/`Self.ID`: no such device → done; a device disagreeing with one of them →
+/// `identity-mismatch`; an answer still enabling one of ours → `refused`.
 ///
 /// Unlike [`super::next_step`] it does not require tailscaled to be running.
 pub fn next_withdraw_step(wanted: &Wanted, obs: &ControlObservation) -> ControlStep {
@@ -41,6 +45,41 @@ fn plan(wanted: &Wanted, obs: &ControlObservation) -> Result<ControlStep, Contro
     let Some(me) = agent.self_node.as_ref().filter(|s| !s.id.is_empty()) else {
         return Ok(ControlStep::Withdrawn);
     };
+    if wanted.approval == ApprovalPath::TailscaleApi {
+        return match &obs.approval.device {
+            DeviceView::NotAsked => Err(ControlStep::WithdrawDevice {
+                node_key: me.public_key.clone(),
+                stable_id: me.id.clone(),
+                routes: routes.clone(),
+            }),
+            DeviceView::Enabled(enabled) if enabled.iter().any(|r| routes.contains(r)) => {
+                Err(ControlStep::Fail(PlanFailure::new(
+                    ControlPlaneError::Refused {
+                        endpoint: "tailscale API".to_string(),
+                        reason: format!(
+                            "the route update left {:?} enabled on device {}",
+                            enabled
+                                .iter()
+                                .filter(|r| routes.contains(r))
+                                .collect::<Vec<_>>(),
+                            me.id
+                        ),
+                    },
+                    NotReadyReason::Refused,
+                )))
+            }
+            DeviceView::Mismatch { reason } => Err(ControlStep::Fail(PlanFailure::new(
+                ControlPlaneError::Conflict {
+                    reason: format!("tailscale API: {reason}; not touching its routes"),
+                },
+                NotReadyReason::IdentityMismatch,
+            ))),
+            // Nothing of ours to revoke (no device), or revoked.
+            DeviceView::Enabled(_) | DeviceView::NotFound { .. } | DeviceView::NotAdvertised(_) => {
+                Ok(ControlStep::Withdrawn)
+            }
+        };
+    }
     let Ok(node_id) = me.id.parse::<u64>() else {
         return Ok(ControlStep::Withdrawn);
     };

@@ -40,6 +40,7 @@ fn running() -> AgentView {
             public_key: KEY.into(),
             host_name: "node-1".into(),
             primary_routes: vec![],
+            tags: vec![],
         }),
     }
 }

@@ -182,7 +182,9 @@ fn masquerade_only_what_leaves_the_cluster_with_real_traffic() {
         table: "headcni".into(),
     };
 
-    // First reconcile: everything is created.
+    // First reconcile: everything is created. (A new namespace inherits the host's IPv4
+    // forwarding setting, which a container runtime on this machine may have switched on.)
+    node.write_sysctl("/proc/sys/net/ipv4/ip_forward", "0");
     assert_eq!(sysctl_in(&node, "/proc/sys/net/ipv4/ip_forward"), "0");
     let r = reconcile_in(&node, &params);
     assert_eq!(
@@ -379,6 +381,8 @@ fn masquerade_only_what_leaves_the_cluster_with_real_traffic() {
 fn forwarding_off_is_switched_back_on() {
     let node = Ns::new("fwd", "node");
     let params = DataplaneParams::new(vec![net("10.250.0.0/24")], vec![]);
+    // a new namespace inherits the host's IPv4 forwarding setting: start from off
+    node.write_sysctl("/proc/sys/net/ipv4/ip_forward", "0");
     assert!(reconcile_in(&node, &params).forwarding_changed);
     node.write_sysctl("/proc/sys/net/ipv4/ip_forward", "0");
     let r = reconcile_in(&node, &params);

@@ -111,6 +111,13 @@ async fn handle_is_bound_to_its_namespace() {
 async fn enable_forwarding_in_test_netns_only() {
     let host_v4 = std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward").expect("read");
     let ns = TestNs::new("fwd");
+    // A new namespace inherits the host's IPv4 forwarding setting (which a container runtime
+    // on this machine may have switched on): start from off.
+    netns::run_in_netns(&ns.path, || {
+        std::fs::write("/proc/sys/net/ipv4/ip_forward", "0")
+    })
+    .expect("enter netns")
+    .expect("write sysctl");
     assert_eq!(read_sysctl(&ns, "/proc/sys/net/ipv4/ip_forward"), "0");
     let h = NetlinkHandle::for_netns(&ns.path).await.expect("handle");
     h.enable_forwarding(true, true).await.expect("enable");

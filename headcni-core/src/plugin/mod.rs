@@ -27,6 +27,7 @@
 //!   reservation IPAM GC released (see [`gc`]).
 
 mod conf;
+mod status;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 
@@ -36,6 +37,7 @@ use std::path::Path;
 use async_trait::async_trait;
 use ipnetwork::IpNetwork;
 
+pub use status::bridge_status;
 pub use conf::{
     BridgeConf, DEFAULT_BRIDGE, DEFAULT_DELEGATE_TIMEOUT_SECS, HOST_VETH_NAMES, MARK_PREFIX,
     MAX_DELEGATE_TIMEOUT_SECS, MAX_MTU, MIN_MTU, attachment_mark, host_veth_alt_name,

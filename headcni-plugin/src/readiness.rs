@@ -56,7 +56,13 @@ pub(crate) fn daemon_status(daemon_socket: &Path) -> Result<(), CniError> {
         .unwrap_or(0);
     match read_bounded(&path) {
         Ok(None) => status_verdict(ReadyObservation::Missing, &path),
-        Ok(Some(bytes)) => status_verdict(ReadyObservation::Read { bytes: &bytes, now_unix_ms }, &path),
+        Ok(Some(bytes)) => status_verdict(
+            ReadyObservation::Read {
+                bytes: &bytes,
+                now_unix_ms,
+            },
+            &path,
+        ),
         Err(why) => status_verdict(ReadyObservation::Unreadable(&why), &path),
     }
 }
@@ -75,7 +81,11 @@ mod tests {
         assert!(e.details.contains("no readiness file"), "{e:?}");
 
         let real = tmp.path().join("real.json");
-        std::fs::write(&real, br#"{"ready":true,"writtenAtUnixMs":0,"reconcileIntervalMs":1000}"#).unwrap();
+        std::fs::write(
+            &real,
+            br#"{"ready":true,"writtenAtUnixMs":0,"reconcileIntervalMs":1000}"#,
+        )
+        .unwrap();
         std::os::unix::fs::symlink(&real, &ready).unwrap();
         let e = daemon_status(&sock).unwrap_err();
         assert!(e.details.contains("symlink"), "{e:?}");
@@ -91,7 +101,10 @@ mod tests {
         std::fs::remove_dir(&ready).unwrap();
 
         // fresh and ready
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis();
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_millis();
         std::fs::write(
             &ready,
             format!(r#"{{"ready":true,"writtenAtUnixMs":{now},"reconcileIntervalMs":1000}}"#),
@@ -101,7 +114,10 @@ mod tests {
         // written a day ago: stale
         std::fs::write(
             &ready,
-            format!(r#"{{"ready":true,"writtenAtUnixMs":{},"reconcileIntervalMs":1000}}"#, now - 86_400_000),
+            format!(
+                r#"{{"ready":true,"writtenAtUnixMs":{},"reconcileIntervalMs":1000}}"#,
+                now - 86_400_000
+            ),
         )
         .unwrap();
         assert_eq!(daemon_status(&sock).unwrap_err().code, 51);

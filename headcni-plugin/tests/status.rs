@@ -52,10 +52,13 @@ fn status(ns: &FakeNs, socket: Option<&Path>, bridge: &str) -> (i32, Value) {
     if let Some(s) = socket {
         conf["daemonSocket"] = json!(s);
     }
-    let a = Plugin::new(Role::Main, ns).with_ipam(&Select).without_events().call(
-        [("CNI_COMMAND", "STATUS"), ("CNI_PATH", "/nonexistent")],
-        conf.to_string().as_bytes(),
-    );
+    let a = Plugin::new(Role::Main, ns)
+        .with_ipam(&Select)
+        .without_events()
+        .call(
+            [("CNI_COMMAND", "STATUS"), ("CNI_PATH", "/nonexistent")],
+            conf.to_string().as_bytes(),
+        );
     let out = if a.stdout.is_empty() {
         Value::Null
     } else {
@@ -65,7 +68,10 @@ fn status(ns: &FakeNs, socket: Option<&Path>, bridge: &str) -> (i32, Value) {
 }
 
 fn write_ready(dir: &Path, ready: bool, reasons: &[&str]) {
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as u64;
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
     let f = ReadyFile {
         ready,
         reasons: reasons.iter().map(|s| (*s).to_owned()).collect(),
@@ -85,12 +91,25 @@ fn status_follows_the_daemons_readiness_file() {
     let (code, out) = status(&ns, Some(&sock), "headcni0");
     assert_eq!(code, 51, "no daemon: {out}");
     assert_eq!(out["code"], 51);
-    assert!(out["details"].as_str().unwrap().contains("no readiness file"), "{out}");
+    assert!(
+        out["details"]
+            .as_str()
+            .unwrap()
+            .contains("no readiness file"),
+        "{out}"
+    );
 
-    write_ready(tmp.path(), false, &["control plane: not-approved: waiting for approval"]);
+    write_ready(
+        tmp.path(),
+        false,
+        &["control plane: not-approved: waiting for approval"],
+    );
     let (code, out) = status(&ns, Some(&sock), "headcni0");
     assert_eq!(code, 51, "{out}");
-    assert!(out["details"].as_str().unwrap().contains("not-approved"), "{out}");
+    assert!(
+        out["details"].as_str().unwrap().contains("not-approved"),
+        "{out}"
+    );
 
     write_ready(tmp.path(), true, &[]);
     assert_eq!(status(&ns, Some(&sock), "headcni0"), (0, Value::Null));
@@ -107,7 +126,10 @@ fn a_bridge_name_held_by_another_link_is_50_before_the_daemon_is_asked() {
     {
         let mut w = ns.0.lock().unwrap();
         let l = info(&mut w, "hcbr0", "dummy", None);
-        w.links.entry(HOST.into()).or_default().insert("hcbr0".into(), (l, Vec::new()));
+        w.links
+            .entry(HOST.into())
+            .or_default()
+            .insert("hcbr0".into(), (l, Vec::new()));
     }
     let (code, out) = status(&ns, Some(Path::new("/nonexistent/daemon.sock")), "hcbr0");
     assert_eq!(code, 50, "{out}");

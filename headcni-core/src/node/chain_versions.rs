@@ -88,8 +88,8 @@ impl ChainVersions {
 /// A short reason for people: not JSON, not an object, `supportedVersions` missing, not an
 /// array of strings, too many or too long entries.
 pub fn parse_version_reply(stdout: &[u8]) -> Result<Vec<String>, String> {
-    let v: serde_json::Value =
-        serde_json::from_slice(stdout).map_err(|e| format!("the VERSION answer is not JSON: {e}"))?;
+    let v: serde_json::Value = serde_json::from_slice(stdout)
+        .map_err(|e| format!("the VERSION answer is not JSON: {e}"))?;
     let list = v
         .get("supportedVersions")
         .ok_or_else(|| "the VERSION answer has no supportedVersions".to_owned())?
@@ -274,9 +274,11 @@ mod tests {
         ] {
             assert!(parse_version_reply(bad).is_err(), "{bad:?}");
         }
-        let many = serde_json::json!({"supportedVersions": vec!["1.0.0"; MAX_SUPPORTED_VERSIONS + 1]});
+        let many =
+            serde_json::json!({"supportedVersions": vec!["1.0.0"; MAX_SUPPORTED_VERSIONS + 1]});
         assert!(parse_version_reply(many.to_string().as_bytes()).is_err());
-        let long = serde_json::json!({"supportedVersions": ["1".repeat(MAX_VERSION_STRING_BYTES + 1)]});
+        let long =
+            serde_json::json!({"supportedVersions": ["1".repeat(MAX_VERSION_STRING_BYTES + 1)]});
         assert!(parse_version_reply(long.to_string().as_bytes()).is_err());
     }
 }

@@ -383,7 +383,12 @@ mod tests {
         let v = render(&p);
         assert_eq!(v["cniVersion"], "1.0.0");
         assert_eq!(v["cniVersions"], json!(["0.4.0", "1.0.0"]));
-        assert_eq!(Conflist::parse(v.to_string().as_bytes()).unwrap().to_value(), v);
+        assert_eq!(
+            Conflist::parse(v.to_string().as_bytes())
+                .unwrap()
+                .to_value(),
+            v
+        );
     }
 
     #[test]

@@ -263,7 +263,12 @@ mod tests {
             assert!(e.details.contains(word), "{e:?}");
         }
         assert_eq!(verdict(b"{half").unwrap_err().code, 51);
-        assert_eq!(verdict(&vec![b' '; MAX_READY_FILE_BYTES + 1]).unwrap_err().code, 51);
+        assert_eq!(
+            verdict(&vec![b' '; MAX_READY_FILE_BYTES + 1])
+                .unwrap_err()
+                .code,
+            51
+        );
         // 3 × 30 s + 30 s = 120 s: at the bound fresh, past it stale, even a ready file
         verdict(&file(true, &[], &[], NOW - 120_000)).unwrap();
         let e = verdict(&file(true, &[], &[], NOW - 120_001)).unwrap_err();

@@ -37,12 +37,12 @@ use std::path::Path;
 use async_trait::async_trait;
 use ipnetwork::IpNetwork;
 
-pub use status::bridge_status;
 pub use conf::{
     BridgeConf, DEFAULT_BRIDGE, DEFAULT_DELEGATE_TIMEOUT_SECS, HOST_VETH_NAMES, MARK_PREFIX,
     MAX_DELEGATE_TIMEOUT_SECS, MAX_MTU, MIN_MTU, attachment_mark, host_veth_alt_name,
     host_veth_name,
 };
+pub use status::bridge_status;
 
 use crate::cni::{CniError, CniResult, Dns, ErrorCode, GcAttachment, Interface, IpConfig, Route};
 use crate::ipam::Attachment;

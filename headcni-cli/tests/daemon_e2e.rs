@@ -1345,3 +1345,79 @@ fn daemon_mode_refuses_when_a_host_tailscaled_answers() {
         "no dedicated tailscaled was started"
     );
 }
+
+// ---------------------------------------------------------------------------------------
+// CNI STATUS from the daemon's readiness file (issue 11 item 6)
+// ---------------------------------------------------------------------------------------
+
+/// STATUS answers 51 (limited connectivity) while this node's route is not approved, 0 once
+/// an admin approves it, and 51 again once the daemon has stopped (it removes its readiness
+/// file). The plugin is exec'd with the configuration a runtime derives from the conflist.
+#[test]
+fn status_is_51_until_the_route_is_approved() {
+    let node = Node::new(
+        "sts",
+        NodeOpts {
+            approval: "auto-approvers",
+            key_mode: None,
+            ..NodeOpts::default()
+        },
+    );
+    let mut d = node.start(&[]);
+    node.wait_not_ready(
+        &mut d,
+        Duration::from_secs(40),
+        "503 with a not-approved reason",
+        |b| control_reason(b).is_some_and(|l| norm(&l).contains("notapproved")),
+    );
+    let cl = node.conflist().expect("conflist");
+    let mut conf = cl["plugins"][0].clone();
+    conf["name"] = cl["name"].clone();
+    // STATUS exists from 1.1.0 on. (Here the chained portmap is not in bin_dir, so the
+    // conflist offers at most 1.0.0; a runtime calls STATUS only when every chained plugin
+    // speaks 1.1.0. The plugin's answer is what this test is about.)
+    conf["cniVersion"] = json!("1.1.0");
+    let bin = node.cfg.bin_dir.clone();
+    let status = || plugin(&node.ns, "STATUS", "", "", "", &bin, &conf);
+
+    // The file is rewritten every pass: wait until a pass has written the reason.
+    d.wait_for(
+        Duration::from_secs(10),
+        "STATUS 51 naming the approval",
+        || {
+            let out = status();
+            let e: Value = serde_json::from_str(&out.stdout).unwrap_or(Value::Null);
+            if out.code == Some(51)
+                && e["code"] == 51
+                && e["details"]
+                    .as_str()
+                    .is_some_and(|s| norm(s).contains("notapproved"))
+            {
+                Ok(())
+            } else {
+                Err(format!("{:?}: {}", out.code, out.stdout))
+            }
+        },
+    );
+
+    let me = node.fakes.node_id();
+    node.fakes.hs.set_approved(me, &[net(POD)]); // an admin approves the route
+    node.wait_ready(&mut d, READY_TIMEOUT);
+    d.wait_for(Duration::from_secs(10), "STATUS 0 once approved", || {
+        let out = status();
+        if out.code == Some(0) && out.stdout.trim().is_empty() {
+            Ok(())
+        } else {
+            Err(format!("{:?}: {}", out.code, out.stdout))
+        }
+    });
+
+    d.signal(Signal::SIGTERM);
+    let (st, _) = d
+        .wait_exit(Duration::from_secs(5))
+        .expect("exit after SIGTERM");
+    assert_eq!(st.code(), Some(0), "{}", d.tail());
+    let out = status();
+    assert_eq!(out.code, Some(51), "daemon gone: {}", out.stdout);
+    assert!(out.stdout.contains("not running"), "{}", out.stdout);
+}

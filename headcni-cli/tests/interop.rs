@@ -452,3 +452,82 @@ fn chain_headcni_portmap_bandwidth_tuning() {
         out.ok(&format!("repeated DEL of {ty}"));
     }
 }
+
+/// Issue 11 item 5: the daemon asks Debian's portmap and bandwidth for their versions
+/// (VERSION, as `headcni_node::chain` does for `[cni] bin_dir`); the conflist then lists no
+/// version above what they support, and a libcni ≥ 1.2 runtime's choice (the highest listed
+/// version it supports: libcni 1.2 knows up to 1.1.0) succeeds for the whole chain's ADD.
+#[test]
+fn negotiated_versions_let_a_libcni_1_2_runtime_use_debian_portmap() {
+    use headcni_core::node::chain_versions::PluginProbe;
+    use headcni_node::chain::{ChainProber, PROBE_TIMEOUT, probe_binary};
+    for p in ["portmap", "bandwidth"] {
+        require_ref_plugin(p);
+    }
+    let chained = [
+        json!({"type": "portmap", "capabilities": {"portMappings": true}}),
+        json!({"type": "bandwidth", "capabilities": {"bandwidth": true}}),
+    ];
+    let versions = ChainProber::new().versions_blocking(Path::new(REF_CNI_DIR), &chained);
+    assert!(versions.problems.is_empty(), "{:?}", versions.problems);
+    for p in ["portmap", "bandwidth"] {
+        let PluginProbe::Supported(list) =
+            probe_binary(&Path::new(REF_CNI_DIR).join(p), PROBE_TIMEOUT)
+        else {
+            panic!("{p} answered no VERSION");
+        };
+        for v in &versions.cni_versions {
+            assert!(
+                list.iter().any(|s| s == v.as_str()),
+                "{v} offered, {p} supports only {list:?}"
+            );
+        }
+        assert!(list.iter().any(|s| s == versions.cni_version.as_str()));
+    }
+
+    let net = Net::new("negot", 53);
+    let mut main = net.conf("1.0.0");
+    main.as_object_mut().expect("object").remove("cniVersion");
+    main.as_object_mut().expect("object").remove("name");
+    let offered: Vec<&str> = versions.cni_versions.iter().map(|v| v.as_str()).collect();
+    // libcni ≥ 1.2: the highest version of cniVersions it supports (it knows up to 1.1.0).
+    let chosen = headcni_core::cni::negotiate(None, offered.iter().copied())
+        .expect("a version HeadCNI speaks");
+    let mut plugins = vec![main];
+    plugins.extend(chained.iter().cloned());
+    let chain = Chain {
+        net: &net,
+        list: json!({
+            "cniVersion": chosen.as_str(),
+            "cniVersions": offered,
+            "name": net.name,
+            "plugins": plugins,
+        }),
+        runtime_args: serde_json::from_value(json!({
+            "portMappings": [{"hostPort": 18081, "containerPort": 80, "protocol": "tcp"}],
+            "bandwidth": {"ingressRate": 8_000_000, "ingressBurst": 800_000, "egressRate": 8_000_000, "egressBurst": 800_000},
+        }))
+        .expect("map"),
+    };
+    let pod = net.pod("pod");
+    let cid = "cid-negot";
+    let env = |cmd: &str| {
+        CniEnv::attach(cmd, cid, &pod.path_str(), "eth0", &net.cni_path()).with_args(K8S_ARGS)
+    };
+    let mut prev: Option<Value> = None;
+    for i in 0..chain.len() {
+        let (ty, out) = chain.exec(i, &env("ADD"), prev.as_ref());
+        let r = out.ok(&format!("chained ADD of {ty} at cniVersion {chosen}"));
+        assert_eq!(r["cniVersion"], chosen.as_str(), "{ty}: {out}");
+        prev = Some(r);
+    }
+    let fin = prev.expect("final result");
+    assert!(
+        nat_rules(&net.node).contains("18081"),
+        "portmap created no rule"
+    );
+    for i in (0..chain.len()).rev() {
+        let (ty, out) = chain.exec(i, &env("DEL"), Some(&fin));
+        out.ok(&format!("chained DEL of {ty}"));
+    }
+}

@@ -249,6 +249,11 @@ pub async fn run(
             _ = tokio::time::sleep(wait) => {}
         }
     }
+    if let Some(socket) = cfg.cni.daemon_socket_path()
+        && let Err(e) = crate::ready_file::remove(socket)
+    {
+        tracing::warn!("removing the readiness file: {e}");
+    }
     shutdown(tasks, supervisor).await;
     Ok(())
 }

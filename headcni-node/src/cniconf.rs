@@ -16,6 +16,7 @@ use std::io::{self, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
+use headcni_core::node::chain_versions::ChainVersions;
 use headcni_core::node::cniconf::{Conflist, ConflistParams};
 use headcni_core::node::conflist_sink::{ConflistOnDisk, ConflistSink};
 use ipnetwork::IpNetwork;
@@ -223,10 +224,17 @@ impl ConflistSink for FileConflistSink {
     }
 }
 
-/// The daemon's conflist from the configuration, the node's CIDRs and the MTU in use
-/// (`[cni] mtu`, else the tailnet interface's, resolved by the caller).
-pub fn conflist_for(cfg: &Config, pod_cidrs: &[IpNetwork], mtu: u32) -> Conflist {
+/// The daemon's conflist from the configuration, the node's CIDRs, the MTU in use
+/// (`[cni] mtu`, else the tailnet interface's, resolved by the caller) and the versions the
+/// chain accepts ([`crate::chain::ChainProber`]).
+pub fn conflist_for(
+    cfg: &Config,
+    pod_cidrs: &[IpNetwork],
+    mtu: u32,
+    versions: &ChainVersions,
+) -> Conflist {
     Conflist::new(&ConflistParams {
+        versions,
         network_name: &cfg.cni.network_name,
         bridge: &cfg.cni.bridge,
         mtu,
@@ -239,17 +247,26 @@ pub fn conflist_for(cfg: &Config, pod_cidrs: &[IpNetwork], mtu: u32) -> Conflist
 }
 
 /// [`conflist_for`] as JSON ([`Conflist::to_value`]).
-pub fn render_for(cfg: &Config, pod_cidrs: &[IpNetwork], mtu: u32) -> Value {
-    conflist_for(cfg, pod_cidrs, mtu).to_value()
+pub fn render_for(
+    cfg: &Config,
+    pod_cidrs: &[IpNetwork],
+    mtu: u32,
+    versions: &ChainVersions,
+) -> Value {
+    conflist_for(cfg, pod_cidrs, mtu, versions).to_value()
 }
 
-/// Builds and writes the daemon's conflist ([`conflist_for`] + [`write_if_changed`]) into
-/// `[cni] conf_dir` as `[cni] conflist_name`. Returns `Ok(true)` when written.
+/// Builds and writes the daemon's conflist as a reconcile pass does: the chained plugins in
+/// `[cni] bin_dir` are asked for their versions (blocking, [`crate::chain::ChainProber`]),
+/// then [`conflist_for`] + [`write_if_changed`] into `[cni] conf_dir` as
+/// `[cni] conflist_name`. Returns `Ok(true)` when written.
 pub fn ensure(cfg: &Config, pod_cidrs: &[IpNetwork], mtu: u32) -> io::Result<bool> {
+    let versions =
+        crate::chain::ChainProber::new().versions_blocking(&cfg.cni.bin_dir, &cfg.cni.chained);
     write_if_changed(
         &cfg.cni.conf_dir,
         &cfg.cni.conflist_name,
-        &conflist_for(cfg, pod_cidrs, mtu),
+        &conflist_for(cfg, pod_cidrs, mtu, &versions),
     )
 }
 
@@ -267,7 +284,12 @@ mod tests {
     fn conflist(subnet: &str) -> Value {
         let mut cfg = Config::default();
         cfg.cni.data_dir = "/var/lib/cni/networks".into();
-        render_for(&cfg, &[subnet.parse().unwrap()], 1280)
+        render_for(
+            &cfg,
+            &[subnet.parse().unwrap()],
+            1280,
+            &ChainVersions::headcni_only(),
+        )
     }
 
     /// (content, mtime, inode, mode) of every entry but ours.
@@ -435,7 +457,12 @@ mod tests {
         assert_eq!(sink.read().unwrap(), None, "no directory yet");
         let mut cfg = Config::default();
         cfg.cni.data_dir = "/var/lib/cni/networks".into();
-        let c = conflist_for(&cfg, &["10.244.1.0/24".parse().unwrap()], 1280);
+        let c = conflist_for(
+            &cfg,
+            &["10.244.1.0/24".parse().unwrap()],
+            1280,
+            &ChainVersions::headcni_only(),
+        );
         assert!(sink.write_if_changed(&c).unwrap());
         let d = sink.read().unwrap().unwrap();
         assert!(d.canonical);

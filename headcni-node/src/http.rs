@@ -4,7 +4,7 @@
 //! | --- | --- |
 //! | `GET /metrics` | OpenMetrics text ([`OPENMETRICS_CONTENT_TYPE`]) |
 //! | `GET /healthz` | `200 ok`: the process is alive and serving. Depends on nothing external (liveness must not restart the daemon because Headscale is down) |
-//! | `GET /readyz` | `200 ready`, or `503` with one reason per line ([`DaemonState::not_ready_reasons`]) |
+//! | `GET /readyz` | `200 ready`, or `503` with one reason per line ([`DaemonState::not_ready_reasons`]); then one `warning: CNI chain: …` line per [`DaemonState::chain_problems`] entry |
 //! | `GET /status` | the [`DaemonState`] as JSON with one page of the pod table ([`StatusDoc`]; query `pods_offset`, `pods_limit` ≤ [`MAX_STATUS_PODS`]; what `headcni status` renders) |
 //!
 //! Any other path is `404`; another method on a known path is `405`; a `/status` query
@@ -159,12 +159,19 @@ pub fn respond(
     match path {
         "/healthz" => text(StatusCode::OK, TEXT_PLAIN, "ok\n"),
         "/readyz" => {
-            let reasons = with_state(state, DaemonState::not_ready_reasons);
+            let (reasons, warnings) = with_state(state, |st| {
+                (st.not_ready_reasons(), st.chain_problems.clone())
+            });
+            let warnings: String = warnings
+                .iter()
+                .map(|w| format!("warning: CNI chain: {w}\n"))
+                .collect();
             if reasons.is_empty() {
-                text(StatusCode::OK, TEXT_PLAIN, "ready\n")
+                text(StatusCode::OK, TEXT_PLAIN, format!("ready\n{warnings}"))
             } else {
                 let mut body = reasons.join("\n");
                 body.push('\n');
+                body.push_str(&warnings);
                 text(StatusCode::SERVICE_UNAVAILABLE, TEXT_PLAIN, body)
             }
         }

@@ -27,6 +27,7 @@
 
 mod agent;
 pub mod backend;
+pub mod chain;
 pub mod cniconf;
 pub mod config;
 pub mod dataplane;
@@ -34,6 +35,7 @@ pub mod events;
 pub mod http;
 pub mod metrics;
 pub mod podcidr;
+pub mod ready_file;
 pub mod reconciler;
 pub mod state;
 pub mod status;

@@ -10,6 +10,7 @@ use std::time::Instant;
 use headcni_core::control::{ControlPlaneBackend, ControlPlaneError, RouteState};
 use headcni_core::ipam::IpamConf;
 use headcni_core::link::LinkManager;
+use headcni_core::node::chain_versions::ChainVersions;
 use headcni_core::node::cniconf::{Conflist, ConflistIpam};
 use headcni_core::node::conflist_sink::ConflistSink;
 use headcni_core::node::firewall::FirewallDriver;
@@ -19,6 +20,7 @@ use headcni_core::sysctl::ForwardingSysctl;
 use ipnetwork::IpNetwork;
 use tokio_util::sync::CancellationToken;
 
+use crate::chain::ChainProber;
 use crate::cniconf;
 use crate::config::{Config, Mode};
 use crate::dataplane::{self, DataplaneError, DataplaneParams, DataplaneReport};
@@ -84,6 +86,18 @@ pub struct NodeReconciler {
     deps: NodeDeps,
     state: SharedState,
     metrics: Arc<Metrics>,
+    prober: ChainProber,
+}
+
+/// Why ADD cannot succeed after a data-plane step: the bridge could not be made (STATUS code
+/// 50 through the readiness file).
+fn add_blocked(dp: &Result<DataplaneReport, DataplaneError>) -> Vec<String> {
+    match dp {
+        Err(DataplaneError::Link { step, source }) if step.starts_with("ensure bridge") => {
+            vec![format!("{step}: {source}")]
+        }
+        _ => Vec::new(),
+    }
 }
 
 impl NodeReconciler {
@@ -108,6 +122,7 @@ impl NodeReconciler {
             deps,
             state,
             metrics,
+            prober: ChainProber::new(),
         }
     }
 
@@ -157,9 +172,17 @@ impl NodeReconciler {
         }
     }
 
-    /// The conflist wanted with `mtu` ([`cniconf::conflist_for`]).
-    pub fn desired_conflist(&self, mtu: u32) -> Conflist {
-        cniconf::conflist_for(&self.cfg, &self.pod_cidrs, mtu)
+    /// The versions the chained plugins in `[cni] bin_dir` accept ([`ChainProber`]: execs
+    /// each changed plugin with VERSION, bounded).
+    pub async fn chain_versions(&self) -> ChainVersions {
+        self.prober
+            .versions(&self.cfg.cni.bin_dir, &self.cfg.cni.chained)
+            .await
+    }
+
+    /// The conflist wanted with `mtu` and the chain's `versions` ([`cniconf::conflist_for`]).
+    pub fn desired_conflist(&self, mtu: u32, versions: &ChainVersions) -> Conflist {
+        cniconf::conflist_for(&self.cfg, &self.pod_cidrs, mtu, versions)
     }
 
     /// One pass: data plane, conflist, IPAM metrics, control plane (bounded by the backend's
@@ -196,7 +219,17 @@ impl NodeReconciler {
         }
 
         let t = Instant::now();
-        let conflist = self.desired_conflist(mtu);
+        let versions = self.chain_versions().await;
+        {
+            let mut st = lock(&self.state);
+            if st.chain_problems != versions.problems {
+                for p in &versions.problems {
+                    tracing::warn!("CNI chain: {p}");
+                }
+            }
+            st.chain_problems = versions.problems.clone();
+        }
+        let conflist = self.desired_conflist(mtu, &versions);
         let written = d.conflist.read().and_then(|on_disk| {
             match plan_conflist(&conflist, on_disk.as_ref()) {
                 Some(_) => d.conflist.write_if_changed(&conflist),
@@ -214,6 +247,7 @@ impl NodeReconciler {
             let mut st = lock(&self.state);
             st.conflist_written = written.is_ok();
             st.conflist = Some(d.conflist.location());
+            st.cni_versions = conflist.cni_versions.clone();
         }
 
         ipam_metrics(
@@ -242,11 +276,27 @@ impl NodeReconciler {
                 status.routes.primary.contains(r),
             );
         }
+        let blocked = add_blocked(&dp);
         let mut st = lock(&self.state);
         st.control = Some(status);
+        st.add_blocked = blocked.clone();
         let not_ready = st.not_ready_reasons();
         self.metrics.set_ready(not_ready.is_empty());
         self.metrics.set_pods(st.pods.len() as u64);
+        drop(st);
+        if let Some(socket) = self.cfg.cni.daemon_socket_path() {
+            let doc = crate::ready_file::document(
+                &not_ready,
+                &blocked,
+                self.cfg.daemon.reconcile_interval(),
+            );
+            if let Err(e) = crate::ready_file::write(socket, &doc) {
+                tracing::warn!(
+                    "writing the readiness file next to {}: {e}",
+                    socket.display()
+                );
+            }
+        }
         ReconcileOutcome {
             mtu,
             dataplane: dp,

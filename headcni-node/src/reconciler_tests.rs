@@ -10,6 +10,7 @@ use headcni_core::plugin::testing::{FakeNs, HOST, info};
 use super::*;
 use crate::backend::UnavailableBackend;
 use crate::state::DaemonState;
+use headcni_core::node::chain_versions::ChainVersions;
 
 struct Fixture {
     node: NodeReconciler,
@@ -19,12 +20,22 @@ struct Fixture {
 }
 
 async fn fixture(mode: Mode, control: Arc<dyn ControlPlaneBackend>) -> Fixture {
+    fixture_with(mode, control, |_, _| {}).await
+}
+
+async fn fixture_with(
+    mode: Mode,
+    control: Arc<dyn ControlPlaneBackend>,
+    tweak: impl FnOnce(&mut Config, &std::path::Path),
+) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = Config::default();
+    cfg.cni.bin_dir = dir.path().join("bin");
     cfg.tailscale.mode = mode;
     cfg.cni.conf_dir = dir.path().join("net.d");
     cfg.cni.data_dir = dir.path().join("ipam");
     cfg.cni.daemon_socket = PathBuf::new();
+    tweak(&mut cfg, dir.path());
     let world = FakeNs::default();
     let host = Arc::new(world.host().await.unwrap());
     let state: SharedState = Arc::new(RwLock::new(DaemonState::new("n", mode.as_str())));
@@ -129,7 +140,13 @@ async fn host_mode_takes_the_tailnet_link_mtu_daemon_mode_never_reads_it() {
     assert_eq!(host.node.pod_mtu().await, 1420);
     let o = host.node.reconcile_once(&CancellationToken::new()).await;
     assert_eq!(o.mtu, 1420);
-    assert_eq!(host.node.desired_conflist(o.mtu).plugin.mtu, 1420);
+    assert_eq!(
+        host.node
+            .desired_conflist(o.mtu, &ChainVersions::headcni_only())
+            .plugin
+            .mtu,
+        1420
+    );
 
     let daemon = fixture(Mode::Daemon, Arc::new(UnavailableBackend::new("h", "x"))).await;
     tailnet_link(&daemon.world, "headcni01", 1420);
@@ -137,5 +154,56 @@ async fn host_mode_takes_the_tailnet_link_mtu_daemon_mode_never_reads_it() {
         daemon.node.pod_mtu().await,
         1280,
         "the TUN's 1420 is ignored"
+    );
+}
+
+/// Each pass asks the chained plugins for their versions (the conflist offers what all
+/// accept; a missing one is a warning, not a reason) and writes the readiness file next to
+/// the event socket with the pass's reasons.
+#[tokio::test]
+async fn a_pass_negotiates_versions_and_writes_the_readiness_file() {
+    use std::os::unix::fs::PermissionsExt;
+    let f = fixture_with(
+        Mode::Host,
+        Arc::new(UnavailableBackend::new("h", "x")),
+        |cfg, dir| {
+            std::fs::create_dir(dir.join("bin")).unwrap();
+            let p = dir.join("bin/new-plugin");
+            std::fs::write(
+                &p,
+                "#!/bin/sh\necho '{\"supportedVersions\":[\"0.4.0\",\"1.0.0\",\"1.1.0\"]}'\n",
+            )
+            .unwrap();
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+            cfg.cni.chained = vec![serde_json::json!({"type": "new-plugin"})];
+            cfg.cni.daemon_socket = dir.join("run/daemon.sock");
+        },
+    )
+    .await;
+    let o = f.node.reconcile_once(&CancellationToken::new()).await;
+    let sink = cniconf::FileConflistSink::for_config(f.node.config());
+    let on_disk = sink.read().unwrap().unwrap().conflist;
+    assert_eq!(on_disk.cni_version, "1.0.0");
+    assert_eq!(on_disk.cni_versions, ["0.4.0", "1.0.0", "1.1.0"]);
+    let socket = f.node.config().cni.daemon_socket.clone();
+    let path = headcni_core::node::ready_file::ready_file_path(&socket);
+    let doc: headcni_core::node::ready_file::ReadyFile =
+        serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    assert!(!doc.ready);
+    assert_eq!(doc.reasons, o.not_ready);
+    assert!(f.state.read().unwrap().chain_problems.is_empty());
+
+    // The plugin disappears: reported, and the list stops at 1.0.0.
+    std::fs::remove_file(f.node.config().cni.bin_dir.join("new-plugin")).unwrap();
+    let o = f.node.reconcile_once(&CancellationToken::new()).await;
+    let on_disk = sink.read().unwrap().unwrap().conflist;
+    assert_eq!(on_disk.cni_versions, ["0.3.1", "0.4.0", "1.0.0"]);
+    let st = f.state.read().unwrap();
+    assert_eq!(st.chain_problems.len(), 1, "{:?}", st.chain_problems);
+    assert!(st.chain_problems[0].contains("new-plugin"));
+    assert!(
+        !o.not_ready.iter().any(|r| r.contains("new-plugin")),
+        "a warning, not a reason: {:?}",
+        o.not_ready
     );
 }

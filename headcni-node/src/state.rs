@@ -62,6 +62,19 @@ pub struct DaemonState {
     /// `FirewallDriver::warnings`, e.g. a foreign nftables forward chain with policy drop).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub firewall_warnings: Vec<String>,
+    /// Chained plugins that are missing from `[cni] bin_dir` or answered no usable VERSION,
+    /// and a chain without a common version (`headcni_core::node::chain_versions`); shown by
+    /// `/readyz` and `headcni status` as warnings (the runtime may find a plugin in another
+    /// of its CNI directories, so they do not make the node not ready).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub chain_problems: Vec<String>,
+    /// The conflist's `cniVersion` and `cniVersions` as last written; empty before.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cni_versions: Vec<String>,
+    /// Why a CNI ADD cannot succeed now (e.g. the bridge cannot be made): the readiness
+    /// file's `addBlocked` (STATUS code 50).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub add_blocked: Vec<String>,
     /// The control plane's last observed status.
     pub control: Option<ControlPlaneStatus>,
     /// Pods on this node keyed by `containerID/ifname`.
@@ -84,6 +97,9 @@ impl DaemonState {
             firewall_driver: default_firewall_driver(),
             dataplane_ready: false,
             firewall_warnings: Vec::new(),
+            chain_problems: Vec::new(),
+            cni_versions: Vec::new(),
+            add_blocked: Vec::new(),
             control: None,
             pods: BTreeMap::new(),
             started_at: SystemTime::now(),
@@ -158,6 +174,9 @@ impl DaemonState {
             firewall_driver: self.firewall_driver.clone(),
             dataplane_ready: self.dataplane_ready,
             firewall_warnings: self.firewall_warnings.clone(),
+            chain_problems: self.chain_problems.clone(),
+            cni_versions: self.cni_versions.clone(),
+            add_blocked: self.add_blocked.clone(),
             control: self.control.clone(),
             pods,
             started_at: self.started_at,

@@ -337,6 +337,15 @@ pub fn render(state: &DaemonState) -> String {
     for w in &state.firewall_warnings {
         let _ = writeln!(o, "Firewall:    {}", clean(w));
     }
+    if !state.cni_versions.is_empty() {
+        let _ = writeln!(o, "CNI versions: {}", clean(&state.cni_versions.join(", ")));
+    }
+    for w in &state.chain_problems {
+        let _ = writeln!(o, "CNI chain:   {}", clean(w));
+    }
+    for w in &state.add_blocked {
+        let _ = writeln!(o, "CNI ADD:     blocked: {}", clean(w));
+    }
     match &state.control {
         None => {
             let _ = writeln!(o, "Control:     not reconciled yet");

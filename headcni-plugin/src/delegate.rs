@@ -24,7 +24,7 @@ pub const MAX_DELEGATE_OUTPUT_BYTES: usize = 1 << 20;
 /// an executable regular file (after following symlinks) and whose canonical path lies
 /// inside the canonical `dir` (a symlink pointing out of its `CNI_PATH` directory is
 /// refused). Returns `dir/<plugin_type>` itself (not the resolved path: a plugin may be
-/// dispatched by its argv[0], as `headcni-ipam` is).
+/// dispatched by its `argv[0]`, as `headcni-ipam` is).
 ///
 /// Errors: code 7 when `plugin_type` is not a file name ([`validate_plugin_type`]: a name
 /// from the configuration never becomes a path); code 105 (HeadCNI's delegate code) when no

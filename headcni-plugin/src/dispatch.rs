@@ -299,6 +299,10 @@ fn main_verb<N: Namespaces>(
         }
         Command::Status => {
             rt.block_on(ipam.status())?;
+            rt.block_on(plugin::bridge_status(ns, &conf.plugin.bridge))?;
+            if let Some(socket) = conf.plugin.daemon_socket.as_deref() {
+                crate::readiness::daemon_status(Path::new(socket))?;
+            }
             Ok(None)
         }
         // answered in `dispatch` before the configuration is parsed

@@ -11,7 +11,13 @@
 //! - the IPAM client choice: `headcni-ipam` in-process, any other `ipam.type` exec'ed from
 //!   `CNI_PATH` with a time limit and an output cap, or the caller's [`IpamSelector`];
 //! - every error is the spec's error JSON with a non-zero exit; a panic becomes code 199;
-//! - after each verb, one best-effort datagram to the node daemon ([`events`]).
+//! - after each verb, one best-effort datagram to the node daemon ([`events`]);
+//! - STATUS: the IPAM's check (code 50 when the range is exhausted), the bridge's (code 50
+//!   when a link that is not a bridge holds its name) and, when the configuration names a
+//!   `daemonSocket`, the node daemon's readiness file next to it, read without waiting on
+//!   the daemon (code 51 while the daemon is gone or not ready: route not approved,
+//!   tailscaled down, PodCIDR unknown; code 50 when it reports that ADD cannot succeed;
+//!   `headcni_core::node::ready_file`).
 //!
 //! The dependencies: a [`Namespaces`] backend (rtnetlink's `NetlinkNamespaces` in
 //! `headcni`, your own in an out-of-tree plugin, see `examples/out_of_tree_plugin.rs`) and,
@@ -29,10 +35,11 @@
 //! std::process::exit(answer.exit_code);
 //! ```
 
-mod delegate;
+pub mod delegate;
 mod delegated_ipam;
 mod dispatch;
 pub mod events;
+mod readiness;
 
 use std::ffi::OsString;
 use std::io::Read;

@@ -16,9 +16,10 @@
 //!
 //! `cniVersions` (libcni ≥ 1.2) lets a runtime pick the highest version it knows; older
 //! runtimes (containerd 1.6, podman 4.3: libcni 1.1) read `cniVersion` only, and it must be
-//! 1.0.0: libcni 1.1 cannot decode a 1.1.0 result ("unsupported CNI result version"), and
-//! Debian bookworm's reference portmap/bandwidth (1.1.1) refuse a 1.1.0 configuration
-//! (observed in headcni-cli/tests/runtime_podman.rs and runtime_containerd.rs).
+//! at most 1.0.0: libcni 1.1 cannot decode a 1.1.0 result ("unsupported CNI result
+//! version"). Both come from [`ChainVersions`]: the versions every chained plugin answered
+//! to VERSION (Debian bookworm's reference portmap/bandwidth 1.1.1 refuse a 1.1.0
+//! configuration, so with them the list stops at 1.0.0; see [`super::chain_versions`]).
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::Path;
@@ -29,13 +30,9 @@ use serde::ser::SerializeSeq;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::Value;
 
+use super::chain_versions::ChainVersions;
 use crate::ipam::Strategy;
 
-/// The conflist's `cniVersion`: 1.0.0, the newest version libcni 1.1 (containerd 1.6,
-/// podman 4.3) and the reference plugins ≤ 1.4 accept; newer runtimes use `cniVersions`.
-pub const CONFLIST_VERSION: &str = "1.0.0";
-/// The conflist's `cniVersions`: every version the plugin implements, ascending.
-pub const CONFLIST_VERSIONS: [&str; 4] = ["0.3.1", "0.4.0", "1.0.0", "1.1.0"];
 /// The IPAM plugin's type ([`crate::defaults::IPAM_TYPE`]).
 pub use crate::defaults::IPAM_TYPE as IPAM_PLUGIN_TYPE;
 /// The main plugin's type ([`crate::defaults::PLUGIN_TYPE`]).
@@ -60,6 +57,9 @@ pub struct ConflistParams<'a> {
     pub daemon_socket: Option<&'a Path>,
     /// Plugin objects appended after HeadCNI's, in this order.
     pub chained: &'a [Value],
+    /// `cniVersion` and `cniVersions`: what HeadCNI and every chained plugin accept
+    /// ([`super::chain_versions::decide`]; [`ChainVersions::headcni_only`] without a chain).
+    pub versions: &'a ChainVersions,
 }
 
 /// The conflist the daemon writes, typed (CNI spec 1.1.0 §"Network configuration lists"):
@@ -68,9 +68,10 @@ pub struct ConflistParams<'a> {
 /// whose first plugin is not HeadCNI's ([`PLUGIN_TYPE`]) or lacks one of its keys.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Conflist {
-    /// `cniVersion`, e.g. [`CONFLIST_VERSION`].
+    /// `cniVersion`, e.g. `1.0.0` ([`ChainVersions::cni_version`]).
     pub cni_version: String,
-    /// `cniVersions` (libcni ≥ 1.2), e.g. [`CONFLIST_VERSIONS`]; empty when absent.
+    /// `cniVersions` (libcni ≥ 1.2), ascending ([`ChainVersions::cni_versions`]); empty
+    /// when absent.
     pub cni_versions: Vec<String>,
     /// `name`: the network name.
     pub name: String,
@@ -164,8 +165,13 @@ impl Conflist {
             }
         }
         Conflist {
-            cni_version: CONFLIST_VERSION.to_owned(),
-            cni_versions: CONFLIST_VERSIONS.iter().map(|v| (*v).to_owned()).collect(),
+            cni_version: p.versions.cni_version.as_str().to_owned(),
+            cni_versions: p
+                .versions
+                .cni_versions
+                .iter()
+                .map(|v| v.as_str().to_owned())
+                .collect(),
             name: p.network_name.to_owned(),
             plugin: HeadcniPlugin {
                 plugin_type: PLUGIN_TYPE.to_owned(),
@@ -315,8 +321,12 @@ mod tests {
         json!({"type": "portmap", "capabilities": {"portMappings": true}})
     }
 
+    static HEADCNI_ONLY: std::sync::LazyLock<ChainVersions> =
+        std::sync::LazyLock::new(ChainVersions::headcni_only);
+
     fn params<'a>(cidrs: &'a [IpNetwork], chained: &'a [Value]) -> ConflistParams<'a> {
         ConflistParams {
+            versions: &HEADCNI_ONLY,
             network_name: "headcni",
             bridge: "headcni0",
             mtu: 1280,
@@ -355,6 +365,29 @@ mod tests {
                     bw
                 ]
             })
+        );
+    }
+
+    /// The versions come from the chain's decision.
+    #[test]
+    fn versions_come_from_the_chain() {
+        use crate::node::chain_versions::{ChainProbe, PluginProbe, decide};
+        let cidrs: Vec<IpNetwork> = vec!["10.244.1.0/24".parse().unwrap()];
+        let chained = [portmap()];
+        let versions = decide(&[ChainProbe {
+            plugin_type: "portmap".into(),
+            probe: PluginProbe::Supported(vec!["0.4.0".into(), "1.0.0".into()]),
+        }]);
+        let mut p = params(&cidrs, &chained);
+        p.versions = &versions;
+        let v = render(&p);
+        assert_eq!(v["cniVersion"], "1.0.0");
+        assert_eq!(v["cniVersions"], json!(["0.4.0", "1.0.0"]));
+        assert_eq!(
+            Conflist::parse(v.to_string().as_bytes())
+                .unwrap()
+                .to_value(),
+            v
         );
     }
 

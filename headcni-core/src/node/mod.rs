@@ -3,8 +3,9 @@
 //! [`conflist_sink::ConflistSink`], the masquerade rule set and the
 //! [`firewall::FirewallDriver`] that applies it, the `filter FORWARD` accept rules
 //! ([`forward`]), and the node reconcile's decisions ([`reconcile`], [`mtu`], [`retry`],
-//! [`readiness`]).
+//! [`readiness`], [`ready_file`]) and the CNI versions the conflist offers ([`chain_versions`]).
 
+pub mod chain_versions;
 pub mod cniconf;
 pub mod conflist_sink;
 pub mod firewall;
@@ -14,5 +15,6 @@ pub mod mtu;
 pub mod podcidr;
 pub mod podcidr_source;
 pub mod readiness;
+pub mod ready_file;
 pub mod reconcile;
 pub mod retry;

@@ -56,6 +56,7 @@ fn conflist(subnet: &str, mtu: u32) -> Conflist {
         strategy: Strategy::Sequential,
         daemon_socket: None,
         chained: &[],
+        versions: &crate::node::chain_versions::ChainVersions::headcni_only(),
     })
 }
 

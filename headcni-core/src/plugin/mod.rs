@@ -27,6 +27,7 @@
 //!   reservation IPAM GC released (see [`gc`]).
 
 mod conf;
+mod status;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 
@@ -41,6 +42,7 @@ pub use conf::{
     MAX_DELEGATE_TIMEOUT_SECS, MAX_MTU, MIN_MTU, attachment_mark, host_veth_alt_name,
     host_veth_name,
 };
+pub use status::bridge_status;
 
 use crate::cni::{CniError, CniResult, Dns, ErrorCode, GcAttachment, Interface, IpConfig, Route};
 use crate::ipam::Attachment;

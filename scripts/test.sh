@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The README's test command: installs what the tests need, then runs formatting, lints, the
-# whole test suite (unit, property, real-namespace integration and interop tests) and a short
-# fuzzing run of every fuzz target. Needs root (network namespaces, veth, bridges).
+# whole test suite (unit, property, real-namespace integration and interop tests), the Helm
+# chart's check and a short fuzzing run of every fuzz target. Needs root (network namespaces,
+# veth, bridges).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -45,6 +46,11 @@ trap 'rm -f "$test_log"' EXIT
 cargo test --workspace --quiet -- --test-threads=4 2>&1 | tee "$test_log"
 # The total over every test binary (cargo's last line is often a doc-test run of 0 tests).
 totals="$(awk '/^test result:/ {p += $4; f += $6} END {printf "%d passed, %d failed", p, f}' "$test_log")"
+
+# The Helm chart: lint and render with the real Helm engine, validate every rendering strictly,
+# and prove deploy/headcni.yaml is its rendering (installs its pinned Python venv itself).
+echo "== Helm chart (scripts/check-chart.sh)" >&2
+scripts/check-chart.sh
 
 echo "== fuzzing (${FUZZ_SECONDS}s per target)" >&2
 fuzz_toolchain=()

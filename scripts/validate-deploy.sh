@@ -14,22 +14,27 @@
 #
 # Self-check: a deliberately broken copy of the manifests must be rejected, or this script fails.
 #
-# Usage: scripts/validate-deploy.sh [FILE...]   (default: every *.yaml/*.yml under deploy/)
-# Env:   HEADCNI_VALIDATE_VENV  where the virtualenv lives (default: ~/.cache/headcni/...)
+# Usage: scripts/validate-deploy.sh [FILE...]   (default: every *.yaml/*.yml under deploy/ but
+#        the chart's sources in deploy/chart/, which scripts/check-chart.sh renders and checks)
+# Env:   HEADCNI_VALIDATE_VENV  where the virtualenv lives (default: ~/.cache/headcni/...;
+#                               scripts/check-chart.sh passes its own, same pins)
 #        PYTHON                 the interpreter (>= 3.11) that creates it (default: python3)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-K8S_VERSION="1.33.0" # matches k8s-openapi's v1_33 feature used by the daemon
+# 1.33 matches k8s-openapi's v1_33 feature used by the daemon; 1.37 is the newest release
+# whose schemas kubernetes-validate bundles.
+K8S_VERSIONS="1.33.0,1.37.0"
 
-# Every package pinned (pip installs with --no-deps, so nothing unpinned sneaks in).
-REQUIREMENTS="kubernetes-validate==1.33.1
+# Every package pinned (pip installs with --no-deps, so nothing unpinned sneaks in); the same
+# kubernetes-validate pins as scripts/lib/chart-venv.sh.
+REQUIREMENTS="kubernetes-validate==1.37.0
 attrs==26.1.0
 importlib_resources==7.1.0
 jsonschema==4.26.0
 jsonschema-specifications==2025.9.1
-packaging==26.3
-PyYAML==6.0.3
+packaging==26.4
+PyYAML==6.0.4
 referencing==0.37.0
 rpds-py==2026.9.1
 typing_extensions==4.16.0"
@@ -101,15 +106,22 @@ import tomllib
 import kubernetes_validate
 from kubernetes_validate import utils as kv
 
+# The public keys of docs/configuration.md ([tailscale_api]: approval = "tailscale-api").
 PUBLIC_KEYS = {
-    "node": {"name", "pod_cidr", "cluster_cidr"},
-    "cni": {"conf_dir", "bin_dir", "data_dir", "bridge", "mtu", "ipam_strategy"},
-    "tailscale": {"mode", "socket", "interface"},
-    "headscale": {"url", "api_key_file", "approval"},
-    "daemon": {"listen", "state_dir"},
+    "node": {"name", "pod_cidr", "cluster_cidr", "pod_cidr_from_name_hash", "node_cidr_prefix",
+             "kubeconfig", "local_files_root", "firewall_driver"},
+    "cni": {"conf_dir", "bin_dir", "data_dir", "bridge", "mtu", "ipam_strategy", "conflist_name",
+            "network_name", "daemon_socket", "chained"},
+    "tailscale": {"mode", "socket", "interface", "tailscaled_path", "state_dir", "port",
+                  "netfilter_mode"},
+    "headscale": {"url", "api_key_file", "approval", "user", "acl_tags", "timeout_secs"},
+    "tailscale_api": {"url", "tailnet", "oauth_file"},
+    "daemon": {"listen", "expose_to_network", "state_dir", "reconcile_interval_secs",
+               "log_level", "log_format"},
 }
+# Host mode also needs the host tailscaled's socket directory, /var/run/tailscale.
 HOST_PATHS = {"/etc/cni/net.d", "/opt/cni/bin", "/var/lib/cni", "/run/headcni",
-              "/var/lib/headcni", "/var/run/tailscale"}
+              "/var/lib/headcni"}
 SECRETISH = ("KEY", "TOKEN", "SECRET", "PASSWORD")
 
 
@@ -128,6 +140,7 @@ def check_daemonset(ds, err, ctx):
     if "fsGroup" in pod.get("securityContext", {}):
         err("fsGroup would make the API key file group-readable")
     paths = {v["hostPath"]["path"] for v in pod.get("volumes", []) if "hostPath" in v}
+    ctx["host_paths"] = paths
     for p in sorted(HOST_PATHS - paths):
         err(f"missing hostPath volume {p}")
     secret_vols = {}
@@ -194,13 +207,22 @@ def check_config(text, err, ctx):
             continue
         for k in sorted(set(keys) - PUBLIC_KEYS[section]):
             err(f"config.toml: unknown key {section}.{k}")
-    if cfg.get("tailscale", {}).get("mode") != "host":
-        err("config.toml: tailscale.mode must be host")
-    ctx["api_key_file"] = cfg.get("headscale", {}).get("api_key_file")
+    ctx["mode"] = cfg.get("tailscale", {}).get("mode", "host")
+    if ctx["mode"] not in ("host", "daemon"):
+        err(f"config.toml: tailscale.mode must be host or daemon, is {ctx['mode']!r}")
+    approval = cfg.get("headscale", {}).get("approval", "api")
+    if approval not in ("api", "auto-approvers", "tailscale-api"):
+        err(f"config.toml: unknown headscale.approval {approval!r}")
+    if (approval == "api" or ctx["mode"] == "daemon") and "api_key_file" not in cfg.get("headscale", {}):
+        err("config.toml: approval = api (and daemon mode) needs headscale.api_key_file")
+    if approval == "tailscale-api" and "oauth_file" not in cfg.get("tailscale_api", {}):
+        err("config.toml: approval = tailscale-api needs tailscale_api.oauth_file")
+    ctx["secret_keys"] = [k for k in (cfg.get("headscale", {}).get("api_key_file"),
+                                      cfg.get("tailscale_api", {}).get("oauth_file")) if k]
     ctx["listen"] = cfg.get("daemon", {}).get("listen", "127.0.0.1:8081")
 
 
-def main(version, files):
+def main(versions, files):
     failures = 0
     for f in files:
         ctx = {}
@@ -218,7 +240,8 @@ def main(version, files):
         for res in resources:
             name = f"{res.get('kind', '?').lower()}/{res.get('metadata', {}).get('name', '?')}"
             try:
-                kubernetes_validate.validate(res, version, strict=True)
+                for version in versions.split(","):
+                    kubernetes_validate.validate(res, version, strict=True)
             except kubernetes_validate.SchemaNotFoundError:
                 err(f"{name}: no schema for {res.get('apiVersion')} {res.get('kind')} "
                     f"in Kubernetes {version} (unknown kind or apiVersion)")
@@ -230,7 +253,7 @@ def main(version, files):
             except (KeyError, TypeError) as e:
                 err(f"{name}: not a Kubernetes resource: {e!r}")
                 continue
-            print(f"ok    {f}: {name} valid against Kubernetes {version} (strict)")
+            print(f"ok    {f}: {name} valid against Kubernetes {versions} (strict)")
             kind = res["kind"]
             if kind == "DaemonSet":
                 check_daemonset(res, err, ctx)
@@ -238,8 +261,11 @@ def main(version, files):
                 check_clusterrole(res, err)
             elif kind == "ConfigMap" and "config.toml" in res.get("data", {}):
                 check_config(res["data"]["config.toml"], err, ctx)
-        if "api_key_file" in ctx and ctx["api_key_file"] not in ctx.get("secret_files", set()):
-            err(f"headscale.api_key_file {ctx['api_key_file']} is not a file of a mounted Secret")
+        for key_file in ctx.get("secret_keys", []):
+            if key_file not in ctx.get("secret_files", set()):
+                err(f"secret file {key_file} (config.toml) is not a file of a mounted Secret")
+        if ctx.get("mode") == "host" and "/var/run/tailscale" not in ctx.get("host_paths", set()):
+            err("host mode: missing hostPath volume /var/run/tailscale (the host tailscaled's socket)")
         if "listen" in ctx and "probe_ports" in ctx:
             port = int(ctx["listen"].rsplit(":", 1)[-1])
             if ctx["probe_ports"] != {port}:
@@ -254,15 +280,15 @@ PYEOF
 if (($#)); then
     files=("$@")
 else
-    mapfile -t files < <(find deploy -type f \( -name '*.yaml' -o -name '*.yml' \) | sort)
+    mapfile -t files < <(find deploy -path deploy/chart -prune -o -type f \( -name '*.yaml' -o -name '*.yml' \) -print | sort)
 fi
 if ((${#files[@]} == 0)); then
     echo "validate-deploy: no manifest found under deploy/" >&2
     exit 1
 fi
 
-echo "== validating ${files[*]} (kubernetes-validate, Kubernetes $K8S_VERSION schemas, offline)" >&2
-offline "$PY" "$driver/validate.py" "$K8S_VERSION" "${files[@]}"
+echo "== validating ${files[*]} (kubernetes-validate, Kubernetes $K8S_VERSIONS schemas, offline)" >&2
+offline "$PY" "$driver/validate.py" "$K8S_VERSIONS" "${files[@]}"
 
 # Self-check: broken copies must be rejected, by the schema and by the rules.
 mkdir -p "$driver/broken"
@@ -274,7 +300,7 @@ for broken in schema rules kind; do
         echo "validate-deploy: self-check could not break the manifest ($broken)" >&2
         exit 1
     fi
-    if offline "$PY" "$driver/validate.py" "$K8S_VERSION" "$driver/broken/$broken.yaml" >"$driver/out" 2>&1; then
+    if offline "$PY" "$driver/validate.py" "$K8S_VERSIONS" "$driver/broken/$broken.yaml" >"$driver/out" 2>&1; then
         cat "$driver/out" >&2
         echo "validate-deploy: the validator ACCEPTED a broken manifest ($broken): it cannot be trusted" >&2
         exit 1

@@ -26,18 +26,11 @@ cd "$(dirname "$0")/.."
 # whose schemas kubernetes-validate bundles.
 K8S_VERSIONS="1.33.0,1.37.0"
 
-# Every package pinned (pip installs with --no-deps, so nothing unpinned sneaks in); the same
-# kubernetes-validate pins as scripts/lib/chart-venv.sh.
-REQUIREMENTS="kubernetes-validate==1.37.0
-attrs==26.1.0
-importlib_resources==7.1.0
-jsonschema==4.26.0
-jsonschema-specifications==2025.9.1
-packaging==26.4
-PyYAML==6.0.4
-referencing==0.37.0
-rpds-py==2026.9.1
-typing_extensions==4.16.0"
+# Every package pinned (pip installs with --no-deps, so nothing unpinned sneaks in): the
+# kubernetes-validate pins of scripts/lib/chart-venv.sh, without the Helm engine.
+# shellcheck source=lib/chart-venv.sh
+source scripts/lib/chart-venv.sh
+REQUIREMENTS="$(printf '%s\n' "$CHART_REQUIREMENTS" | grep -v '^helm-python-sdk==')"
 
 PYTHON="${PYTHON:-python3}"
 if ! command -v "$PYTHON" >/dev/null 2>&1; then

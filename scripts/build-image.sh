@@ -128,6 +128,16 @@ podman build --quiet --pull=never --network=none \
     --timestamp "$(git log -1 --format=%ct HEAD)" \
     -t "$image:$version" -t "$image:$version-$rev" \
     -f "$work/Containerfile" "$work" >/dev/null
+# Smoke check: every program in the image starts (its libraries and loader are there).
+# Explicit, lowered rlimits: podman's default nofile (1048576) exceeds what some hosts let
+# root set.
+for cmd in "headcni --version" "headcni-daemon --version" "nft --version" \
+    "iptables-nft --version" "iptables-legacy --version" "ip6tables-nft-restore --version"; do
+    # shellcheck disable=SC2086 # $cmd is a command line
+    podman run --rm --network=none --ulimit nofile=4096:4096 --ulimit nproc=4096:4096 \
+        --entrypoint= "$image:$version-$rev" $cmd >/dev/null 2>&1 ||
+        die "the image cannot run \`$cmd\`"
+done
 digest="$(podman image inspect --format '{{.Digest}}' "$image:$version-$rev")"
 id="$(podman image inspect --format '{{.Id}}' "$image:$version-$rev")"
 size="$(podman image inspect --format '{{.Size}}' "$image:$version-$rev")"

@@ -7,6 +7,13 @@
 //! running executable fails with) and never a partially written binary. `headcni-ipam` is a
 //! relative symlink to `headcni` (the binary dispatches on its invocation name), replaced the
 //! same way (temp symlink + rename). An identical binary is left alone.
+//!
+//! An install that was interrupted (the init container killed mid-copy, the node rebooted)
+//! leaves its temp file (`.headcni.tmp.<pid>`) behind. Every install takes `flock(LOCK_EX)`
+//! on [`LOCK_NAME`] in the bin dir for its whole duration, and under that lock removes every
+//! such leftover: a temp file that exists while the lock is held belongs to no running
+//! install (pids do not tell that: each container has its own pid namespace, the lock works
+//! across them because it is on the shared host directory).
 
 use std::fs::{File, OpenOptions, Permissions};
 use std::io::{self, Read};
@@ -22,6 +29,8 @@ pub use headcni_core::defaults::IPAM_TYPE as IPAM_LINK_NAME;
 pub use headcni_core::defaults::PLUGIN_TYPE as BINARY_NAME;
 /// The binary's mode.
 pub const BINARY_MODE: u32 = 0o755;
+/// The lock file every install holds (`flock(LOCK_EX)`) in the bin dir, mode 0600.
+pub const LOCK_NAME: &str = ".headcni.install.lock";
 
 /// `headcni install`.
 #[derive(clap::Args, Debug, Clone, PartialEq, Eq)]
@@ -58,6 +67,51 @@ pub fn run(args: &InstallArgs) -> anyhow::Result<()> {
         println!("{} is up to date", dest.display());
     }
     Ok(())
+}
+
+/// The temp file name prefix of `name` (`.headcni.tmp.`), followed by the installer's pid.
+fn temp_prefix(name: &str) -> String {
+    format!(".{name}.tmp.")
+}
+
+/// Takes the install lock of `dir` (created 0600 when missing), blocking until a concurrent
+/// install finishes. Released when the returned file is dropped.
+fn lock_dir(dir: &Path) -> io::Result<File> {
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(dir.join(LOCK_NAME))?;
+    f.lock()?;
+    Ok(f)
+}
+
+/// Removes the temp files of interrupted installs of [`BINARY_NAME`] and
+/// [`IPAM_LINK_NAME`] from `dir` (call it with the install lock held). Returns their names,
+/// sorted.
+fn remove_leftovers(dir: &Path) -> io::Result<Vec<String>> {
+    let prefixes = [temp_prefix(BINARY_NAME), temp_prefix(IPAM_LINK_NAME)];
+    let mut removed = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let is_ours = prefixes.iter().any(|p| {
+            name.strip_prefix(p.as_str())
+                .is_some_and(|pid| !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()))
+        });
+        if !is_ours {
+            continue;
+        }
+        match std::fs::remove_file(entry.path()) {
+            Ok(()) => removed.push(name),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+    }
+    removed.sort();
+    Ok(removed)
 }
 
 fn sync_dir(dir: &Path) -> io::Result<()> {
@@ -117,7 +171,7 @@ fn up_to_date(source: &Path, dest: &Path) -> io::Result<bool> {
 /// Copies `source` to `dir/temp` (0755, fsynced) and renames it to `dir/name`. On error the
 /// temp file is removed and `dir/name` is untouched.
 fn copy_atomically(source: &Path, dir: &Path, name: &str) -> io::Result<()> {
-    let tmp = dir.join(format!(".{name}.tmp.{}", std::process::id()));
+    let tmp = dir.join(format!("{}{}", temp_prefix(name), std::process::id()));
     let result = (|| {
         let mut src = File::open(source)?;
         let mut out = OpenOptions::new()
@@ -146,8 +200,7 @@ fn ensure_symlink(dir: &Path, link: &str, target: &str) -> io::Result<bool> {
     {
         return Ok(false);
     }
-    let tmp = dir.join(format!(".{link}.tmp.{}", std::process::id()));
-    let _ = std::fs::remove_file(&tmp); // our own leftover
+    let tmp = dir.join(format!("{}{}", temp_prefix(link), std::process::id()));
     std::os::unix::fs::symlink(target, &tmp)?;
     if let Err(e) = std::fs::rename(&tmp, &path) {
         let _ = std::fs::remove_file(&tmp);
@@ -161,7 +214,9 @@ fn ensure_symlink(dir: &Path, link: &str, target: &str) -> io::Result<bool> {
 
 /// Installs `source` as `bin_dir/headcni` (atomic replace, 0755; skipped when identical) and
 /// makes `bin_dir/headcni-ipam` a symlink to it. Creates `bin_dir` (0755) when missing.
-/// Returns `Ok(true)` when the binary or the symlink changed.
+/// Holds the install lock ([`LOCK_NAME`]) throughout and first removes the temp files of
+/// interrupted installs. Returns `Ok(true)` when the binary or the symlink changed (a removed
+/// leftover alone is no change).
 pub fn install_binary(source: &Path, bin_dir: &Path) -> io::Result<bool> {
     let src_meta = std::fs::metadata(source)?;
     if !src_meta.is_file() {
@@ -177,6 +232,8 @@ pub fn install_binary(source: &Path, bin_dir: &Path) -> io::Result<bool> {
             .create(bin_dir)?;
         std::fs::set_permissions(bin_dir, Permissions::from_mode(0o755))?;
     }
+    let _lock = lock_dir(bin_dir)?;
+    let leftovers = remove_leftovers(bin_dir)?;
     let dest = bin_dir.join(BINARY_NAME);
     let mut changed = false;
     if !up_to_date(source, &dest)? {
@@ -184,7 +241,7 @@ pub fn install_binary(source: &Path, bin_dir: &Path) -> io::Result<bool> {
         changed = true;
     }
     changed |= ensure_symlink(bin_dir, IPAM_LINK_NAME, BINARY_NAME)?;
-    if changed {
+    if changed || !leftovers.is_empty() {
         sync_dir(bin_dir)?;
     }
     Ok(changed)
@@ -221,6 +278,7 @@ mod tests {
         let mut v: Vec<String> = std::fs::read_dir(dir)
             .unwrap()
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n != LOCK_NAME)
             .collect();
         v.sort();
         v
@@ -349,6 +407,49 @@ mod tests {
         std::fs::write(bin.join("headcni-ipam/x"), b"x").unwrap();
         assert!(install_binary(&src, &bin).is_err());
         assert_eq!(entries(&bin), ["headcni", "headcni-ipam"]);
+    }
+
+    #[test]
+    fn an_interrupted_copy_is_cleaned_up() {
+        let tmp = tempfile::tempdir().unwrap();
+        let src = write_exe(tmp.path(), "src", b"v2 complete");
+        let bin = tmp.path().join("bin");
+        install_binary(&write_exe(tmp.path(), "old", b"v1"), &bin).unwrap();
+        // What a killed install of another container (another pid namespace) left: a
+        // partial copy, and a temp symlink.
+        std::fs::write(bin.join(".headcni.tmp.4242"), b"v2 comp").unwrap();
+        std::os::unix::fs::symlink("headcni", bin.join(".headcni-ipam.tmp.17")).unwrap();
+        // Not ours: kept.
+        std::fs::write(bin.join(".headcni.tmp.notapid"), b"x").unwrap();
+        std::fs::write(bin.join("portmap"), b"x").unwrap();
+        assert!(install_binary(&src, &bin).unwrap());
+        assert_eq!(
+            entries(&bin),
+            [".headcni.tmp.notapid", "headcni", "headcni-ipam", "portmap"]
+        );
+        assert_eq!(std::fs::read(bin.join("headcni")).unwrap(), b"v2 complete");
+        // A leftover next to an up-to-date binary is removed too (no change reported).
+        std::fs::write(bin.join(".headcni.tmp.1"), b"v").unwrap();
+        assert!(!install_binary(&src, &bin).unwrap());
+        assert!(!bin.join(".headcni.tmp.1").exists());
+    }
+
+    #[test]
+    fn the_install_lock_is_exclusive_and_private() {
+        let tmp = tempfile::tempdir().unwrap();
+        let held = lock_dir(tmp.path()).unwrap();
+        let other = File::open(tmp.path().join(LOCK_NAME)).unwrap();
+        assert!(
+            matches!(other.try_lock(), Err(std::fs::TryLockError::WouldBlock)),
+            "a second install waits"
+        );
+        drop(held);
+        other.try_lock().unwrap();
+        let mode = std::fs::metadata(tmp.path().join(LOCK_NAME))
+            .unwrap()
+            .mode()
+            & 0o777;
+        assert_eq!(mode, 0o600);
     }
 
     #[test]

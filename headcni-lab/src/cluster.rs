@@ -48,6 +48,9 @@ pub const INET_GW: Ipv4Addr = Ipv4Addr::new(192, 168, 77, 253);
 pub const INET_ADDR: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
 /// The cluster CIDR; node N gets 10.244.N.0/24.
 pub const CLUSTER_CIDR: &str = "10.244.0.0/16";
+/// The CNI plugins the lab's conflist chains after `headcni` (from Debian's
+/// `containernetworking-plugins`, found through `chain::cni_path`).
+pub const LAB_CHAINED_PLUGINS: &[&str] = &["portmap"];
 /// Directories each node gets in its private `/run`.
 const NODE_RUN_DIRS: &[&str] = &[
     "netns",
@@ -562,10 +565,7 @@ impl Lab {
             .stdin(Stdio::null())
             .stdout(file.try_clone()?)
             .stderr(file)
-            .env(
-                "PATH",
-                "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-            )
+            .env("PATH", crate::prereq::NODE_PATH)
             // Every tailscaled stand-in of the lab (host mode's, and daemon mode's through the
             // daemon's environment) writes its state file at start-up, before any login, as
             // real tailscaled does (`cmd/tailscaled/tailscaled.go` → `ipn/store/stores.go`).

@@ -9,11 +9,13 @@
 //! - [`headscale_standin`]: the Headscale stand-in process.
 //! - [`tailscaled_standin`]: the tailscaled stand-in process (LocalAPI + wireguard-go).
 //! - [`cluster`]: `headcni lab up|status|exec|down`: namespaces, underlay, processes, pods.
+//! - [`prereq`]: what the lab needs from the machine, checked (and installed) before `up`.
 
 pub mod cluster;
 pub mod coord;
 pub mod headscale_standin;
 pub mod policy;
+pub mod prereq;
 pub mod tailscaled_standin;
 
 /// The stand-ins' process entry: `info` logs to stderr (`RUST_LOG` overrides), a two-worker
@@ -36,4 +38,48 @@ pub fn run_standin(
         .enable_all()
         .build()?
         .block_on(main)
+}
+
+/// A process's exit for `result`: success, or the error's chain on one line
+/// (`<program>: outer: inner`) on stderr and exit status 1.
+///
+/// Never prints a backtrace, whatever `RUST_BACKTRACE`/`RUST_LIB_BACKTRACE` say: anyhow
+/// prints the captured backtrace only in its `Debug` form (which `fn main() -> Result`
+/// uses), and this uses the alternate `Display` form.
+pub fn exit_code(program: &str, result: anyhow::Result<()>) -> std::process::ExitCode {
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{}", error_line(program, &e));
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// `<program>: <error chain joined by ": ">`, without a backtrace and without newlines
+/// (a multi-line message is joined with "; ").
+pub fn error_line(program: &str, e: &anyhow::Error) -> String {
+    let text = format!("{e:#}");
+    let joined: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    format!("{program}: {}", joined.join("; "))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_error_line_is_the_chain_on_one_line() {
+        let e = anyhow::Error::msg("wireguard-go exited").context("node-1: tailscaled");
+        assert_eq!(
+            error_line("headcni lab", &e),
+            "headcni lab: node-1: tailscaled: wireguard-go exited"
+        );
+        let e = anyhow::anyhow!("first line\nsecond line\n");
+        assert_eq!(error_line("x", &e), "x: first line; second line");
+    }
 }

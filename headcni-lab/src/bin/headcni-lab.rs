@@ -3,9 +3,12 @@
 
 use std::process::ExitCode;
 
-use anyhow::{Result, bail};
+use std::path::Path;
+
+use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
-use headcni_lab::cluster::{Api, Approval, Lab, LabSpec, Mode};
+use headcni_lab::cluster::{Api, Approval, LAB_CHAINED_PLUGINS, Lab, LabSpec, Mode};
+use headcni_lab::prereq::{self, Verdict};
 
 /// HeadCNI's lab: nodes joined by WireGuard (wireguard-go), the real daemon and plugin,
 /// Headscale and tailscaled stand-ins.
@@ -43,7 +46,13 @@ enum Cmd {
         /// Lab name (namespace prefix, 1-24 letters/digits).
         #[arg(long, default_value = "hclab")]
         name: String,
+        /// Do not install missing Debian packages (apt-get); name them and stop.
+        #[arg(long)]
+        no_install: bool,
     },
+    /// Check what the lab needs from this machine (root, /dev/net/tun, network namespaces,
+    /// wireguard-go, wg, nft, ip, iptables, the Debian CNI plugins) without changing anything.
+    Check,
     /// Re-check and print nodes and pods.
     Status {
         /// Lab name.
@@ -69,7 +78,70 @@ enum Cmd {
     },
 }
 
+/// `lab up`'s first step: the prerequisites, with the missing Debian packages installed
+/// (unless `no_install`). Errors are one actionable line.
+fn ensure_prerequisites(no_install: bool) -> Result<()> {
+    let found = prereq::probe(LAB_CHAINED_PLUGINS);
+    let packages = match prereq::decide(&found, LAB_CHAINED_PLUGINS) {
+        Verdict::Ready => return Ok(()),
+        Verdict::Fail(msg) => bail!("{msg}"),
+        Verdict::Install(packages) => packages,
+    };
+    let missing = prereq::missing(&found, LAB_CHAINED_PLUGINS).join(", ");
+    if no_install {
+        bail!(
+            "missing {missing}: install the Debian packages {} (or drop --no-install)",
+            packages.join(" ")
+        );
+    }
+    eprintln!(
+        "lab: missing {missing}: installing the Debian packages {} with apt-get",
+        packages.join(" ")
+    );
+    prereq::apt_install(Path::new("apt-get"), &packages, &mut |m| {
+        eprintln!("lab: {m}")
+    })
+    .with_context(|| format!("installing {}", packages.join(" ")))?;
+    let again = prereq::probe(LAB_CHAINED_PLUGINS);
+    match prereq::decide(&again, LAB_CHAINED_PLUGINS) {
+        Verdict::Ready => {
+            eprintln!("lab: installed {}", packages.join(" "));
+            Ok(())
+        }
+        Verdict::Fail(msg) => bail!("{msg}"),
+        Verdict::Install(_) => bail!(
+            "still missing after apt-get: {}",
+            prereq::missing(&again, LAB_CHAINED_PLUGINS).join(", ")
+        ),
+    }
+}
+
+/// `lab check`: what is there and what is missing; fails when the lab could not run.
+fn check() -> Result<ExitCode> {
+    let found = prereq::probe(LAB_CHAINED_PLUGINS);
+    match prereq::decide(&found, LAB_CHAINED_PLUGINS) {
+        Verdict::Ready => {
+            println!("ready: root, /dev/net/tun, network namespaces, every tool");
+            Ok(ExitCode::SUCCESS)
+        }
+        Verdict::Install(packages) => {
+            println!(
+                "missing {}: `headcni lab up` installs the Debian packages {}",
+                prereq::missing(&found, LAB_CHAINED_PLUGINS).join(", "),
+                packages.join(" ")
+            );
+            Ok(ExitCode::from(2))
+        }
+        Verdict::Fail(msg) => bail!("{msg}"),
+    }
+}
+
 fn run(cli: Cli) -> Result<ExitCode> {
+    match &cli.cmd {
+        Cmd::Check => return check(),
+        Cmd::Up { no_install, .. } => ensure_prerequisites(*no_install)?,
+        _ => {}
+    }
     if !nix::unistd::geteuid().is_root() {
         bail!("the lab creates network and mount namespaces: run it as root");
     }
@@ -82,6 +154,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             approval,
             forward_drop,
             name,
+            no_install: _,
         } => {
             let mut spec = LabSpec::new(&name)?;
             spec.nodes = nodes;
@@ -113,6 +186,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 status.code().unwrap_or(1).clamp(0, 255) as u8
             ));
         }
+        Cmd::Check => return check(),
         Cmd::Down { name } => {
             let r = Lab::down(&name)?;
             eprintln!(
@@ -127,8 +201,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
 fn main() -> ExitCode {
     match run(Cli::parse()) {
         Ok(c) => c,
+        // One line, never a backtrace (RUST_BACKTRACE or not).
         Err(e) => {
-            eprintln!("headcni lab: {e:#}");
+            eprintln!("{}", headcni_lab::error_line("headcni lab", &e));
             ExitCode::FAILURE
         }
     }

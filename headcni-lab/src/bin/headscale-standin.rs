@@ -3,7 +3,10 @@
 
 use clap::Parser;
 
-fn main() -> anyhow::Result<()> {
+fn main() -> std::process::ExitCode {
     let args = headcni_lab::headscale_standin::Args::parse();
-    headcni_lab::run_standin(headcni_lab::headscale_standin::run(args))
+    headcni_lab::exit_code(
+        "headscale-standin",
+        headcni_lab::run_standin(headcni_lab::headscale_standin::run(args)),
+    )
 }

@@ -3,7 +3,10 @@
 
 use clap::Parser;
 
-fn main() -> anyhow::Result<()> {
+fn main() -> std::process::ExitCode {
     let args = headcni_lab::tailscaled_standin::Args::parse();
-    headcni_lab::run_standin(headcni_lab::tailscaled_standin::run(args))
+    headcni_lab::exit_code(
+        "tailscaled-standin",
+        headcni_lab::run_standin(headcni_lab::tailscaled_standin::run(args)),
+    )
 }

@@ -12,7 +12,7 @@ use tokio::time::Instant;
 
 use crate::headscale::{HeadscaleClient, HeadscaleError, PreAuthKey, PreAuthKeyOptions};
 use crate::localapi::{LocalApiClient, NetfilterMode, OptBool, Prefs, StartOptions, Status};
-use crate::retry::{Backoff, Retryable};
+use crate::retry::{Backoff, control_error};
 use crate::secret::Secret;
 
 /// Default Headscale user owning HeadCNI's daemon-mode nodes.
@@ -164,9 +164,7 @@ pub async fn ensure_logged_in(
     wait: Duration,
     backoff: &Backoff,
 ) -> Result<LoginStep, ControlPlaneError> {
-    let la = |e: crate::localapi::LocalApiError| {
-        cp_err("tailscaled LocalAPI", e.is_retryable(), e.to_string())
-    };
+    let la = |e: crate::localapi::LocalApiError| control_error("tailscaled LocalAPI", &e);
     let st = backoff
         .retry("localapi status", || localapi.status_without_peers())
         .await
@@ -190,7 +188,7 @@ pub async fn ensure_logged_in(
                 bootstrap_key(client, user, BOOTSTRAP_KEY_TTL, acl_tags.to_vec())
             })
             .await
-            .map_err(|e| cp_err("headscale API", e.is_retryable(), e.to_string()))?;
+            .map_err(|e| control_error("headscale API", &e))?;
         Some(k.key)
     } else {
         None
@@ -251,20 +249,6 @@ pub fn refuse_tags_with_key(prefs: &DaemonPrefs) -> Result<(), ControlPlaneError
             prefs.advertise_tags
         ),
     })
-}
-
-fn cp_err(endpoint: &str, retryable: bool, reason: String) -> ControlPlaneError {
-    if retryable {
-        ControlPlaneError::Unreachable {
-            endpoint: endpoint.into(),
-            reason,
-        }
-    } else {
-        ControlPlaneError::Refused {
-            endpoint: endpoint.into(),
-            reason,
-        }
-    }
 }
 
 #[cfg(test)]

@@ -12,6 +12,22 @@ pub trait Retryable {
     fn is_retryable(&self) -> bool;
 }
 
+/// A client error as a [`headcni_core::control::ControlPlaneError`] for `endpoint` (e.g.
+/// `"headscale API"`): retryable → `Unreachable` (the node is not ready and retries with
+/// backoff), anything else → `Refused`; the reason is the error's message.
+pub(crate) fn control_error<E: Retryable + std::fmt::Display>(
+    endpoint: &str,
+    e: &E,
+) -> headcni_core::control::ControlPlaneError {
+    use headcni_core::control::ControlPlaneError;
+    let (endpoint, reason) = (endpoint.to_owned(), e.to_string());
+    if e.is_retryable() {
+        ControlPlaneError::Unreachable { endpoint, reason }
+    } else {
+        ControlPlaneError::Refused { endpoint, reason }
+    }
+}
+
 /// A capped exponential backoff policy with jitter; every retry loop built on it is bounded by
 /// both [`Backoff::max_attempts`] and [`Backoff::max_elapsed`], so it never blocks forever.
 ///

@@ -11,7 +11,7 @@ use ipnetwork::IpNetwork;
 
 use crate::headscale::{ApiGeneration, HeadscaleError, Node, Route};
 use crate::localapi::{LocalApiError, MaskedPrefs, OptBool, Prefs, Status};
-use crate::retry::Retryable;
+use crate::retry::control_error;
 use crate::tailscale_api::TailscaleApiError;
 
 /// LocalAPI `Status` → `AgentView` (`BackendState`, `Self`).
@@ -85,34 +85,12 @@ pub(super) fn row_views(rows: &[Route]) -> Vec<RouteRowView> {
 
 /// A LocalAPI error: retryable → `Unreachable`, else `Refused` (endpoint "tailscaled LocalAPI").
 pub(super) fn la_err(e: LocalApiError) -> ControlPlaneError {
-    let endpoint = "tailscaled LocalAPI".to_string();
-    if e.is_retryable() {
-        ControlPlaneError::Unreachable {
-            endpoint,
-            reason: e.to_string(),
-        }
-    } else {
-        ControlPlaneError::Refused {
-            endpoint,
-            reason: e.to_string(),
-        }
-    }
+    control_error("tailscaled LocalAPI", &e)
 }
 
 /// A Headscale error: retryable → `Unreachable`, else `Refused` (endpoint "headscale API").
 pub(super) fn hs_err(e: HeadscaleError) -> ControlPlaneError {
-    let endpoint = "headscale API".to_string();
-    if e.is_retryable() {
-        ControlPlaneError::Unreachable {
-            endpoint,
-            reason: e.to_string(),
-        }
-    } else {
-        ControlPlaneError::Refused {
-            endpoint,
-            reason: e.to_string(),
-        }
-    }
+    control_error("headscale API", &e)
 }
 
 /// The outcome of the Tailscale API client's `approve`/`withdraw` as the plan's
@@ -148,7 +126,6 @@ pub(super) fn device_view(
 /// (`invalid_client`, 401), a missing scope (403, `invalid_scope`), an unknown tailnet, a
 /// refused request — → `Refused`.
 pub(super) fn ts_err(e: TailscaleApiError) -> ControlPlaneError {
-    let endpoint = "tailscale API".to_string();
     match e {
         TailscaleApiError::NotApproved { ref routes, .. } => ControlPlaneError::NotApproved {
             routes: routes.clone(),
@@ -157,14 +134,7 @@ pub(super) fn ts_err(e: TailscaleApiError) -> ControlPlaneError {
         TailscaleApiError::InvalidRoute { route, reason } => {
             ControlPlaneError::InvalidRoute { route, reason }
         }
-        e if e.is_retryable() => ControlPlaneError::Unreachable {
-            endpoint,
-            reason: e.to_string(),
-        },
-        e => ControlPlaneError::Refused {
-            endpoint,
-            reason: e.to_string(),
-        },
+        e => control_error("tailscale API", &e),
     }
 }
 

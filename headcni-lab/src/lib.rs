@@ -10,6 +10,7 @@
 //! - [`tailscaled_standin`]: the tailscaled stand-in process (LocalAPI + wireguard-go).
 //! - [`cluster`]: `headcni lab up|status|exec|down`: namespaces, underlay, processes, pods.
 //! - [`prereq`]: what the lab needs from the machine, checked (and installed) before `up`.
+//! - [`trace`]: `headcni lab trace FROM TO`: one probe's hops, rules and routes (nftrace).
 
 pub mod cluster;
 pub mod coord;
@@ -17,6 +18,7 @@ pub mod headscale_standin;
 pub mod policy;
 pub mod prereq;
 pub mod tailscaled_standin;
+pub mod trace;
 
 /// The stand-ins' process entry: `info` logs to stderr (`RUST_LOG` overrides), a two-worker
 /// tokio runtime, and `main`'s future driven on the calling (main) thread, so that a child's

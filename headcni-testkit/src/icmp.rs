@@ -65,6 +65,14 @@ fn echo_request(type_: u8, id: u16, seq: u16, with_checksum: bool) -> Vec<u8> {
 /// Sends one ICMP (or ICMPv6) echo request to `dst` and waits up to `timeout` for the
 /// matching reply. `Ok(false)` on timeout. Must run in the namespace to ping from.
 pub fn ping(dst: IpAddr, timeout: Duration) -> io::Result<bool> {
+    ping_with_tos(dst, timeout, 0)
+}
+
+/// [`ping`] with the request's IPv4 TOS / IPv6 traffic class set to `tos` (a DSCP value
+/// shifted left by 2; 0 leaves the socket's default). Linux copies the request's TOS into
+/// its echo reply (`net/ipv4/icmp.c` `icmp_reply`), so both directions carry the mark —
+/// what `headcni lab trace` matches on.
+pub fn ping_with_tos(dst: IpAddr, timeout: Duration, tos: u8) -> io::Result<bool> {
     let id = (std::process::id() & 0xffff) as u16;
     let seq = SEQ.fetch_add(1, Ordering::Relaxed);
     let (fd, pkt, reply_type) = match dst {
@@ -80,6 +88,26 @@ pub fn ping(dst: IpAddr, timeout: Duration) -> io::Result<bool> {
             129u8,
         ),
     };
+    if tos != 0 {
+        let (level, name) = match dst {
+            IpAddr::V4(_) => (libc::IPPROTO_IP, libc::IP_TOS),
+            IpAddr::V6(_) => (libc::IPPROTO_IPV6, libc::IPV6_TCLASS),
+        };
+        let v = libc::c_int::from(tos);
+        // SAFETY: setsockopt with a correctly sized c_int.
+        let rc = unsafe {
+            libc::setsockopt(
+                fd.as_raw_fd(),
+                level,
+                name,
+                (&v as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
     send_to(&fd, &pkt, dst)?;
     let deadline = Instant::now() + timeout;
     let mut buf = [0u8; 1500];

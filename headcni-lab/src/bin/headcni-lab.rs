@@ -9,6 +9,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use headcni_lab::cluster::{Api, Approval, LAB_CHAINED_PLUGINS, Lab, LabSpec, Mode};
 use headcni_lab::prereq::{self, Verdict};
+use headcni_lab::trace;
 
 /// HeadCNI's lab: nodes joined by WireGuard (wireguard-go), the real daemon and plugin,
 /// Headscale and tailscaled stand-ins.
@@ -69,6 +70,21 @@ enum Cmd {
         /// The command and its arguments.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
         command: Vec<String>,
+    },
+    /// Send one probe from FROM to TO and print the hops it took: per namespace the
+    /// interfaces, addresses (NAT shows), the route lookup and every nftables/iptables-nft
+    /// rule it matched (`lab trace pod-1-1 pod-2-1`, `lab trace inet 192.168.77.1 --tcp 30080`).
+    Trace {
+        /// Lab name.
+        #[arg(long, default_value = "hclab")]
+        name: String,
+        /// pod-N-M, node-N or inet.
+        from: String,
+        /// pod-N-M, node-N, inet or an IP address (a ClusterIP, 100.100.100.100, ...).
+        to: String,
+        /// Probe with a TCP connect to this port instead of an ICMP echo.
+        #[arg(long)]
+        tcp: Option<u16>,
     },
     /// Remove everything the lab created (also after a crash).
     Down {
@@ -187,6 +203,20 @@ fn run(cli: Cli) -> Result<ExitCode> {
             ));
         }
         Cmd::Check => return check(),
+        Cmd::Trace {
+            name,
+            from,
+            to,
+            tcp,
+        } => {
+            let lab = Lab::load(&name)?;
+            let probe = tcp.map_or(trace::Probe::Icmp, trace::Probe::Tcp);
+            let t = trace::trace(&lab, &from, &to, probe)?;
+            print!("{}", trace::render(&t));
+            if t.answered.is_none() {
+                return Ok(ExitCode::from(1));
+            }
+        }
         Cmd::Down { name } => {
             let r = Lab::down(&name)?;
             eprintln!(

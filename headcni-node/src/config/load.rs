@@ -398,6 +398,7 @@ fn build(l: &Layers, errors: &mut Vec<ConfigError>) -> Config {
     set!("node", "kubeconfig", Some c.node.kubeconfig);
     set!("node", "local_files_root", c.node.local_files_root);
     set!("node", "firewall_driver", c.node.firewall_driver);
+    set!("node", "masquerade_ipv6", c.node.masquerade_ipv6);
     set!("cni", "conf_dir", c.cni.conf_dir);
     set!("cni", "bin_dir", c.cni.bin_dir);
     set!("cni", "data_dir", c.cni.data_dir);

@@ -309,7 +309,11 @@ fn masquerade_ipv6_defaults_on_and_is_set_by_file_env_and_flag() {
     let f = config_file("");
     let l = load(&flags_for(&f), &[]).unwrap();
     assert!(l.config.node.masquerade_ipv6, "default: masqueraded");
-    assert!(l.config.to_redacted_toml().contains("masquerade_ipv6 = true"));
+    assert!(
+        l.config
+            .to_redacted_toml()
+            .contains("masquerade_ipv6 = true")
+    );
     let f = config_file("[node]\nmasquerade_ipv6 = false\n");
     let c = load(&flags_for(&f), &[]).unwrap().config;
     assert!(!c.node.masquerade_ipv6);

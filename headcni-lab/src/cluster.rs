@@ -815,7 +815,8 @@ impl Lab {
                     .map(ToString::to_string)
                     .collect::<Vec<_>>()
             ),
-            cluster = dual_stack::toml_list(&dual_stack::cluster_cidrs(CLUSTER_CIDR, spec.dual_stack)),
+            cluster =
+                dual_stack::toml_list(&dual_stack::cluster_cidrs(CLUSTER_CIDR, spec.dual_stack)),
             masq6 = spec.masquerade_ipv6,
             bin = spec.bin_dir.display(),
             key = shared.join("api-key").display(),

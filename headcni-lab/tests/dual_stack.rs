@@ -8,7 +8,7 @@
 //! --bins`; `HEADCNI_LAB_BIN_DIR` overrides where they are).
 
 use std::io::{Read, Write};
-use std::net::{IpAddr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::process::Output;
 use std::time::Duration;
 
@@ -210,7 +210,11 @@ fn dual_stack_pods_across_nodes_ipv6_egress_masqueraded() {
         &["ip", "-6", "-o", "addr", "show", "dev", "headcni0"],
     ));
     assert!(br.contains("fd00:10:244:1::1/64"), "{br}");
-    let r = stdout(&run_in(&lab, "pod-1-1", &["ip", "-6", "route", "show", "default"]));
+    let r = stdout(&run_in(
+        &lab,
+        "pod-1-1",
+        &["ip", "-6", "route", "show", "default"],
+    ));
     assert!(r.contains("via fd00:10:244:1::1"), "{r}");
     let fwd = stdout(&run_in(
         &lab,
@@ -228,14 +232,32 @@ fn dual_stack_pods_across_nodes_ipv6_egress_masqueraded() {
     ));
     assert!(t52.contains("fd00:10:244:2::/64 dev tailscale0"), "{t52}");
     assert!(!t52.contains("fd00:10:244:1::/64"), "{t52}");
-    assert!(t52.contains("fd7a:115c:a1e0::"), "the peer's tailnet IPv6:\n{t52}");
+    assert!(
+        t52.contains("fd7a:115c:a1e0::"),
+        "the peer's tailnet IPv6:\n{t52}"
+    );
     let rules = stdout(&run_in(&lab, "node-1", &["ip", "-6", "rule", "show"]));
-    assert!(rules.contains("5270:") && rules.contains("lookup 52"), "{rules}");
+    assert!(
+        rules.contains("5270:") && rules.contains("lookup 52"),
+        "{rules}"
+    );
     // wireguard-go's allowed IPs for the peer include its IPv6 PodCIDR.
-    let wg = stdout(&run_in(&lab, "node-1", &["wg", "show", "tailscale0", "allowed-ips"]));
+    let wg = stdout(&run_in(
+        &lab,
+        "node-1",
+        &["wg", "show", "tailscale0", "allowed-ips"],
+    ));
     assert!(wg.contains("fd00:10:244:2::/64"), "{wg}");
-    let ts6 = run_in(&lab, "node-1", &["nft", "list", "table", "ip6", "ts-filter"]);
-    assert!(ts6.status.success(), "{}", String::from_utf8_lossy(&ts6.stderr));
+    let ts6 = run_in(
+        &lab,
+        "node-1",
+        &["nft", "list", "table", "ip6", "ts-filter"],
+    );
+    assert!(
+        ts6.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ts6.stderr)
+    );
     assert!(stdout(&ts6).contains("ts-forward"));
 
     // Egress: the internet sees the node's underlay address, in both families.
@@ -294,17 +316,23 @@ fn dual_stack_ipv6_egress_keeps_the_pod_ip_when_not_masqueraded_v025() {
         "IPv4 egress is masqueraded regardless"
     );
     // The daemon's table has no IPv6 masquerade rule.
-    let t = stdout(&run_in(&lab, "node-2", &["nft", "list", "table", "inet", "headcni"]));
+    let t = stdout(&run_in(
+        &lab,
+        "node-2",
+        &["nft", "list", "table", "inet", "headcni"],
+    ));
     assert!(t.contains("ip saddr @pod_v4"), "{t}");
     assert!(!t.contains("pod_v6"), "{t}");
 }
 
 /// Approval by autoApprovers that cover both cluster CIDRs: both routes approved without an
-/// approve_routes call, IPv6 across nodes.
+/// approve_routes call; on nodes set up as Docker leaves a host (`iptables`/`ip6tables`
+/// `FORWARD` policy `DROP`), pod ↔ pod in both families and IPv6 egress still work.
 #[test]
-fn dual_stack_auto_approvers() {
+fn dual_stack_auto_approvers_with_forward_drop() {
     let mut s = dual_spec(&unique("ds6c"), true);
     s.approval = Approval::AutoApprovers;
+    s.forward_drop = true;
     let (lab, _g) = up(s);
     for (name, routes) in approved_v029(&lab) {
         let n: u32 = name.trim_start_matches("node-").parse().unwrap();
@@ -312,8 +340,39 @@ fn dual_stack_auto_approvers() {
     }
     let calls = std::fs::read_to_string(lab.shared().join("logs/headscale.log")).unwrap();
     assert!(!calls.contains("approve_routes"), "{calls}");
+    let policy = stdout(&run_in(&lab, "node-1", &["ip6tables", "-S", "FORWARD"]));
+    assert!(policy.contains("-P FORWARD DROP"), "{policy}");
+    assert_pod_to_pod_keeps_sources(&lab);
     let p11 = pod(&lab, "pod-1-1");
-    let p21 = pod(&lab, "pod-2-1");
-    assert_eq!(seen_source(&lab, "pod-1-1", "pod-2-1", ip6(&p21)), ip6(&p11));
-    assert!(matches!(ip6(&p11), IpAddr::V6(a) if a.segments()[..4] == Ipv6Addr::new(0xfd00, 0x10, 0x244, 1, 0, 0, 0, 0).segments()[..4]));
+    let IpAddr::V6(a) = ip6(&p11) else {
+        unreachable!()
+    };
+    assert!(
+        pod_cidr_v6(1).unwrap().contains(a),
+        "{a} from node-1's IPv6 PodCIDR"
+    );
+    assert_eq!(
+        seen_source(&lab, "pod-1-1", "inet", IpAddr::V6(INET_ADDR_V6)),
+        node_v6(&lab, 1)
+    );
+}
+
+/// Daemon mode (the daemon supervises its own tailscaled stand-in on `headcni01`): the same
+/// dual-stack data path, IPv6 routed through `headcni01` in table 52.
+#[test]
+fn dual_stack_daemon_mode() {
+    let mut s = dual_spec(&unique("ds6d"), true);
+    s.mode = headcni_lab::cluster::Mode::Daemon;
+    let (lab, _g) = up(s);
+    let t52 = stdout(&run_in(
+        &lab,
+        "node-2",
+        &["ip", "-6", "route", "show", "table", "52"],
+    ));
+    assert!(t52.contains("fd00:10:244:1::/64 dev headcni01"), "{t52}");
+    assert_pod_to_pod_keeps_sources(&lab);
+    for (name, routes) in approved_v029(&lab) {
+        let n: u32 = name.trim_start_matches("node-").parse().unwrap();
+        assert_eq!(routes, want_routes(n), "{name}");
+    }
 }

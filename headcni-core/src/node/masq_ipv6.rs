@@ -64,7 +64,10 @@ mod tests {
         assert!(p.set("pod_v6").is_none() && p.set("nomasq_v6").is_none());
         // IPv4 keeps its rule and its pod ↔ pod exemptions.
         let nomasq = &p.set("nomasq_v4").unwrap().elements;
-        assert!(nomasq.contains(&"10.244.0.0/16".parse().unwrap()), "{nomasq:?}");
+        assert!(
+            nomasq.contains(&"10.244.0.0/16".parse().unwrap()),
+            "{nomasq:?}"
+        );
         assert_eq!(p.to_string().matches("masquerade fully-random").count(), 1);
         assert!(!p.to_string().contains("ip6"), "{p}");
     }

@@ -344,6 +344,8 @@ fn masquerade_ipv6_off_keeps_the_ipv6_bridge_and_forwarding_but_not_its_masquera
     d.masquerade_ipv6 = false;
     assert!(matches!(
         validate(&d),
-        Err(NodePlanError::Masquerade(MasqError::PodOutsideCluster { .. }))
+        Err(NodePlanError::Masquerade(
+            MasqError::PodOutsideCluster { .. }
+        ))
     ));
 }

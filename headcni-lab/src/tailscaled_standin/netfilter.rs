@@ -305,8 +305,14 @@ mod tests {
         };
         let fwd = rules_of(&stateful, "ip6", "ts-forward");
         assert_eq!(fwd.len(), 4);
-        assert!(fwd[2].contains("untracked"), "before the final accept: {fwd:?}");
-        assert!(rules_of(&stateful, "ip6", "ts-postrouting").is_empty(), "NoSNAT");
+        assert!(
+            fwd[2].contains("untracked"),
+            "before the final accept: {fwd:?}"
+        );
+        assert!(
+            rules_of(&stateful, "ip6", "ts-postrouting").is_empty(),
+            "NoSNAT"
+        );
         assert!(serde_json::from_value::<Nftables>(batch(&stateful)).is_ok());
     }
 }

@@ -151,7 +151,10 @@ fn v026_answer_without_the_ipv6_route_is_not_approved() {
 fn v025_enables_both_rows_and_waits_for_a_missing_one() {
     let w = wanted(ApprovalPath::Api);
     assert_eq!(
-        next_step(&w, &v25(vec![row(3, POD4, true, false), row(4, POD6, true, false)])),
+        next_step(
+            &w,
+            &v25(vec![row(3, POD4, true, false), row(4, POD6, true, false)])
+        ),
         ControlStep::EnableRouteRows {
             node_id: ME,
             rows: vec![(3, n(POD4)), (4, n(POD6))]
@@ -222,8 +225,7 @@ fn tailscale_api_approves_both_and_waits_for_the_ipv6_advertisement() {
 #[test]
 fn withdraw_removes_both() {
     let w = wanted(ApprovalPath::Api);
-    let ControlStep::PatchPrefs(p) = next_withdraw_step(&w, &obs("7", &[ADMIN, POD4, POD6]))
-    else {
+    let ControlStep::PatchPrefs(p) = next_withdraw_step(&w, &obs("7", &[ADMIN, POD4, POD6])) else {
         panic!("expected a prefs patch");
     };
     assert_eq!(p.advertise_routes, Some(ns(&[ADMIN])));

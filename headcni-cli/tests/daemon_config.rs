@@ -305,6 +305,39 @@ log_level = "debug"
 }
 
 #[test]
+fn masquerade_ipv6_defaults_on_and_is_set_by_file_env_and_flag() {
+    let f = config_file("");
+    let l = load(&flags_for(&f), &[]).unwrap();
+    assert!(l.config.node.masquerade_ipv6, "default: masqueraded");
+    assert!(
+        l.config
+            .to_redacted_toml()
+            .contains("masquerade_ipv6 = true")
+    );
+    let f = config_file("[node]\nmasquerade_ipv6 = false\n");
+    let c = load(&flags_for(&f), &[]).unwrap().config;
+    assert!(!c.node.masquerade_ipv6);
+    assert!(c.to_redacted_toml().contains("masquerade_ipv6 = false"));
+    // The environment overrides the file, a flag overrides both.
+    let l = load(&flags_for(&f), &[("HEADCNI_NODE_MASQUERADE_IPV6", "true")]).unwrap();
+    assert!(l.config.node.masquerade_ipv6);
+    let flags = DaemonFlags {
+        masquerade_ipv6: Some(false),
+        ..flags_for(&f)
+    };
+    let l = load(&flags, &[("HEADCNI_NODE_MASQUERADE_IPV6", "true")]).unwrap();
+    assert!(!l.config.node.masquerade_ipv6);
+    assert_eq!(
+        l.origins["node.masquerade_ipv6"],
+        Origin::Flag("--masquerade-ipv6".into())
+    );
+    // Not a boolean: refused, naming the key.
+    let f = config_file("[node]\nmasquerade_ipv6 = \"no\"\n");
+    let e = load(&flags_for(&f), &[]).unwrap_err();
+    assert!(e.to_string().contains("masquerade_ipv6"), "{e}");
+}
+
+#[test]
 fn firewall_driver_is_nft_by_default_none_on_request_and_nothing_else() {
     let f = config_file("");
     assert_eq!(
@@ -341,6 +374,7 @@ fn every_key_has_an_env_override() {
         ("node.kubeconfig", "/k/config"),
         ("node.local_files_root", "/fixtures"),
         ("node.firewall_driver", "none"),
+        ("node.masquerade_ipv6", "false"),
         ("cni.conf_dir", "/c"),
         ("cni.bin_dir", "/b"),
         ("cni.data_dir", "/d"),
@@ -402,6 +436,7 @@ fn every_key_has_an_env_override() {
     assert_eq!(c.node_cidr_prefixes(), Some((25, 80)));
     assert_eq!(c.cni.ipam_strategy, Strategy::DensePack);
     assert_eq!(c.node.firewall_driver, FirewallDriverKind::Unmanaged);
+    assert!(!c.node.masquerade_ipv6);
     assert_eq!(c.cni.chained[0]["type"], "bandwidth");
     assert_eq!(c.tailscale.port, 41700);
     assert_eq!(c.headscale.approval, Approval::AutoApprovers);

@@ -180,6 +180,7 @@ fn masquerade_only_what_leaves_the_cluster_with_real_traffic() {
         pod_cidrs: vec![net("10.244.1.0/24"), net("fd00:10:244:1::/64")],
         cluster_cidrs: vec![net("10.244.0.0/16"), net("fd00:10:244::/56")],
         table: "headcni".into(),
+        masquerade_ipv6: true,
     };
 
     // First reconcile: everything is created. (A new namespace inherits the host's IPv4

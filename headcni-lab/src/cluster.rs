@@ -11,16 +11,19 @@
 //!                pod-N-M attached by exec'ing the conflist the daemon wrote (CNI protocol)
 //! ```
 //!
+//! With `--dual-stack` every node, pod and the "internet" also get IPv6 ([`dual_stack`]).
+//!
 //! Nothing outside the lab's namespaces is changed: every link, address, route, rule and nft
 //! table lives in a lab namespace; every file lives in `/run/headcni-lab/<name>` or in a
 //! node's private `/run`. `down` (also after a crash) kills every process in the lab's
 //! namespaces and removes them.
 
 pub mod chain;
+pub mod dual_stack;
 pub mod ns;
 
 use std::collections::BTreeMap;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -29,7 +32,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use headcni_core::link::{BridgeSpec, LinkManager, RouteManager, RouteSpec, VethSpec};
 use headcni_netlink::{NetlinkHandle, netns};
 use headcni_testkit::netns::{create_named, delete_named};
-use ipnetwork::{IpNetwork, Ipv4Network};
+use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
@@ -141,6 +144,17 @@ pub struct LabSpec {
     /// cluster CIDR for the lab's user.
     #[serde(default)]
     pub policy: Option<String>,
+    /// Dual-stack (`lab up --dual-stack`): every node also gets an IPv6 PodCIDR and underlay
+    /// address, the "internet" an IPv6 address ([`dual_stack`]).
+    #[serde(default)]
+    pub dual_stack: bool,
+    /// The daemons' `[node] masquerade_ipv6` (with [`LabSpec::dual_stack`]).
+    #[serde(default = "default_true")]
+    pub masquerade_ipv6: bool,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 impl LabSpec {
@@ -157,6 +171,8 @@ impl LabSpec {
             reconcile_secs: 2,
             forward_drop: false,
             policy: None,
+            dual_stack: false,
+            masquerade_ipv6: true,
         })
     }
 }
@@ -189,10 +205,25 @@ pub struct Node {
     pub underlay: Ipv4Addr,
     /// 10.244.N.0/24.
     pub pod_cidr: Ipv4Network,
+    /// With dual-stack: fd00:10:244:N::/64 ([`dual_stack::pod_cidr_v6`]).
+    #[serde(default)]
+    pub pod_cidr_v6: Option<Ipv6Network>,
+    /// With dual-stack: fd00:77::N ([`dual_stack::underlay_v6`]).
+    #[serde(default)]
+    pub underlay_v6: Option<Ipv6Addr>,
     /// The tailscaled stand-in's pid (host mode).
     pub tailscaled_pid: Option<i32>,
     /// The daemon's pid.
     pub daemon_pid: Option<i32>,
+}
+
+impl Node {
+    /// The node's PodCIDRs: IPv4, then IPv6 with dual-stack.
+    pub fn pod_cidrs(&self) -> Vec<IpNetwork> {
+        let mut v = vec![IpNetwork::V4(self.pod_cidr)];
+        v.extend(self.pod_cidr_v6.map(IpNetwork::V6));
+        v
+    }
 }
 
 /// A pod.
@@ -206,6 +237,9 @@ pub struct Pod {
     pub container_id: String,
     /// Its IPv4 address.
     pub ip: Option<Ipv4Addr>,
+    /// Its IPv6 address (dual-stack labs).
+    #[serde(default)]
+    pub ip6: Option<Ipv6Addr>,
     /// The chain's ADD result (the `prevResult` of DEL).
     pub result: Value,
 }
@@ -395,7 +429,11 @@ impl Lab {
         set_mode(&self.shared(), 0o700)?;
         ns::private_mount_dir(&self.ns_dir())?;
         self.save()?;
-        progress("underlay: hub (bridge ul0), inet (198.51.100.1)");
+        progress(if spec.dual_stack {
+            "underlay: hub (bridge ul0), inet (198.51.100.1, 2001:db8::1)"
+        } else {
+            "underlay: hub (bridge ul0), inet (198.51.100.1)"
+        });
         self.build_underlay()?;
         self.start_headscale()?;
         for n in 1..=spec.nodes {
@@ -408,9 +446,10 @@ impl Lab {
             for _ in 0..spec.pods {
                 let pod = self.add_pod(n)?;
                 progress(format!(
-                    "{}: CNI ADD on node-{n} → {}",
+                    "{}: CNI ADD on node-{n} → {}{}",
                     pod.name,
-                    pod.ip.map(|i| i.to_string()).unwrap_or_default()
+                    pod.ip.map(|i| i.to_string()).unwrap_or_default(),
+                    pod.ip6.map(|i| format!(", {i}")).unwrap_or_default()
                 ));
             }
         }
@@ -426,6 +465,7 @@ impl Lab {
     fn build_underlay(&mut self) -> Result<()> {
         let hub = create_named(&self.ns_name("hub")).map_err(|e| anyhow!("hub netns: {e}"))?;
         let inet = create_named(&self.ns_name("inet")).map_err(|e| anyhow!("inet netns: {e}"))?;
+        let dual = self.state.spec.dual_stack;
         block_on(async move {
             let h = NetlinkHandle::for_netns(&hub).await?;
             Rtnl::for_netns(&hub)?.set_link_up("lo", None).await?;
@@ -451,6 +491,15 @@ impl Lab {
                 .await?;
             i.add_address("lo", IpNetwork::V4(Ipv4Network::new(INET_ADDR, 32)?))
                 .await?;
+            if dual {
+                i.add_address("eth0", dual_stack::underlay_v6_net(dual_stack::INET_GW_V6))
+                    .await?;
+                i.add_address(
+                    "lo",
+                    IpNetwork::V6(Ipv6Network::new(dual_stack::INET_ADDR_V6, 128)?),
+                )
+                .await?;
+            }
             anyhow::Ok(())
         })
     }
@@ -484,7 +533,10 @@ impl Lab {
                 // The pre-auth key's user "lab", written as this Headscale generation needs
                 // it ("lab" on 0.25, where "lab@" matches no user; "lab@" since 0.26).
                 serde_json::to_vec_pretty(&json!({
-                    "autoApprovers": {"routes": {CLUSTER_CIDR: [spec.api.policy_version().user_token("lab")]}}
+                    "autoApprovers": {"routes": dual_stack::cluster_cidrs(CLUSTER_CIDR, spec.dual_stack)
+                        .into_iter()
+                        .map(|c| (c, json!([spec.api.policy_version().user_token("lab")])))
+                        .collect::<serde_json::Map<_, _>>()}
                 }))?,
             )?;
             args.push(format!("--policy={}", policy.display()));
@@ -597,8 +649,17 @@ impl Lab {
         let name = format!("node-{n}");
         let underlay = Ipv4Addr::new(192, 168, 77, u8::try_from(n).context("node index")?);
         let pod_cidr = Ipv4Network::new(Ipv4Addr::new(10, 244, u8::try_from(n)?, 0), 24)?;
+        let (pod_cidr_v6, underlay_v6) = if self.state.spec.dual_stack {
+            (
+                Some(dual_stack::pod_cidr_v6(n).map_err(|e| anyhow!(e))?),
+                Some(dual_stack::underlay_v6(n).map_err(|e| anyhow!(e))?),
+            )
+        } else {
+            (None, None)
+        };
         progress(format!(
-            "{name}: netns + mount namespace, eth0 {underlay}/24"
+            "{name}: netns + mount namespace, eth0 {underlay}/24{}",
+            underlay_v6.map(|a| format!(", {a}/64")).unwrap_or_default()
         ));
         let net = create_named(&self.ns_name(&name)).map_err(|e| anyhow!("{name} netns: {e}"))?;
         self.state.nodes.insert(
@@ -608,6 +669,8 @@ impl Lab {
                 name: name.clone(),
                 underlay,
                 pod_cidr,
+                pod_cidr_v6,
+                underlay_v6,
                 tailscaled_pid: None,
                 daemon_pid: None,
             },
@@ -643,8 +706,34 @@ impl Lab {
                 Some("eth0"),
             ))
             .await?;
+            if let Some(v6) = underlay_v6 {
+                nh.add_address("eth0", dual_stack::underlay_v6_net(v6))
+                    .await?;
+                nh.add_route(&RouteSpec::new(
+                    IpNetwork::V6(Ipv6Network::new(Ipv6Addr::UNSPECIFIED, 0)?),
+                    Some(IpAddr::V6(dual_stack::INET_GW_V6)),
+                    Some("eth0"),
+                ))
+                .await?;
+            }
             anyhow::Ok(())
         })?;
+        if let (Some(cidr), Some(via)) = (pod_cidr_v6, underlay_v6) {
+            // The "internet" routes the node's IPv6 PodCIDR to it, as a network routes a
+            // node's delegated prefix: un-masqueraded pod traffic gets its answers.
+            let inet = self.netns_path("inet");
+            block_on(async move {
+                NetlinkHandle::for_netns(&inet)
+                    .await?
+                    .add_route(&RouteSpec::new(
+                        IpNetwork::V6(cidr),
+                        Some(IpAddr::V6(via)),
+                        Some("eth0"),
+                    ))
+                    .await?;
+                anyhow::Ok(())
+            })?;
+        }
         if self.state.spec.forward_drop {
             self.docker_like_firewall(n)?;
         }
@@ -712,14 +801,23 @@ impl Lab {
         };
         let toml = format!(
             "# headcni lab: node-{n}\n\
-             [node]\nname = \"{name}\"\npod_cidr = \"{cidr}\"\ncluster_cidr = \"{CLUSTER_CIDR}\"\n\n\
+             [node]\nname = \"{name}\"\npod_cidr = {cidr}\ncluster_cidr = {cluster}\nmasquerade_ipv6 = {masq6}\n\n\
              [cni]\nconf_dir = \"/run/cni/net.d\"\nbin_dir = \"{bin}\"\ndata_dir = \"/run/cni/networks\"\n\
              chained = [{{ type = \"portmap\", capabilities = {{ portMappings = true }} }}]\n\n\
              [tailscale]\nmode = \"{mode}\"\n{tailscale}\n\
              [headscale]\nurl = \"http://{HEADSCALE_ADDR}:{HEADSCALE_PORT}\"\napi_key_file = \"{key}\"\napproval = \"{approval}\"\nuser = \"lab\"\ntimeout_secs = 3\n\n\
              [daemon]\nlisten = \"127.0.0.1:8081\"\nstate_dir = \"/run/headcni/state\"\nreconcile_interval_secs = {rec}\n",
             name = node.name,
-            cidr = node.pod_cidr,
+            cidr = dual_stack::toml_list(
+                &node
+                    .pod_cidrs()
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+            ),
+            cluster =
+                dual_stack::toml_list(&dual_stack::cluster_cidrs(CLUSTER_CIDR, spec.dual_stack)),
+            masq6 = spec.masquerade_ipv6,
             bin = spec.bin_dir.display(),
             key = shared.join("api-key").display(),
             rec = spec.reconcile_secs,
@@ -892,6 +990,7 @@ impl Lab {
             node: n,
             container_id: format!("{}-{name}", self.state.spec.name),
             ip: None,
+            ip6: None,
             result: Value::Null,
         };
         let list = self.conflist(n)?;
@@ -904,6 +1003,7 @@ impl Lab {
         ) {
             Ok(result) => {
                 pod.ip = chain::first_ipv4(&result);
+                pod.ip6 = chain::first_ipv6(&result);
                 pod.result = result;
             }
             Err(e) => {
@@ -1064,10 +1164,19 @@ impl Lab {
                 if a.name == b.name {
                     continue;
                 }
-                let ok = match b.ip {
+                let mut ok = match b.ip {
                     Some(ip) => self.ping_from(a, IpAddr::V4(ip), Duration::from_millis(500))?,
                     None => false,
                 };
+                // A dual-stack lab: IPv6 too.
+                if ok && self.state.spec.dual_stack {
+                    ok = match b.ip6 {
+                        Some(ip) => {
+                            self.ping_from(a, IpAddr::V6(ip), Duration::from_millis(500))?
+                        }
+                        None => false,
+                    };
+                }
                 out.push((a.name.clone(), b.name.clone(), ok));
             }
         }
@@ -1139,15 +1248,18 @@ impl Lab {
                 })
                 .unwrap_or("-")
                 .to_string();
-            let cidr = node.pod_cidr.to_string();
-            let approved = hs.is_some_and(|h| {
-                h["approvedRoutes"]
-                    .as_array()
-                    .is_some_and(|a| a.iter().any(|r| r == cidr.as_str()))
-            }) || routes_025.iter().any(|r| {
-                r["prefix"] == cidr.as_str()
-                    && r["enabled"] == true
-                    && r["node"]["name"] == node.name.as_str()
+            let cidrs: Vec<String> = node.pod_cidrs().iter().map(|c| c.to_string()).collect();
+            let cidr = cidrs.join(",");
+            let approved = cidrs.iter().all(|cidr| {
+                hs.is_some_and(|h| {
+                    h["approvedRoutes"]
+                        .as_array()
+                        .is_some_and(|a| a.iter().any(|r| r == cidr.as_str()))
+                }) || routes_025.iter().any(|r| {
+                    r["prefix"] == cidr.as_str()
+                        && r["enabled"] == true
+                        && r["node"]["name"] == node.name.as_str()
+                })
             });
             s.push_str(&format!(
                 "{:<8} {:<16} {:<14} {:<16} {:<6} {}\n",
@@ -1171,14 +1283,27 @@ impl Lab {
                 .iter()
                 .filter(|(a, _, ok)| *a == p.name && *ok)
                 .count();
-            let inet = self
+            let mut inet = self
                 .ping_from(p, IpAddr::V4(INET_ADDR), Duration::from_millis(500))
                 .unwrap_or(false);
+            if inet && self.state.spec.dual_stack {
+                inet = self
+                    .ping_from(
+                        p,
+                        IpAddr::V6(dual_stack::INET_ADDR_V6),
+                        Duration::from_millis(500),
+                    )
+                    .unwrap_or(false);
+            }
+            let mut ips = p.ip.map(|i| i.to_string()).unwrap_or_else(|| "-".into());
+            if let Some(v6) = p.ip6 {
+                ips.push_str(&format!(",{v6}"));
+            }
             s.push_str(&format!(
                 "{:<10} {:<8} {:<14} {:<10} {}\n",
                 p.name,
                 format!("node-{}", p.node),
-                p.ip.map(|i| i.to_string()).unwrap_or_else(|| "-".into()),
+                ips,
                 format!("{ok}/{total}"),
                 if inet { "ok" } else { "no" }
             ));

@@ -511,8 +511,10 @@ fn two_nodes_tunnel_routes_restart_and_cleanup() {
     );
     assert!(lab.wg_allowed(&ts_b, "b").contains("10.244.1.0/24"));
     // ... and stateful filtering / SNAT follow the prefs in b's ts-* chains.
-    let nft = ns_out(&lab.ns("b"), &["nft", "list", "table", "ip", "ts-nat"]);
-    assert!(nft.contains("masquerade"), "NoSNAT false: {nft}");
+    for family in ["ip", "ip6"] {
+        let nft = ns_out(&lab.ns("b"), &["nft", "list", "table", family, "ts-nat"]);
+        assert!(nft.contains("masquerade"), "{family}: NoSNAT false: {nft}");
+    }
     let (st, _) = localapi(
         &lab.sock("b"),
         "PATCH",
@@ -526,9 +528,15 @@ fn two_nodes_tunnel_routes_restart_and_cleanup() {
         "b's netfilter follows NoSNAT/stateful",
         Duration::from_secs(2),
         || {
-            let nat = ns_out(&lab.ns("b"), &["nft", "list", "table", "ip", "ts-nat"]);
-            let filter = ns_out(&lab.ns("b"), &["nft", "list", "table", "ip", "ts-filter"]);
-            (!nat.contains("masquerade") && filter.contains("ct state")).then_some(())
+            ["ip", "ip6"]
+                .iter()
+                .all(|family| {
+                    let nat = ns_out(&lab.ns("b"), &["nft", "list", "table", family, "ts-nat"]);
+                    let filter =
+                        ns_out(&lab.ns("b"), &["nft", "list", "table", family, "ts-filter"]);
+                    !nat.contains("masquerade") && filter.contains("ct state")
+                })
+                .then_some(())
         },
     );
     // The REST surface stays per spec.

@@ -169,6 +169,7 @@ impl NodeReconciler {
             pod_cidrs: self.pod_cidrs.clone(),
             cluster_cidrs: self.cfg.node.cluster_cidr.clone(),
             table: crate::NFT_TABLE.to_owned(),
+            masquerade_ipv6: self.cfg.node.masquerade_ipv6,
         }
     }
 

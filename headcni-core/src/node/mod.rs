@@ -11,6 +11,7 @@ pub mod conflist_sink;
 pub mod firewall;
 pub mod forward;
 pub mod masq;
+pub mod masq_ipv6;
 pub mod mtu;
 pub mod podcidr;
 pub mod podcidr_source;

@@ -44,6 +44,9 @@ pub struct DesiredDataplane {
     pub cluster_cidrs: Vec<IpNetwork>,
     /// HeadCNI's nftables table (family `inet`), normally [`crate::defaults::NFT_TABLE`].
     pub table: String,
+    /// `[node] masquerade_ipv6`: whether IPv6 traffic leaving the cluster is masqueraded
+    /// ([`super::masq_ipv6::apply_ipv6_choice`]); IPv4 always is.
+    pub masquerade_ipv6: bool,
 }
 
 impl DesiredDataplane {
@@ -56,6 +59,7 @@ impl DesiredDataplane {
             pod_cidrs,
             cluster_cidrs,
             table: crate::defaults::NFT_TABLE.to_owned(),
+            masquerade_ipv6: super::masq_ipv6::DEFAULT_MASQUERADE_IPV6,
         }
     }
 }
@@ -102,7 +106,8 @@ pub fn gateway_address(cidr: &IpNetwork) -> Result<IpNetwork, NodePlanError> {
 pub struct ValidDataplane {
     /// The bridge with its MTU and gateway addresses.
     pub bridge: BridgeSpec,
-    /// The masquerade rule set ([`masq::plan`]).
+    /// The masquerade rule set ([`masq::plan`], without IPv6 when
+    /// [`DesiredDataplane::masquerade_ipv6`] is off).
     pub masquerade: MasqueradePlan,
     /// Whether there is an IPv4 PodCIDR (IPv4 forwarding needed).
     pub ipv4: bool,
@@ -123,7 +128,10 @@ pub fn validate(d: &DesiredDataplane) -> Result<ValidDataplane, NodePlanError> {
         .collect::<Result<Vec<_>, _>>()?;
     let mut spec = MasqueradeSpec::new(d.pod_cidrs.clone(), d.cluster_cidrs.clone());
     spec.table = d.table.clone();
-    let masquerade = masq::plan(&spec).map_err(NodePlanError::Masquerade)?;
+    let masquerade = super::masq_ipv6::apply_ipv6_choice(
+        masq::plan(&spec).map_err(NodePlanError::Masquerade)?,
+        d.masquerade_ipv6,
+    );
     Ok(ValidDataplane {
         bridge: BridgeSpec {
             name: d.bridge.clone(),

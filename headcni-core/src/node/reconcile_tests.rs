@@ -18,6 +18,7 @@ fn desired(pods: &[&str], cluster: &[&str]) -> DesiredDataplane {
         pod_cidrs: pods.iter().map(|p| net(p)).collect(),
         cluster_cidrs: cluster.iter().map(|c| net(c)).collect(),
         table: "headcni".into(),
+        masquerade_ipv6: true,
     }
 }
 
@@ -319,4 +320,32 @@ fn gateway_is_first_host_with_prefix() {
     for bad in ["10.244.1.5/24", "10.0.0.0/31", "10.0.0.1/32", "fd00::/127"] {
         assert!(gateway_address(&net(bad)).is_err(), "{bad}");
     }
+}
+
+#[test]
+fn masquerade_ipv6_off_keeps_the_ipv6_bridge_and_forwarding_but_not_its_masquerade() {
+    use crate::node::masq::AddrFamily;
+    let mut d = desired(
+        &["10.244.1.0/24", "fd00:10:244:1::/64"],
+        &["10.244.0.0/16", "fd00:10:244::/56"],
+    );
+    d.masquerade_ipv6 = false;
+    let v = validate(&d).unwrap();
+    assert_eq!(v.masquerade.families(), vec![AddrFamily::Ipv4]);
+    assert!(v.bridge.addresses.contains(&net("fd00:10:244:1::1/64")));
+    assert!(v.ipv6, "IPv6 forwarding is still needed");
+    d.masquerade_ipv6 = true;
+    assert_eq!(
+        validate(&d).unwrap().masquerade.families(),
+        vec![AddrFamily::Ipv4, AddrFamily::Ipv6]
+    );
+    // A PodCIDR outside the cluster CIDR fails whatever the choice.
+    d.pod_cidrs = vec![net("10.244.1.0/24"), net("fd00:99::/64")];
+    d.masquerade_ipv6 = false;
+    assert!(matches!(
+        validate(&d),
+        Err(NodePlanError::Masquerade(
+            MasqError::PodOutsideCluster { .. }
+        ))
+    ));
 }

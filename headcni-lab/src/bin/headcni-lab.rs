@@ -44,6 +44,13 @@ enum Cmd {
         /// bridged frames through iptables.
         #[arg(long)]
         forward_drop: bool,
+        /// Dual-stack: each node also gets an IPv6 PodCIDR (fd00:10:244:N::/64), pods an
+        /// IPv6 address, the "internet" 2001:db8::1.
+        #[arg(long)]
+        dual_stack: bool,
+        /// With --dual-stack: the daemons' `[node] masquerade_ipv6` (IPv6 egress masquerade).
+        #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+        masquerade_ipv6: bool,
         /// Lab name (namespace prefix, 1-24 letters/digits).
         #[arg(long, default_value = "hclab")]
         name: String,
@@ -169,6 +176,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
             api,
             approval,
             forward_drop,
+            dual_stack,
+            masquerade_ipv6,
             name,
             no_install: _,
         } => {
@@ -179,6 +188,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
             spec.api = api;
             spec.approval = approval;
             spec.forward_drop = forward_drop;
+            spec.dual_stack = dual_stack;
+            spec.masquerade_ipv6 = masquerade_ipv6;
             let name = spec.name.clone();
             let lab = Lab::up(spec)?;
             print!("{}", lab.report()?);

@@ -207,6 +207,17 @@ pub fn first_ipv4(result: &Value) -> Option<std::net::Ipv4Addr> {
     })
 }
 
+/// The first IPv6 address (without prefix) of a CNI result's `ips`, if any.
+pub fn first_ipv6(result: &Value) -> Option<std::net::Ipv6Addr> {
+    result["ips"].as_array()?.iter().find_map(|ip| {
+        let net: ipnetwork::IpNetwork = ip["address"].as_str()?.parse().ok()?;
+        match net {
+            ipnetwork::IpNetwork::V6(v6) => Some(v6.ip()),
+            ipnetwork::IpNetwork::V4(_) => None,
+        }
+    })
+}
+
 /// An empty runtime config.
 pub fn no_capabilities() -> Value {
     json!({})

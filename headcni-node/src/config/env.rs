@@ -26,6 +26,7 @@ pub(super) const KEYS: &[(&str, &str, Kind)] = &[
     ("node", "kubeconfig", Kind::Str),
     ("node", "local_files_root", Kind::Str),
     ("node", "firewall_driver", Kind::Str),
+    ("node", "masquerade_ipv6", Kind::Bool),
     ("cni", "conf_dir", Kind::Str),
     ("cni", "bin_dir", Kind::Str),
     ("cni", "data_dir", Kind::Str),

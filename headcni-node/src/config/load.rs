@@ -56,6 +56,10 @@ pub struct DaemonFlags {
     /// A file with the Headscale API key (config: headscale.api_key_file).
     #[cfg_attr(feature = "clap", arg(long, value_name = "PATH"))]
     pub api_key_file: Option<PathBuf>,
+    /// Masquerade IPv6 pod traffic leaving the cluster: true or false (config:
+    /// node.masquerade_ipv6).
+    #[cfg_attr(feature = "clap", arg(long, value_name = "BOOL"))]
+    pub masquerade_ipv6: Option<bool>,
 }
 
 /// A loaded configuration and how it was put together.
@@ -265,6 +269,14 @@ fn load_collecting(
     if let Some(u) = &flags.headscale_url {
         layers.set("headscale", "url", str_value(u), flag("headscale-url"));
     }
+    if let Some(b) = flags.masquerade_ipv6 {
+        layers.set(
+            "node",
+            "masquerade_ipv6",
+            toml::Value::Boolean(b),
+            flag("masquerade-ipv6"),
+        );
+    }
     if let Some(p) = &flags.api_key_file {
         layers.set(
             "headscale",
@@ -398,6 +410,7 @@ fn build(l: &Layers, errors: &mut Vec<ConfigError>) -> Config {
     set!("node", "kubeconfig", Some c.node.kubeconfig);
     set!("node", "local_files_root", c.node.local_files_root);
     set!("node", "firewall_driver", c.node.firewall_driver);
+    set!("node", "masquerade_ipv6", c.node.masquerade_ipv6);
     set!("cni", "conf_dir", c.cni.conf_dir);
     set!("cni", "bin_dir", c.cni.bin_dir);
     set!("cni", "data_dir", c.cni.data_dir);

@@ -48,6 +48,7 @@
 //! kubeconfig = "/etc/headcni/kubeconfig"  # default: in-cluster, KUBECONFIG, ~/.kube/config
 //! local_files_root = "/"           # where the kubelet/k3s files are looked up (tests)
 //! firewall_driver = "nft"          # nft | none (masquerade managed by someone else)
+//! masquerade_ipv6 = true           # false: IPv6 pods reach the internet with their own IPs
 //!
 //! [cni]
 //! conf_dir = "/etc/cni/net.d"

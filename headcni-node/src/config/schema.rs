@@ -222,6 +222,11 @@ pub struct NodeConfig {
     pub local_files_root: PathBuf,
     /// The firewall driver for the masquerade rule set: `nft` (default) or `none`.
     pub firewall_driver: FirewallDriverKind,
+    /// Whether IPv6 pod traffic leaving the cluster is masqueraded (default `true`); `false`
+    /// for a globally routed IPv6 PodCIDR, so pods reach the internet with their own IPv6
+    /// addresses. Pod ↔ pod traffic is never masqueraded; IPv4 egress always is
+    /// (`headcni_core::node::masq_ipv6`).
+    pub masquerade_ipv6: bool,
 }
 
 impl Default for NodeConfig {
@@ -235,6 +240,7 @@ impl Default for NodeConfig {
             kubeconfig: None,
             local_files_root: PathBuf::from("/"),
             firewall_driver: FirewallDriverKind::Nft,
+            masquerade_ipv6: headcni_core::node::masq_ipv6::DEFAULT_MASQUERADE_IPV6,
         }
     }
 }

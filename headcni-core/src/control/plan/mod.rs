@@ -42,6 +42,8 @@ mod withdraw;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
+mod tests_dual_stack;
+#[cfg(test)]
 mod tests_tailscale_api;
 
 pub use approver::approver_note;

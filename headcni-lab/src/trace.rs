@@ -31,6 +31,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
 
+use crate::cluster::dual_stack::INET_ADDR_V6;
 use crate::cluster::ns::Ctx;
 use crate::cluster::{INET_ADDR, Lab};
 
@@ -434,23 +435,37 @@ fn route_get(ctx: &Ctx, args: &[String]) -> String {
 }
 
 /// Resolves a trace endpoint: a lab target (`pod-N-M`, `node-N`: its underlay address,
-/// `inet`: [`INET_ADDR`]) or an IP address.
-fn resolve(lab: &Lab, what: &str) -> Result<(Option<Ctx>, Option<IpAddr>)> {
+/// `inet`: [`INET_ADDR`]) or an IP address. With `ipv6`, a target's IPv6 address (a
+/// dual-stack lab's, `lab up --dual-stack`).
+fn resolve(lab: &Lab, what: &str, ipv6: bool) -> Result<(Option<Ctx>, Option<IpAddr>)> {
     if let Ok(ip) = what.parse::<IpAddr>() {
         return Ok((None, Some(ip)));
     }
+    let pick = |v4: Option<IpAddr>, v6: Option<IpAddr>| if ipv6 { v6 } else { v4 };
     if what == "inet" {
-        return Ok((Some(lab.inet_ctx()), Some(IpAddr::V4(INET_ADDR))));
+        return Ok((
+            Some(lab.inet_ctx()),
+            pick(Some(IpAddr::V4(INET_ADDR)), Some(IpAddr::V6(INET_ADDR_V6))),
+        ));
     }
     if let Some(p) = lab.pod(what) {
-        return Ok((Some(lab.pod_ctx(p)), p.ip.map(IpAddr::V4)));
+        return Ok((
+            Some(lab.pod_ctx(p)),
+            pick(p.ip.map(IpAddr::V4), p.ip6.map(IpAddr::V6)),
+        ));
     }
     if let Some(n) = what
         .strip_prefix("node-")
         .and_then(|s| s.parse::<u32>().ok())
         && let Some(node) = lab.nodes().get(&n)
     {
-        return Ok((Some(lab.node_ctx(n)), Some(IpAddr::V4(node.underlay))));
+        return Ok((
+            Some(lab.node_ctx(n)),
+            pick(
+                Some(IpAddr::V4(node.underlay)),
+                node.underlay_v6.map(IpAddr::V6),
+            ),
+        ));
     }
     bail!("no trace endpoint {what:?} (pod-N-M, node-N, inet or an IP address)")
 }
@@ -489,10 +504,18 @@ fn send_probe(dst: IpAddr, probe: Probe, timeout: Duration) -> (Option<Duration>
 /// Errors: an unknown endpoint, a source without a lab namespace, `nft` failing to add the
 /// trace table or to start its monitor.
 pub fn trace(lab: &Lab, from: &str, to: &str, probe: Probe) -> Result<Trace> {
-    let (from_ctx, from_ip) = resolve(lab, from)?;
+    let to_v6 = to.parse::<IpAddr>().is_ok_and(|a| a.is_ipv6());
+    trace_family(lab, from, to, probe, to_v6)
+}
+
+/// [`trace`] between lab targets' IPv6 addresses when `ipv6` (`lab trace --ipv6`).
+///
+/// Errors: as [`trace`]; a target without an IPv6 address (not a dual-stack lab).
+pub fn trace_family(lab: &Lab, from: &str, to: &str, probe: Probe, ipv6: bool) -> Result<Trace> {
+    let (from_ctx, from_ip) = resolve(lab, from, ipv6)?;
     let from_ctx =
         from_ctx.ok_or_else(|| anyhow!("the source must be a lab target, not an address"))?;
-    let (to_ctx, to_ip) = resolve(lab, to)?;
+    let (to_ctx, to_ip) = resolve(lab, to, ipv6)?;
     let to_ip = to_ip.ok_or_else(|| anyhow!("{to} has no address"))?;
 
     let mut watched: Vec<(String, Ctx)> = vec![(from.to_string(), from_ctx.clone())];

@@ -92,6 +92,9 @@ enum Cmd {
         /// Probe with a TCP connect to this port instead of an ICMP echo.
         #[arg(long)]
         tcp: Option<u16>,
+        /// Between the targets' IPv6 addresses (a `--dual-stack` lab).
+        #[arg(long)]
+        ipv6: bool,
     },
     /// Remove everything the lab created (also after a crash).
     Down {
@@ -219,10 +222,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
             from,
             to,
             tcp,
+            ipv6,
         } => {
             let lab = Lab::load(&name)?;
             let probe = tcp.map_or(trace::Probe::Icmp, trace::Probe::Tcp);
-            let t = trace::trace(&lab, &from, &to, probe)?;
+            let t = trace::trace_family(&lab, &from, &to, probe, ipv6)?;
             print!("{}", trace::render(&t));
             if t.answered.is_none() {
                 return Ok(ExitCode::from(1));

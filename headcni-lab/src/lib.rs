@@ -10,12 +10,16 @@
 //! - [`tailscaled_standin`]: the tailscaled stand-in process (LocalAPI + wireguard-go).
 //! - [`cluster`]: `headcni lab up|status|exec|down`: namespaces, underlay, processes, pods.
 //! - [`prereq`]: what the lab needs from the machine, checked (and installed) before `up`.
+//! - [`kubeproxy`]: the iptables rules kube-proxy writes for Services (pure).
+//! - [`services`]: `headcni lab service add|rm`: those rules installed on every node.
 
 pub mod cluster;
 pub mod coord;
 pub mod headscale_standin;
+pub mod kubeproxy;
 pub mod policy;
 pub mod prereq;
+pub mod services;
 pub mod tailscaled_standin;
 
 /// The stand-ins' process entry: `info` logs to stderr (`RUST_LOG` overrides), a two-worker

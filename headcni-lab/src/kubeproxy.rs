@@ -80,7 +80,15 @@ impl Protocol {
 
 /// `spec.externalTrafficPolicy`.
 #[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize, clap::ValueEnum,
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Default,
+    serde::Serialize,
+    serde::Deserialize,
+    clap::ValueEnum,
 )]
 #[serde(rename_all = "kebab-case")]
 pub enum TrafficPolicy {
@@ -218,7 +226,10 @@ impl RuleSet {
     /// on the node but are not written any more, see [`stale_chains`]).
     pub fn restore_text(&self, stale_nat: &[String]) -> String {
         let mut s = String::new();
-        for (name, t, stale) in [("nat", &self.nat, stale_nat), ("filter", &self.filter, &[][..])] {
+        for (name, t, stale) in [
+            ("nat", &self.nat, stale_nat),
+            ("filter", &self.filter, &[][..]),
+        ] {
             let _ = writeln!(s, "*{name}");
             for c in t.chains.iter().chain(stale) {
                 let _ = writeln!(s, ":{c} - [0:0]");
@@ -271,7 +282,11 @@ fn hash16(input: &str) -> String {
 pub fn service_chain(prefix: &str, sp: &ServicePort) -> String {
     format!(
         "{prefix}{}",
-        hash16(&format!("{}{}", sp.port_name_string(), sp.protocol.as_str()))
+        hash16(&format!(
+            "{}{}",
+            sp.port_name_string(),
+            sp.protocol.as_str()
+        ))
     )
 }
 
@@ -368,7 +383,12 @@ fn comment(text: &str) -> String {
 fn split_rules(chain: &str, sp: &ServicePort, endpoints: &[&Endpoint], rules: &mut Vec<String>) {
     let n = endpoints.len();
     for (i, ep) in endpoints.iter().enumerate() {
-        let c = comment(&format!("{} -> {}:{}", sp.port_name_string(), ep.ip, ep.port));
+        let c = comment(&format!(
+            "{} -> {}:{}",
+            sp.port_name_string(),
+            ep.ip,
+            ep.port
+        ));
         let stat = if i + 1 < n {
             format!(
                 " -m statistic --mode random --probability {:.10}",
@@ -463,7 +483,9 @@ pub fn generate(cfg: &ProxyConfig, services: &[ServicePort]) -> Result<RuleSet, 
                 TrafficPolicy::Cluster => {
                     svc_rules.push(format!(
                         "-A {ext} {} -j KUBE-MARK-MASQ",
-                        comment(&format!("masquerade traffic for {id} external destinations"))
+                        comment(&format!(
+                            "masquerade traffic for {id} external destinations"
+                        ))
                     ));
                     svc_rules.push(format!("-A {ext} -j {svc}"));
                 }
@@ -480,7 +502,9 @@ pub fn generate(cfg: &ProxyConfig, services: &[ServicePort]) -> Result<RuleSet, 
                     ));
                     svc_rules.push(format!(
                         "-A {ext} {} -m addrtype --src-type LOCAL -j {svc}",
-                        comment(&format!("route LOCAL traffic for {id} external destinations"))
+                        comment(&format!(
+                            "route LOCAL traffic for {id} external destinations"
+                        ))
                     ));
                     if local.is_empty() {
                         filter.rules.push(format!(
@@ -522,8 +546,9 @@ pub fn generate(cfg: &ProxyConfig, services: &[ServicePort]) -> Result<RuleSet, 
     nat.rules.push(format!(
         "-A KUBE-POSTROUTING -m mark ! --mark {MASQ_MARK}/{MASQ_MARK} -j RETURN"
     ));
-    nat.rules
-        .push(format!("-A KUBE-POSTROUTING -j MARK --xor-mark {MASQ_MARK}"));
+    nat.rules.push(format!(
+        "-A KUBE-POSTROUTING -j MARK --xor-mark {MASQ_MARK}"
+    ));
     nat.rules.push(format!(
         "-A KUBE-POSTROUTING {} -j MASQUERADE --random-fully",
         comment("kubernetes service traffic requiring SNAT")

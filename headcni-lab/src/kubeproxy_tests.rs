@@ -45,13 +45,23 @@ fn rules_of<'a>(t: &'a TableRules, chain: &str) -> Vec<&'a str> {
 #[test]
 fn chain_names_are_kube_proxys() {
     // From proxier_test.go's expected iptables-save output.
-    let s1 = svc("ns1", "svc1", [172, 30, 0, 41], vec![ep([10, 180, 0, 1], "n")]);
+    let s1 = svc(
+        "ns1",
+        "svc1",
+        [172, 30, 0, 41],
+        vec![ep([10, 180, 0, 1], "n")],
+    );
     assert_eq!(service_chain("KUBE-SVC-", &s1), "KUBE-SVC-XPGD46QRK7WJZT7O");
     assert_eq!(
         endpoint_chain(&s1, &s1.endpoints[0]),
         "KUBE-SEP-SXIVWICOYRO3J4NJ"
     );
-    let s2 = svc("ns2", "svc2", [172, 30, 0, 42], vec![ep([10, 180, 0, 2], "n")]);
+    let s2 = svc(
+        "ns2",
+        "svc2",
+        [172, 30, 0, 42],
+        vec![ep([10, 180, 0, 2], "n")],
+    );
     assert_eq!(service_chain("KUBE-EXT-", &s2), "KUBE-EXT-GNZBNJ2PO5MGZ6GT");
     assert_eq!(service_chain("KUBE-SVL-", &s2), "KUBE-SVL-GNZBNJ2PO5MGZ6GT");
     assert_eq!(
@@ -62,7 +72,10 @@ fn chain_names_are_kube_proxys() {
     let mut s3 = s1.clone();
     s3.port_name.clear();
     assert_eq!(s3.port_name_string(), "ns1/svc1");
-    assert_ne!(service_chain("KUBE-SVC-", &s3), service_chain("KUBE-SVC-", &s1));
+    assert_ne!(
+        service_chain("KUBE-SVC-", &s3),
+        service_chain("KUBE-SVC-", &s1)
+    );
 }
 
 #[test]
@@ -90,17 +103,34 @@ fn cluster_ip_with_three_endpoints_splits_evenly() {
     assert_eq!(
         rules_of(&r.nat, &svc),
         vec![
-            format!("-A {svc} -m comment --comment \"lab/web:p80 cluster IP\" -m tcp -p tcp -d 10.96.0.10/32 --dport 80 ! -s 10.244.0.0/16 -j KUBE-MARK-MASQ"),
-            format!("-A {svc} -m comment --comment \"lab/web:p80 -> 10.244.1.2:80\" -m statistic --mode random --probability 0.3333333333 -j {}", seps[0]),
-            format!("-A {svc} -m comment --comment \"lab/web:p80 -> 10.244.2.2:80\" -m statistic --mode random --probability 0.5000000000 -j {}", seps[1]),
-            format!("-A {svc} -m comment --comment \"lab/web:p80 -> 10.244.2.3:80\" -j {}", seps[2]),
+            format!(
+                "-A {svc} -m comment --comment \"lab/web:p80 cluster IP\" -m tcp -p tcp -d 10.96.0.10/32 --dport 80 ! -s 10.244.0.0/16 -j KUBE-MARK-MASQ"
+            ),
+            format!(
+                "-A {svc} -m comment --comment \"lab/web:p80 -> 10.244.1.2:80\" -m statistic --mode random --probability 0.3333333333 -j {}",
+                seps[0]
+            ),
+            format!(
+                "-A {svc} -m comment --comment \"lab/web:p80 -> 10.244.2.2:80\" -m statistic --mode random --probability 0.5000000000 -j {}",
+                seps[1]
+            ),
+            format!(
+                "-A {svc} -m comment --comment \"lab/web:p80 -> 10.244.2.3:80\" -j {}",
+                seps[2]
+            ),
         ]
     );
     assert_eq!(
         rules_of(&r.nat, &seps[1]),
         vec![
-            format!("-A {} -m comment --comment \"lab/web:p80\" -s 10.244.2.2/32 -j KUBE-MARK-MASQ", seps[1]),
-            format!("-A {} -m comment --comment \"lab/web:p80\" -m tcp -p tcp -j DNAT --to-destination 10.244.2.2:80", seps[1]),
+            format!(
+                "-A {} -m comment --comment \"lab/web:p80\" -s 10.244.2.2/32 -j KUBE-MARK-MASQ",
+                seps[1]
+            ),
+            format!(
+                "-A {} -m comment --comment \"lab/web:p80\" -m tcp -p tcp -j DNAT --to-destination 10.244.2.2:80",
+                seps[1]
+            ),
         ]
     );
     assert_eq!(
@@ -119,7 +149,10 @@ fn cluster_ip_with_three_endpoints_splits_evenly() {
     // Every chain a rule jumps to or fills is declared, every declared chain exists once.
     for rule in &r.nat.rules {
         let chain = rule.split_whitespace().nth(1).unwrap();
-        assert!(r.nat.chains.iter().any(|c| c == chain), "{chain} undeclared");
+        assert!(
+            r.nat.chains.iter().any(|c| c == chain),
+            "{chain} undeclared"
+        );
     }
     let set: BTreeSet<_> = r.nat.chains.iter().collect();
     assert_eq!(set.len(), r.nat.chains.len());
@@ -134,23 +167,39 @@ fn cluster_ip_with_three_endpoints_splits_evenly() {
 
 #[test]
 fn node_port_with_cluster_policy_masquerades_external_clients() {
-    let mut s = svc("lab", "web", [10, 96, 0, 10], vec![ep([10, 244, 2, 2], "node-2")]);
+    let mut s = svc(
+        "lab",
+        "web",
+        [10, 96, 0, 10],
+        vec![ep([10, 244, 2, 2], "node-2")],
+    );
     s.node_port = Some(30080);
     let r = generate(&cfg("node-1"), std::slice::from_ref(&s)).unwrap();
-    let (svc, ext) = (service_chain("KUBE-SVC-", &s), service_chain("KUBE-EXT-", &s));
+    let (svc, ext) = (
+        service_chain("KUBE-SVC-", &s),
+        service_chain("KUBE-EXT-", &s),
+    );
     assert_eq!(
         rules_of(&r.nat, "KUBE-NODEPORTS"),
-        vec![format!("-A KUBE-NODEPORTS -m comment --comment \"lab/web:p80\" -m tcp -p tcp --dport 30080 -j {ext}")]
+        vec![format!(
+            "-A KUBE-NODEPORTS -m comment --comment \"lab/web:p80\" -m tcp -p tcp --dport 30080 -j {ext}"
+        )]
     );
     assert_eq!(
         rules_of(&r.nat, &ext),
         vec![
-            format!("-A {ext} -m comment --comment \"masquerade traffic for lab/web:p80 external destinations\" -j KUBE-MARK-MASQ"),
+            format!(
+                "-A {ext} -m comment --comment \"masquerade traffic for lab/web:p80 external destinations\" -j KUBE-MARK-MASQ"
+            ),
             format!("-A {ext} -j {svc}"),
         ]
     );
     // One endpoint: no statistic match.
-    assert!(rules_of(&r.nat, &svc).iter().all(|r| !r.contains("statistic")));
+    assert!(
+        rules_of(&r.nat, &svc)
+            .iter()
+            .all(|r| !r.contains("statistic"))
+    );
     assert!(!r.nat.chains.contains(&service_chain("KUBE-SVL-", &s)));
 }
 
@@ -173,9 +222,15 @@ fn node_port_with_local_policy_keeps_the_source_and_uses_local_endpoints() {
     assert_eq!(
         rules_of(&r.nat, &ext),
         vec![
-            format!("-A {ext} -m comment --comment \"pod traffic for lab/web:p80 external destinations\" -s 10.244.0.0/16 -j {svc}"),
-            format!("-A {ext} -m comment --comment \"masquerade LOCAL traffic for lab/web:p80 external destinations\" -m addrtype --src-type LOCAL -j KUBE-MARK-MASQ"),
-            format!("-A {ext} -m comment --comment \"route LOCAL traffic for lab/web:p80 external destinations\" -m addrtype --src-type LOCAL -j {svc}"),
+            format!(
+                "-A {ext} -m comment --comment \"pod traffic for lab/web:p80 external destinations\" -s 10.244.0.0/16 -j {svc}"
+            ),
+            format!(
+                "-A {ext} -m comment --comment \"masquerade LOCAL traffic for lab/web:p80 external destinations\" -m addrtype --src-type LOCAL -j KUBE-MARK-MASQ"
+            ),
+            format!(
+                "-A {ext} -m comment --comment \"route LOCAL traffic for lab/web:p80 external destinations\" -m addrtype --src-type LOCAL -j {svc}"
+            ),
             format!("-A {ext} -j {svl}"),
         ]
     );
@@ -194,7 +249,9 @@ fn node_port_with_local_policy_keeps_the_source_and_uses_local_endpoints() {
     assert!(!r3.nat.chains.contains(&svl));
     assert_eq!(
         rules_of(&r3.filter, "KUBE-EXTERNAL-SERVICES"),
-        vec!["-A KUBE-EXTERNAL-SERVICES -m comment --comment \"lab/web:p80 has no local endpoints\" -m addrtype --dst-type LOCAL -m tcp -p tcp --dport 30081 -j DROP"]
+        vec![
+            "-A KUBE-EXTERNAL-SERVICES -m comment --comment \"lab/web:p80 has no local endpoints\" -m addrtype --dst-type LOCAL -m tcp -p tcp --dport 30081 -j DROP"
+        ]
     );
 }
 
@@ -206,14 +263,21 @@ fn a_service_without_endpoints_is_rejected_in_filter() {
     assert!(!r.nat.chains.contains(&service_chain("KUBE-SVC-", &s)));
     assert_eq!(
         rules_of(&r.filter, "KUBE-SERVICES"),
-        vec!["-A KUBE-SERVICES -m comment --comment \"lab/empty:p80 has no endpoints\" -m tcp -p tcp -d 10.96.0.11/32 --dport 80 -j REJECT"]
+        vec![
+            "-A KUBE-SERVICES -m comment --comment \"lab/empty:p80 has no endpoints\" -m tcp -p tcp -d 10.96.0.11/32 --dport 80 -j REJECT"
+        ]
     );
     assert_eq!(rules_of(&r.filter, "KUBE-EXTERNAL-SERVICES").len(), 1);
 }
 
 #[test]
 fn restore_text_declares_fills_and_deletes_stale_chains() {
-    let s = svc("lab", "web", [10, 96, 0, 10], vec![ep([10, 244, 1, 2], "node-1")]);
+    let s = svc(
+        "lab",
+        "web",
+        [10, 96, 0, 10],
+        vec![ep([10, 244, 1, 2], "node-1")],
+    );
     let r = generate(&cfg("node-1"), &[s]).unwrap();
     let save = "*nat\n:PREROUTING ACCEPT [0:0]\n:KUBE-SERVICES - [0:0]\n:KUBE-SVC-OLDOLDOLDOLDOLD0 - [0:0]\n:KUBE-SEP-OLDOLDOLDOLDOLD0 - [0:0]\n:DOCKER - [0:0]\n"
         .to_owned()
@@ -226,7 +290,10 @@ fn restore_text_declares_fills_and_deletes_stale_chains() {
     let text = r.restore_text(&stale);
     assert!(text.starts_with("*nat\n:KUBE-SERVICES - [0:0]\n"), "{text}");
     assert!(text.contains(":KUBE-SVC-OLDOLDOLDOLDOLD0 - [0:0]\n"));
-    assert!(text.contains("-X KUBE-SVC-OLDOLDOLDOLDOLD0\n-X KUBE-SEP-OLDOLDOLDOLDOLD0\n") || text.contains("-X KUBE-SEP-OLDOLDOLDOLDOLD0\n-X KUBE-SVC-OLDOLDOLDOLDOLD0\n"));
+    assert!(
+        text.contains("-X KUBE-SVC-OLDOLDOLDOLDOLD0\n-X KUBE-SEP-OLDOLDOLDOLDOLD0\n")
+            || text.contains("-X KUBE-SEP-OLDOLDOLDOLDOLD0\n-X KUBE-SVC-OLDOLDOLDOLDOLD0\n")
+    );
     assert_eq!(text.matches("COMMIT\n").count(), 2);
     assert!(text.contains("*filter\n:KUBE-FORWARD - [0:0]\n"));
     // The -X lines come after every -A of the nat section.
@@ -259,20 +326,36 @@ fn jumps_are_the_built_in_chains_kube_proxy_ensures() {
 
 #[test]
 fn invalid_descriptions_are_refused() {
-    let ok = || svc("lab", "web", [10, 96, 0, 10], vec![ep([10, 244, 1, 2], "node-1")]);
+    let ok = || {
+        svc(
+            "lab",
+            "web",
+            [10, 96, 0, 10],
+            vec![ep([10, 244, 1, 2], "node-1")],
+        )
+    };
     let c = cfg("node-1");
     let mut s = ok();
     s.name = "Web".into();
-    assert!(matches!(generate(&c, &[s]), Err(KubeProxyError::BadName { what: "name", .. })));
+    assert!(matches!(
+        generate(&c, &[s]),
+        Err(KubeProxyError::BadName { what: "name", .. })
+    ));
     let mut s = ok();
     s.port_name = "-x".into();
-    assert!(matches!(generate(&c, &[s]), Err(KubeProxyError::BadName { .. })));
+    assert!(matches!(
+        generate(&c, &[s]),
+        Err(KubeProxyError::BadName { .. })
+    ));
     let mut s = ok();
     s.namespace = "a".repeat(64);
     assert!(generate(&c, &[s]).is_err());
     let mut s = ok();
     s.port = 0;
-    assert!(matches!(generate(&c, &[s]), Err(KubeProxyError::BadPort { .. })));
+    assert!(matches!(
+        generate(&c, &[s]),
+        Err(KubeProxyError::BadPort { .. })
+    ));
     let mut s = ok();
     s.node_port = Some(8080);
     assert_eq!(
@@ -282,17 +365,29 @@ fn invalid_descriptions_are_refused() {
     let mut s = ok();
     s.endpoints[0].port = 0;
     assert!(generate(&c, &[s]).is_err());
-    assert!(matches!(generate(&c, &[ok(), ok()]), Err(KubeProxyError::Duplicate(_))));
+    assert!(matches!(
+        generate(&c, &[ok(), ok()]),
+        Err(KubeProxyError::Duplicate(_))
+    ));
     let mut other = ok();
     other.name = "web2".into();
-    assert!(matches!(generate(&c, &[ok(), other]), Err(KubeProxyError::Duplicate(_))));
+    assert!(matches!(
+        generate(&c, &[ok(), other]),
+        Err(KubeProxyError::Duplicate(_))
+    ));
     let (mut a, mut b) = (ok(), ok());
     b.name = "b".into();
     b.cluster_ip = Ipv4Addr::new(10, 96, 0, 99);
     a.node_port = Some(30000);
     b.node_port = Some(30000);
-    assert!(matches!(generate(&c, &[a, b]), Err(KubeProxyError::Duplicate(_))));
+    assert!(matches!(
+        generate(&c, &[a, b]),
+        Err(KubeProxyError::Duplicate(_))
+    ));
     let mut s = ok();
     s.endpoints = vec![ep([10, 244, 1, 2], "node-1"); MAX_ENDPOINTS + 1];
-    assert_eq!(generate(&c, &[s]), Err(KubeProxyError::TooMany("endpoints")));
+    assert_eq!(
+        generate(&c, &[s]),
+        Err(KubeProxyError::TooMany("endpoints"))
+    );
 }

@@ -180,7 +180,9 @@ fn service(cmd: ServiceCmd) -> Result<()> {
                     s.name,
                     s.cluster_ip,
                     s.port,
-                    s.node_port.map(|n| n.to_string()).unwrap_or_else(|| "-".into()),
+                    s.node_port
+                        .map(|n| n.to_string())
+                        .unwrap_or_else(|| "-".into()),
                     s.backends.join(",")
                 );
             }

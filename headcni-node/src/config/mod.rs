@@ -48,6 +48,9 @@
 //! kubeconfig = "/etc/headcni/kubeconfig"  # default: in-cluster, KUBECONFIG, ~/.kube/config
 //! local_files_root = "/"           # where the kubelet/k3s files are looked up (tests)
 //! firewall_driver = "nft"          # nft | none (masquerade managed by someone else)
+//! service_cidr = "10.96.0.0/12"    # excluded from masquerade; a list for dual-stack
+//! no_masquerade_cidrs = []         # further destinations that see pod source addresses
+//! bridge_netfilter = true          # br_netfilter + bridge-nf-call-ip(6)tables=1 (kube-proxy)
 //!
 //! [cni]
 //! conf_dir = "/etc/cni/net.d"

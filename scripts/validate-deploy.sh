@@ -102,7 +102,8 @@ from kubernetes_validate import utils as kv
 # The public keys of docs/configuration.md ([tailscale_api]: approval = "tailscale-api").
 PUBLIC_KEYS = {
     "node": {"name", "pod_cidr", "cluster_cidr", "pod_cidr_from_name_hash", "node_cidr_prefix",
-             "kubeconfig", "local_files_root", "firewall_driver", "masquerade_ipv6"},
+             "kubeconfig", "local_files_root", "firewall_driver", "masquerade_ipv6", "service_cidr",
+             "no_masquerade_cidrs", "bridge_netfilter"},
     "cni": {"conf_dir", "bin_dir", "data_dir", "bridge", "mtu", "ipam_strategy", "conflist_name",
             "network_name", "daemon_socket", "chained"},
     "tailscale": {"mode", "socket", "interface", "tailscaled_path", "state_dir", "port",

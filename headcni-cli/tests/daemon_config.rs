@@ -375,6 +375,9 @@ fn every_key_has_an_env_override() {
         ("node.local_files_root", "/fixtures"),
         ("node.firewall_driver", "none"),
         ("node.masquerade_ipv6", "false"),
+        ("node.service_cidr", "10.96.0.0/12"),
+        ("node.no_masquerade_cidrs", "192.0.2.0/24,2001:db8::/32"),
+        ("node.bridge_netfilter", "false"),
         ("cni.conf_dir", "/c"),
         ("cni.bin_dir", "/b"),
         ("cni.data_dir", "/d"),
@@ -437,6 +440,12 @@ fn every_key_has_an_env_override() {
     assert_eq!(c.cni.ipam_strategy, Strategy::DensePack);
     assert_eq!(c.node.firewall_driver, FirewallDriverKind::Unmanaged);
     assert!(!c.node.masquerade_ipv6);
+    assert_eq!(c.node.service_cidr, vec![n("10.96.0.0/12")]);
+    assert_eq!(
+        c.node.no_masquerade_cidrs,
+        vec![n("192.0.2.0/24"), n("2001:db8::/32")]
+    );
+    assert!(!c.node.bridge_netfilter);
     assert_eq!(c.cni.chained[0]["type"], "bandwidth");
     assert_eq!(c.tailscale.port, 41700);
     assert_eq!(c.headscale.approval, Approval::AutoApprovers);
@@ -527,6 +536,90 @@ fn cidrs_as_string_list_or_comma_string() {
     assert_eq!(cli.flags.mode, Some(Mode::Daemon));
     assert!(Cli::try_parse_from(["headcni", "--mode", "cloud"]).is_err());
     assert!(Cli::try_parse_from(["headcni", "--pod-cidr", "x"]).is_err());
+}
+
+#[test]
+fn no_masquerade_cidrs_from_file_env_and_flags() {
+    // Defaults: none, and br_netfilter managed.
+    let f = config_file("");
+    let c = load(&flags_for(&f), &[]).unwrap().config;
+    assert!(c.node.service_cidr.is_empty() && c.node.no_masquerade_cidrs.is_empty());
+    assert!(c.node.bridge_netfilter);
+    assert!(c.node.no_masq_destinations().is_empty());
+
+    let f = config_file(
+        "[node]\nservice_cidr = \"10.96.0.0/12\"\nno_masquerade_cidrs = [\"192.0.2.0/24\"]\n",
+    );
+    let l = load(&flags_for(&f), &[]).unwrap();
+    assert_eq!(
+        l.config.node.no_masq_destinations(),
+        vec![n("10.96.0.0/12"), n("192.0.2.0/24")]
+    );
+    // The environment beats the file, the flags beat the environment.
+    let l = load(
+        &flags_for(&f),
+        &[("HEADCNI_NODE_NO_MASQUERADE_CIDRS", "198.51.100.0/24")],
+    )
+    .unwrap();
+    assert_eq!(
+        l.config.node.no_masquerade_cidrs,
+        vec![n("198.51.100.0/24")]
+    );
+    assert_eq!(
+        l.origins["node.no_masquerade_cidrs"],
+        Origin::Env("HEADCNI_NODE_NO_MASQUERADE_CIDRS".into())
+    );
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        flags: DaemonFlags,
+    }
+    let mut cli = Cli::try_parse_from([
+        "headcni",
+        "--service-cidr",
+        "10.96.0.0/16,fd00:96::/108",
+        "--no-masquerade-cidr=203.0.113.0/24",
+        "--no-masquerade-cidr=192.0.2.0/25",
+    ])
+    .unwrap();
+    cli.flags.config = Some(f.path.clone());
+    let l = load(
+        &cli.flags,
+        &[("HEADCNI_NODE_SERVICE_CIDR", "10.100.0.0/16")],
+    )
+    .unwrap();
+    assert_eq!(
+        l.config.node.service_cidr,
+        vec![n("10.96.0.0/16"), n("fd00:96::/108")]
+    );
+    assert_eq!(
+        l.config.node.no_masquerade_cidrs,
+        vec![n("203.0.113.0/24"), n("192.0.2.0/25")]
+    );
+    assert_eq!(
+        l.origins["node.service_cidr"],
+        Origin::Flag("--service-cidr".into())
+    );
+    assert_eq!(
+        l.origins["node.no_masquerade_cidrs"],
+        Origin::Flag("--no-masquerade-cidr".into())
+    );
+    assert!(Cli::try_parse_from(["headcni", "--no-masquerade-cidr", "x"]).is_err());
+
+    // Validation: host bits are an error naming the key; a /0 is a warning.
+    let mut c = valid();
+    c.node.no_masquerade_cidrs = vec![n("192.0.2.1/24")];
+    assert_eq!(problem_keys(&c, &[]), vec!["node.no_masquerade_cidrs"]);
+    let mut c = valid();
+    c.node.service_cidr = vec![n("10.96.0.1/12")];
+    assert_eq!(problem_keys(&c, &[]), vec!["node.service_cidr"]);
+    let mut c = valid();
+    c.node.no_masquerade_cidrs = vec![n("0.0.0.0/0")];
+    assert!(
+        c.warnings()
+            .iter()
+            .any(|w| w.key == "node.no_masquerade_cidrs")
+    );
 }
 
 #[test]

@@ -179,6 +179,8 @@ fn masquerade_only_what_leaves_the_cluster_with_real_traffic() {
         mtu: Some(1280),
         pod_cidrs: vec![net("10.244.1.0/24"), net("fd00:10:244:1::/64")],
         cluster_cidrs: vec![net("10.244.0.0/16"), net("fd00:10:244::/56")],
+        // `[node] service_cidr` / `no_masquerade_cidrs`: the pod's source is kept there.
+        no_masq_cidrs: vec![net("192.0.2.0/24")],
         table: "headcni".into(),
         masquerade_ipv6: true,
     };
@@ -242,6 +244,7 @@ fn masquerade_only_what_leaves_the_cluster_with_real_traffic() {
     inet.ip(&["addr", "add", "203.0.113.2/24", "dev", "eth0"]);
     inet.ip(&["addr", "add", "2001:db8:113::2/64", "dev", "eth0", "nodad"]);
     inet.ip(&["addr", "add", "198.51.100.20/32", "dev", "lo"]);
+    inet.ip(&["addr", "add", "192.0.2.30/32", "dev", "lo"]);
     inet.ip(&["addr", "add", "2001:db8:ffff::20/128", "dev", "lo"]);
     // Routes back to the pods, so un-masqueraded traffic would be answered too.
     inet.ip(&["route", "add", "10.244.0.0/16", "via", "203.0.113.1"]);
@@ -296,6 +299,8 @@ fn masquerade_only_what_leaves_the_cluster_with_real_traffic() {
     check("198.51.100.20", &inet, uplink_v4);
     check("203.0.113.2", &inet, uplink_v4);
     check("2001:db8:ffff::20", &inet, uplink_v6);
+    // A no-masquerade CIDR: the pod's own address, although it leaves through the uplink.
+    check("192.0.2.30", &inet, pod1_v4);
     // Another node's pod (cluster CIDR) and a tailnet address: the pod's own address.
     check("10.244.2.5", &peer, pod1_v4);
     check("100.64.0.7", &peer, pod1_v4);

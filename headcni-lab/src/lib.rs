@@ -11,12 +11,16 @@
 //! - [`cluster`]: `headcni lab up|status|exec|down`: namespaces, underlay, processes, pods.
 //! - [`prereq`]: what the lab needs from the machine, checked (and installed) before `up`.
 //! - [`trace`]: `headcni lab trace FROM TO`: one probe's hops, rules and routes (nftrace).
+//! - [`kubeproxy`]: the iptables rules kube-proxy writes for Services (pure).
+//! - [`services`]: `headcni lab service add|rm`: those rules installed on every node.
 
 pub mod cluster;
 pub mod coord;
 pub mod headscale_standin;
+pub mod kubeproxy;
 pub mod policy;
 pub mod prereq;
+pub mod services;
 pub mod tailscaled_standin;
 pub mod trace;
 

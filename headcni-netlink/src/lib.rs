@@ -19,6 +19,7 @@
 
 #![warn(missing_docs)]
 
+pub mod bridge_netfilter;
 mod convert;
 mod error;
 pub mod firewall;

@@ -211,6 +211,19 @@ pub async fn run(
         metrics.clone(),
     );
 
+    // What kube-proxy needs from the bridge (once, as kube-proxy does at start).
+    let bridge_netfilter = cfg.node.bridge_netfilter;
+    let bridge_warning = tokio::task::spawn_blocking(move || {
+        headcni_netlink::bridge_netfilter::ensure(bridge_netfilter)
+    })
+    .await
+    .ok()
+    .flatten();
+    if let Some(w) = &bridge_warning {
+        tracing::warn!("bridge netfilter: {w}");
+    }
+    node.set_node_warnings(bridge_warning.into_iter().collect());
+
     let mut backoff =
         ReconcileBackoff::new(Duration::from_secs(cfg.daemon.reconcile_interval_secs));
     loop {

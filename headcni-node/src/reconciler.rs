@@ -87,6 +87,7 @@ pub struct NodeReconciler {
     state: SharedState,
     metrics: Arc<Metrics>,
     prober: ChainProber,
+    node_warnings: Vec<String>,
 }
 
 /// Why ADD cannot succeed after a data-plane step: the bridge could not be made (STATUS code
@@ -123,7 +124,15 @@ impl NodeReconciler {
             state,
             metrics,
             prober: ChainProber::new(),
+            node_warnings: Vec::new(),
         }
+    }
+
+    /// Warnings about the node found outside the reconcile (e.g. `br_netfilter` missing, see
+    /// `headcni_netlink::bridge_netfilter::ensure`), shown with the firewall warnings on
+    /// `/readyz` and in `headcni status` from the next pass on.
+    pub fn set_node_warnings(&mut self, warnings: Vec<String>) {
+        self.node_warnings = warnings;
     }
 
     /// Replaces the configuration (SIGHUP); the PodCIDRs stay.
@@ -168,6 +177,7 @@ impl NodeReconciler {
             mtu: Some(mtu),
             pod_cidrs: self.pod_cidrs.clone(),
             cluster_cidrs: self.cfg.node.cluster_cidr.clone(),
+            no_masq_cidrs: self.cfg.node.no_masq_destinations(),
             table: crate::NFT_TABLE.to_owned(),
             masquerade_ipv6: self.cfg.node.masquerade_ipv6,
         }
@@ -206,7 +216,8 @@ impl NodeReconciler {
             Ok(r) => tracing::debug!(?r, "data plane reconciled"),
             Err(e) => tracing::warn!("data plane: {}", crate::backend::chain(e)),
         }
-        let firewall_warnings = d.firewall.warnings().await;
+        let mut firewall_warnings = d.firewall.warnings().await;
+        firewall_warnings.extend(self.node_warnings.iter().cloned());
         {
             let mut st = lock(&self.state);
             if st.firewall_warnings != firewall_warnings {

@@ -59,7 +59,8 @@ ALL_SET = {
         },
         "node": {"pod_cidr_from_name_hash": True, "kubeconfig": "/etc/headcni/kubeconfig",
                  "local_files_root": "/host", "firewall_driver": "none",
-                 "masquerade_ipv6": False},
+                 "masquerade_ipv6": False,
+                 "no_masquerade_cidrs": ["192.0.2.0/24", "2001:db8::/32"], "bridge_netfilter": False},
         "cni": {"conf_dir": "/etc/cni/net.d", "bin_dir": "/opt/cni/bin",
                 "data_dir": "/var/lib/cni/networks", "bridge": "pods0", "ipam_strategy": "dense-pack",
                 "conflist_name": "05-headcni.conflist", "network_name": "pods",
@@ -87,6 +88,8 @@ BAD_VALUES = [
     {"config": {"network": {"mtu": "1280"}}},
     {"config": {"network": {"podCIDR": {"base": "10.244.0.0"}}}},
     {"config": {"network": {"podCIDR": {"nodeLocal": False}}}},
+    {"config": {"node": {"no_masquerade_cidrs": ["192.0.2.0"]}}},
+    {"config": {"node": {"bridge_netfilter": "yes"}}},
     {"config": {"cni": {"conf_dir": "etc/cni"}}},
     {"config": {"daemon": {"listen": "localhost"}}},
     {"image": {"pullPolicy": "Sometimes"}},
@@ -155,8 +158,9 @@ def check_config(name, values, cfg, err):
     per_node = net.get("podCIDR", {}).get("perNode")
     if cfg["node"].get("node_cidr_prefix") != per_node:
         err(f"{name}: node.node_cidr_prefix {cfg['node'].get('node_cidr_prefix')!r} != perNode {per_node!r}")
-    if "service_cidr" in str(cfg) or "10.96." in str(cfg):
-        err(f"{name}: serviceCIDR is reserved and must not be rendered")
+    service = net.get("serviceCIDR", "")
+    if cfg["node"].get("service_cidr", "") != service:
+        err(f"{name}: node.service_cidr {cfg['node'].get('service_cidr')!r} != serviceCIDR {service!r}")
 
 
 def check(outdir):

@@ -3,8 +3,10 @@
 //! [`conflist_sink::ConflistSink`], the masquerade rule set and the
 //! [`firewall::FirewallDriver`] that applies it, the `filter FORWARD` accept rules
 //! ([`forward`]), and the node reconcile's decisions ([`reconcile`], [`mtu`], [`retry`],
-//! [`readiness`], [`ready_file`]) and the CNI versions the conflist offers ([`chain_versions`]).
+//! [`readiness`], [`ready_file`]), the CNI versions the conflist offers ([`chain_versions`]) and
+//! what kube-proxy needs from the bridge ([`bridge_netfilter`]).
 
+pub mod bridge_netfilter;
 pub mod chain_versions;
 pub mod cniconf;
 pub mod conflist_sink;

@@ -42,6 +42,9 @@ pub struct DesiredDataplane {
     pub pod_cidrs: Vec<IpNetwork>,
     /// The cluster CIDR(s), exempt from masquerading (may be empty).
     pub cluster_cidrs: Vec<IpNetwork>,
+    /// Further destinations exempt from masquerading: `[node] service_cidr` and
+    /// `[node] no_masquerade_cidrs` ([`MasqueradeSpec::extra_no_masq`]; may be empty).
+    pub no_masq_cidrs: Vec<IpNetwork>,
     /// HeadCNI's nftables table (family `inet`), normally [`crate::defaults::NFT_TABLE`].
     pub table: String,
     /// `[node] masquerade_ipv6`: whether IPv6 traffic leaving the cluster is masqueraded
@@ -58,6 +61,7 @@ impl DesiredDataplane {
             mtu: None,
             pod_cidrs,
             cluster_cidrs,
+            no_masq_cidrs: Vec::new(),
             table: crate::defaults::NFT_TABLE.to_owned(),
             masquerade_ipv6: super::masq_ipv6::DEFAULT_MASQUERADE_IPV6,
         }
@@ -128,6 +132,7 @@ pub fn validate(d: &DesiredDataplane) -> Result<ValidDataplane, NodePlanError> {
         .collect::<Result<Vec<_>, _>>()?;
     let mut spec = MasqueradeSpec::new(d.pod_cidrs.clone(), d.cluster_cidrs.clone());
     spec.table = d.table.clone();
+    spec.extra_no_masq = d.no_masq_cidrs.clone();
     let masquerade = super::masq_ipv6::apply_ipv6_choice(
         masq::plan(&spec).map_err(NodePlanError::Masquerade)?,
         d.masquerade_ipv6,

@@ -17,6 +17,7 @@ fn desired(pods: &[&str], cluster: &[&str]) -> DesiredDataplane {
         mtu: Some(1280),
         pod_cidrs: pods.iter().map(|p| net(p)).collect(),
         cluster_cidrs: cluster.iter().map(|c| net(c)).collect(),
+        no_masq_cidrs: Vec::new(),
         table: "headcni".into(),
         masquerade_ipv6: true,
     }
@@ -348,4 +349,24 @@ fn masquerade_ipv6_off_keeps_the_ipv6_bridge_and_forwarding_but_not_its_masquera
             MasqError::PodOutsideCluster { .. }
         ))
     ));
+}
+
+#[test]
+fn no_masquerade_cidrs_join_the_exempt_set() {
+    let mut d = desired(&["10.244.1.0/24"], &["10.244.0.0/16"]);
+    d.no_masq_cidrs = vec![net("10.96.0.0/12"), net("192.0.2.0/24")];
+    let v = validate(&d).unwrap();
+    assert_eq!(
+        v.masquerade.set("nomasq_v4").unwrap().elements,
+        vec![
+            net("10.96.0.0/12"),
+            net("10.244.0.0/16"),
+            net("100.64.0.0/10"),
+            net("192.0.2.0/24"),
+            net("224.0.0.0/4")
+        ]
+    );
+    // A no-masquerade CIDR with host bits is refused like any other list.
+    d.no_masq_cidrs = vec![net("10.96.0.1/12")];
+    assert!(validate(&d).is_err());
 }

@@ -8,7 +8,9 @@ use std::path::Path;
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use headcni_lab::cluster::{Api, Approval, LAB_CHAINED_PLUGINS, Lab, LabSpec, Mode};
+use headcni_lab::kubeproxy::TrafficPolicy;
 use headcni_lab::prereq::{self, Verdict};
+use headcni_lab::services;
 use headcni_lab::trace;
 
 /// HeadCNI's lab: nodes joined by WireGuard (wireguard-go), the real daemon and plugin,
@@ -96,12 +98,123 @@ enum Cmd {
         #[arg(long)]
         ipv6: bool,
     },
+    /// Kubernetes Services on a running lab, through the iptables rules kube-proxy writes.
+    Service {
+        #[command(subcommand)]
+        cmd: ServiceCmd,
+    },
+    /// A Service backend (started in pods by `service add`): answers each TCP connection on
+    /// PORT with `<pod> <client ip:port>`.
+    #[command(hide = true)]
+    Serve {
+        /// Port to listen on (all addresses).
+        #[arg(long)]
+        port: u16,
+        /// The pod name to answer with.
+        #[arg(long)]
+        pod: String,
+    },
     /// Remove everything the lab created (also after a crash).
     Down {
         /// Lab name.
         #[arg(long, default_value = "hclab")]
         name: String,
     },
+}
+
+#[derive(Subcommand, Debug)]
+enum ServiceCmd {
+    /// Add a Service: ClusterIP from 10.96.0.0/16, kube-proxy's rules on every node, a TCP
+    /// server on PORT in each backend pod.
+    Add {
+        /// Lab name.
+        #[arg(long, default_value = "hclab")]
+        lab: String,
+        /// Service name (DNS label).
+        name: String,
+        /// Service port (also the backends' port).
+        #[arg(long)]
+        port: u16,
+        /// Backend pods, comma-separated (pod-2-1,pod-1-2).
+        #[arg(long, value_delimiter = ',', required = true)]
+        backends: Vec<String>,
+        /// NodePort (30000-32767).
+        #[arg(long)]
+        nodeport: Option<u16>,
+        /// externalTrafficPolicy.
+        #[arg(long, value_enum, default_value = "cluster")]
+        traffic_policy: TrafficPolicy,
+        /// Do not start the TCP servers in the backend pods.
+        #[arg(long)]
+        no_serve: bool,
+    },
+    /// Remove a Service and its rules.
+    Rm {
+        /// Lab name.
+        #[arg(long, default_value = "hclab")]
+        lab: String,
+        /// Service name.
+        name: String,
+    },
+    /// List the lab's Services.
+    Ls {
+        /// Lab name.
+        #[arg(long, default_value = "hclab")]
+        lab: String,
+    },
+}
+
+fn service(cmd: ServiceCmd) -> Result<()> {
+    match cmd {
+        ServiceCmd::Add {
+            lab,
+            name,
+            port,
+            backends,
+            nodeport,
+            traffic_policy,
+            no_serve,
+        } => {
+            let lab = Lab::load(&lab)?;
+            let svc = services::add(
+                &lab,
+                &services::ServiceRequest {
+                    name: name.clone(),
+                    port,
+                    backends,
+                    node_port: nodeport,
+                    policy: traffic_policy,
+                },
+            )?;
+            if !no_serve {
+                services::start_servers(&lab, &name)?;
+            }
+            println!(
+                "service {name}: {}:{port}{} -> {}",
+                svc.cluster_ip,
+                svc.node_port
+                    .map(|n| format!(", NodePort {n} ({:?})", svc.policy))
+                    .unwrap_or_default(),
+                svc.backends.join(", ")
+            );
+        }
+        ServiceCmd::Rm { lab, name } => services::remove(&Lab::load(&lab)?, &name)?,
+        ServiceCmd::Ls { lab } => {
+            for s in services::list(&Lab::load(&lab)?)? {
+                println!(
+                    "{:<16} {}:{:<6} {:<14} {}",
+                    s.name,
+                    s.cluster_ip,
+                    s.port,
+                    s.node_port
+                        .map(|n| n.to_string())
+                        .unwrap_or_else(|| "-".into()),
+                    s.backends.join(",")
+                );
+            }
+        }
+    }
+    Ok(())
 }
 
 /// `lab up`'s first step: the prerequisites, with the missing Debian packages installed
@@ -165,6 +278,10 @@ fn check() -> Result<ExitCode> {
 fn run(cli: Cli) -> Result<ExitCode> {
     match &cli.cmd {
         Cmd::Check => return check(),
+        Cmd::Serve { port, pod } => {
+            services::serve(*port, pod)?;
+            return Ok(ExitCode::SUCCESS);
+        }
         Cmd::Up { no_install, .. } => ensure_prerequisites(*no_install)?,
         _ => {}
     }
@@ -202,6 +319,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
             );
         }
         Cmd::Status { name } => print!("{}", Lab::load(&name)?.report()?),
+        Cmd::Service { cmd } => service(cmd)?,
+        Cmd::Serve { .. } => {}
         Cmd::Exec {
             name,
             target,

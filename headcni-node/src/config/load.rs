@@ -41,6 +41,24 @@ pub struct DaemonFlags {
         arg(long, value_name = "CIDR", value_delimiter = ',')
     )]
     pub cluster_cidr: Vec<IpNetwork>,
+    /// The Service CIDR, excluded from masquerade; repeat or comma-separate (config:
+    /// node.service_cidr).
+    #[cfg_attr(
+        feature = "clap",
+        arg(long, value_name = "CIDR", value_delimiter = ',')
+    )]
+    pub service_cidr: Vec<IpNetwork>,
+    /// A destination excluded from masquerade; repeat or comma-separate (config:
+    /// node.no_masquerade_cidrs).
+    #[cfg_attr(
+        feature = "clap",
+        arg(
+            long = "no-masquerade-cidr",
+            value_name = "CIDR",
+            value_delimiter = ','
+        )
+    )]
+    pub no_masquerade_cidrs: Vec<IpNetwork>,
     /// host or daemon (config: tailscale.mode).
     #[cfg_attr(feature = "clap", arg(long, value_enum))]
     pub mode: Option<Mode>,
@@ -257,6 +275,22 @@ fn load_collecting(
             flag("cluster-cidr"),
         );
     }
+    if !flags.service_cidr.is_empty() {
+        layers.set(
+            "node",
+            "service_cidr",
+            cidrs(&flags.service_cidr),
+            flag("service-cidr"),
+        );
+    }
+    if !flags.no_masquerade_cidrs.is_empty() {
+        layers.set(
+            "node",
+            "no_masquerade_cidrs",
+            cidrs(&flags.no_masquerade_cidrs),
+            flag("no-masquerade-cidr"),
+        );
+    }
     if let Some(m) = flags.mode {
         layers.set("tailscale", "mode", str_value(m.as_str()), flag("mode"));
     }
@@ -394,6 +428,8 @@ fn build(l: &Layers, errors: &mut Vec<ConfigError>) -> Config {
     for (key, field) in [
         ("pod_cidr", &mut c.node.pod_cidr),
         ("cluster_cidr", &mut c.node.cluster_cidr),
+        ("service_cidr", &mut c.node.service_cidr),
+        ("no_masquerade_cidrs", &mut c.node.no_masquerade_cidrs),
     ] {
         match l.get_with("node", key, de_cidr_value) {
             Ok(Some(v)) => *field = v,
@@ -411,6 +447,7 @@ fn build(l: &Layers, errors: &mut Vec<ConfigError>) -> Config {
     set!("node", "local_files_root", c.node.local_files_root);
     set!("node", "firewall_driver", c.node.firewall_driver);
     set!("node", "masquerade_ipv6", c.node.masquerade_ipv6);
+    set!("node", "bridge_netfilter", c.node.bridge_netfilter);
     set!("cni", "conf_dir", c.cni.conf_dir);
     set!("cni", "bin_dir", c.cni.bin_dir);
     set!("cni", "data_dir", c.cni.data_dir);

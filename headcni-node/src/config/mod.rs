@@ -49,6 +49,9 @@
 //! local_files_root = "/"           # where the kubelet/k3s files are looked up (tests)
 //! firewall_driver = "nft"          # nft | none (masquerade managed by someone else)
 //! masquerade_ipv6 = true           # false: IPv6 pods reach the internet with their own IPs
+//! service_cidr = "10.96.0.0/12"    # excluded from masquerade; a list for dual-stack
+//! no_masquerade_cidrs = []         # further destinations that see pod source addresses
+//! bridge_netfilter = true          # br_netfilter + bridge-nf-call-ip(6)tables=1 (kube-proxy)
 //!
 //! [cni]
 //! conf_dir = "/etc/cni/net.d"

@@ -227,6 +227,31 @@ pub struct NodeConfig {
     /// addresses. Pod ↔ pod traffic is never masqueraded; IPv4 egress always is
     /// (`headcni_core::node::masq_ipv6`).
     pub masquerade_ipv6: bool,
+    /// The cluster's Service CIDR(s) (kube-apiserver `--service-cluster-ip-range`): excluded
+    /// from masquerade, so a pod reaching a Service that kube-proxy does not translate on
+    /// this node keeps its own address. May be empty.
+    #[serde(deserialize_with = "de_cidrs")]
+    pub service_cidr: Vec<IpNetwork>,
+    /// Further destinations excluded from masquerade (pods keep their own address towards
+    /// them). May be empty.
+    #[serde(deserialize_with = "de_cidrs")]
+    pub no_masquerade_cidrs: Vec<IpNetwork>,
+    /// Make sure what kube-proxy needs from the node is there: `br_netfilter` loaded and
+    /// `net.bridge.bridge-nf-call-iptables` / `-ip6tables` set to 1, so bridged pod traffic
+    /// passes its iptables rules (default `true`; `false` leaves them alone).
+    pub bridge_netfilter: bool,
+}
+
+impl NodeConfig {
+    /// Every destination HeadCNI's masquerade leaves alone besides the pod, cluster and
+    /// tailnet ranges: [`NodeConfig::service_cidr`] then [`NodeConfig::no_masquerade_cidrs`].
+    pub fn no_masq_destinations(&self) -> Vec<IpNetwork> {
+        self.service_cidr
+            .iter()
+            .chain(&self.no_masquerade_cidrs)
+            .copied()
+            .collect()
+    }
 }
 
 impl Default for NodeConfig {
@@ -241,6 +266,9 @@ impl Default for NodeConfig {
             local_files_root: PathBuf::from("/"),
             firewall_driver: FirewallDriverKind::Nft,
             masquerade_ipv6: headcni_core::node::masq_ipv6::DEFAULT_MASQUERADE_IPV6,
+            service_cidr: Vec::new(),
+            no_masquerade_cidrs: Vec::new(),
+            bridge_netfilter: true,
         }
     }
 }

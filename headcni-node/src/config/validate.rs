@@ -63,6 +63,8 @@ impl Config {
         for (key, list) in [
             ("node.pod_cidr", &n.pod_cidr),
             ("node.cluster_cidr", &n.cluster_cidr),
+            ("node.service_cidr", &n.service_cidr),
+            ("node.no_masquerade_cidrs", &n.no_masquerade_cidrs),
         ] {
             for c in list {
                 if !fmt_cidr::is_masked(c) {
@@ -357,6 +359,20 @@ impl Config {
         let n = &self.node;
         let mut w = cidr_warnings("node.pod_cidr", &n.pod_cidr);
         w.extend(cidr_warnings("node.cluster_cidr", &n.cluster_cidr));
+        for (key, list) in [
+            ("node.service_cidr", &n.service_cidr),
+            ("node.no_masquerade_cidrs", &n.no_masquerade_cidrs),
+        ] {
+            for c in list.iter().filter(|c| c.prefix() == 0) {
+                w.push(Problem {
+                    key: key.into(),
+                    message: format!(
+                        "{c} excludes every destination from masquerade: pod traffic to the \
+                         internet leaves with pod source addresses"
+                    ),
+                });
+            }
+        }
         for c in n.cluster_cidr.iter().filter(|c| c.prefix() == 0) {
             w.push(Problem {
                 key: "node.cluster_cidr".into(),

@@ -153,7 +153,7 @@ pub fn parse_trace_line(line: &str) -> Option<TraceLine> {
     } else if let Some(r) = body.strip_prefix("rule ") {
         match r.rsplit_once(" (verdict ") {
             Some((rule, v)) => TraceEvent::Rule {
-                rule: rule.trim().to_string(),
+                rule: without_counter_values(rule),
                 verdict: v.trim_end_matches(')').trim().to_string(),
             },
             None => TraceEvent::Other(body.to_string()),
@@ -168,6 +168,27 @@ pub fn parse_trace_line(line: &str) -> Option<TraceLine> {
         chain: format!("{family} {table} {chain}"),
         event,
     })
+}
+
+/// A rule's text with `counter packets N bytes M` shortened to `counter` and runs of spaces
+/// collapsed, so the same rule matched by two packets reads the same.
+fn without_counter_values(rule: &str) -> String {
+    let words: Vec<&str> = rule.split_whitespace().collect();
+    let mut out: Vec<&str> = Vec::with_capacity(words.len());
+    let mut i = 0;
+    while i < words.len() {
+        if words[i] == "counter"
+            && words.get(i + 1) == Some(&"packets")
+            && words.get(i + 3) == Some(&"bytes")
+        {
+            out.push("counter");
+            i += 5;
+        } else {
+            out.push(words[i]);
+            i += 1;
+        }
+    }
+    out.join(" ")
 }
 
 /// One packet's passage through one namespace: what `nft monitor trace` reported under one
@@ -295,8 +316,17 @@ pub fn path(mut timed: Vec<(Instant, Hop)>) -> Vec<Hop> {
                 if h.last != (None, None) {
                     prev.last = h.last;
                 }
-                prev.rules.extend(h.rules);
-                prev.policies.extend(h.policies);
+                // Later segments of the same connection match the same rules: list each once.
+                for r in h.rules {
+                    if !prev.rules.contains(&r) {
+                        prev.rules.push(r);
+                    }
+                }
+                for p in h.policies {
+                    if !prev.policies.contains(&p) {
+                        prev.policies.push(p);
+                    }
+                }
             }
             _ => out.push(h),
         }
@@ -784,6 +814,10 @@ trace id cfb81f22 ip filter FORWARD policy drop "#;
         assert_eq!(h.rules[0].2, "jump KUBE-SERVICES");
         assert!(h.rules[1].1.contains("dnat to 10.244.2.2:8080"));
         assert_eq!(
+            h.rules[0].1, "counter jump KUBE-SERVICES",
+            "counter values are left out"
+        );
+        assert_eq!(
             h.policies,
             vec![("ip filter FORWARD".into(), "drop".into())]
         );
@@ -843,6 +877,16 @@ trace id cfb81f22 ip filter FORWARD policy drop "#;
         assert_eq!(p[1].oif.as_deref(), Some("tailscale0"));
         assert_eq!(p[1].rules.len(), 2, "both pieces' rules, in order");
         assert!(p[4].reply);
+    }
+
+    #[test]
+    fn later_segments_of_a_connection_add_no_duplicate_rules() {
+        let t0 = Instant::now();
+        let syn = hop("node-1", Some("headcni0"), Some("tailscale0"), 63, true);
+        let ack = hop("node-1", Some("headcni0"), Some("tailscale0"), 63, true);
+        let p = path(vec![(t0, syn), (t0 + Duration::from_millis(1), ack)]);
+        assert_eq!(p.len(), 1);
+        assert_eq!(p[0].rules.len(), 1);
     }
 
     #[test]

@@ -376,6 +376,13 @@ fn every_key_has_an_env_override() {
         ("tailscale_api.url", "https://hs.example/v2root"),
         ("tailscale_api.tailnet", "example.com"),
         ("tailscale_api.oauth_file", "/etc/headcni/tailscale-oauth"),
+        ("magic_dns.enable", "true"),
+        ("magic_dns.base_domain", "tailnet.example.com"),
+        ("magic_dns.nameservers", r#"["100.100.100.100"]"#),
+        (
+            "magic_dns.search_domains",
+            r#"["tailnet.example.com","svc.local"]"#,
+        ),
     ]
     .into();
     let keys: Vec<String> = config::known_keys().collect();
@@ -402,6 +409,15 @@ fn every_key_has_an_env_override() {
     assert_eq!(c.node_cidr_prefixes(), Some((25, 80)));
     assert_eq!(c.cni.ipam_strategy, Strategy::DensePack);
     assert_eq!(c.node.firewall_driver, FirewallDriverKind::Unmanaged);
+    assert!(c.magic_dns.enable);
+    assert_eq!(
+        c.magic_dns.base_domain.as_deref(),
+        Some("tailnet.example.com")
+    );
+    assert_eq!(
+        c.magic_dns.search_domains,
+        ["tailnet.example.com", "svc.local"]
+    );
     assert_eq!(c.cni.chained[0]["type"], "bandwidth");
     assert_eq!(c.tailscale.port, 41700);
     assert_eq!(c.headscale.approval, Approval::AutoApprovers);

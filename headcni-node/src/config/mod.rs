@@ -115,7 +115,7 @@ mod validate;
 pub use env::{env_var_name, known_keys};
 pub use error::{ConfigError, Origin, Problem};
 pub use load::{Checked, DaemonFlags, Loaded, check_from, load, load_from};
-pub use magic_dns::{MAGIC_DNS_IP, MagicDnsConfig};
+pub use magic_dns::{MAGIC_DNS_IP, MAX_NAMESERVERS, MAX_SEARCH_DOMAINS, MagicDnsConfig, is_domain};
 pub use schema::*;
 pub use show::render_show;
 pub use validate::{api_key_problem, cidr_warnings, oauth_file_problem};

@@ -110,6 +110,7 @@ PUBLIC_KEYS = {
                   "netfilter_mode"},
     "headscale": {"url", "api_key_file", "approval", "user", "acl_tags", "timeout_secs"},
     "tailscale_api": {"url", "tailnet", "oauth_file"},
+    "magic_dns": {"enable", "base_domain", "nameservers", "search_domains"},
     "daemon": {"listen", "expose_to_network", "state_dir", "reconcile_interval_secs",
                "log_level", "log_format"},
 }

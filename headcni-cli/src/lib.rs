@@ -7,6 +7,7 @@
 //! - The node agent (`headcni daemon`, `status`, `config`, `uninstall`) is the library crate
 //!   `headcni-node`; the `headcni-daemon` binary (`src/bin/headcni-daemon.rs`) wires it up.
 //! - [`install`]: `headcni install` (binaries into the CNI bin dir).
+//! - [`dns`]: `headcni dns coredns` (the CoreDNS server block for the tailnet's MagicDNS).
 //! - [`policy`]: `headcni policy` (the Headscale policy fragment a cluster needs) and
 //!   `headcni policy check FILE`.
 //! - [`events`]: the best-effort plugin → daemon event protocol (owned by
@@ -14,5 +15,6 @@
 
 pub mod cni;
 pub use headcni_plugin::events;
+pub mod dns;
 pub mod install;
 pub mod policy;

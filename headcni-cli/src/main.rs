@@ -6,7 +6,7 @@
 
 use std::path::Path;
 
-use headcni_cli::{cni, install, policy};
+use headcni_cli::{cni, dns, install, policy};
 
 use clap::{Parser, Subcommand};
 
@@ -50,6 +50,9 @@ enum Cmd {
     /// Print the Headscale policy fragment the cluster needs (ACL, autoApprovers, tagOwners)
     /// for a Headscale version, or `check FILE` against it.
     Policy(policy::PolicyArgs),
+    /// Tailnet DNS for pods: `headcni dns coredns` prints the CoreDNS server block that
+    /// forwards the MagicDNS base domain to 100.100.100.100.
+    Dns(dns::DnsArgs),
     /// Install the plugin binaries into the CNI bin dir (atomic; headcni-ipam symlink).
     Install(install::InstallArgs),
     /// Withdraw this node's routes, remove the masquerade table and the conflist
@@ -139,6 +142,7 @@ fn main() {
         Cmd::Status { args } => exec_daemon("status", &args),
         Cmd::Config { args } => exec_daemon("config", &args),
         Cmd::Install(args) => install::run(&args),
+        Cmd::Dns(args) => dns::run(&args),
         Cmd::Policy(args) => match policy::run(&args) {
             Ok(code) => std::process::exit(code),
             Err(e) => Err(e),

@@ -413,6 +413,13 @@ fn every_key_has_an_env_override() {
         ("tailscale_api.url", "https://hs.example/v2root"),
         ("tailscale_api.tailnet", "example.com"),
         ("tailscale_api.oauth_file", "/etc/headcni/tailscale-oauth"),
+        ("magic_dns.enable", "true"),
+        ("magic_dns.base_domain", "tailnet.example.com"),
+        ("magic_dns.nameservers", r#"["100.100.100.100"]"#),
+        (
+            "magic_dns.search_domains",
+            r#"["tailnet.example.com","svc.local"]"#,
+        ),
     ]
     .into();
     let keys: Vec<String> = config::known_keys().collect();
@@ -446,6 +453,15 @@ fn every_key_has_an_env_override() {
         vec![n("192.0.2.0/24"), n("2001:db8::/32")]
     );
     assert!(!c.node.bridge_netfilter);
+    assert!(c.magic_dns.enable);
+    assert_eq!(
+        c.magic_dns.base_domain.as_deref(),
+        Some("tailnet.example.com")
+    );
+    assert_eq!(
+        c.magic_dns.search_domains,
+        ["tailnet.example.com", "svc.local"]
+    );
     assert_eq!(c.cni.chained[0]["type"], "bandwidth");
     assert_eq!(c.tailscale.port, 41700);
     assert_eq!(c.headscale.approval, Approval::AutoApprovers);

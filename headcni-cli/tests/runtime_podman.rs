@@ -257,3 +257,47 @@ fn podman_cni_backend_runs_containers_on_headcni() {
     );
     eprintln!("podman scenario took {:?}", started.elapsed());
 }
+
+/// `[magic_dns] enable`: the conflist's `dns` reaches the ADD result (CNI spec 1.1.0 §Result
+/// `dns`), and podman (libpod's resolv.conf from the networks' DNS servers and search domains)
+/// writes it into the container's `/etc/resolv.conf`.
+#[test]
+fn podman_writes_the_cni_results_dns_into_resolv_conf() {
+    let node = Node::new("dns", 62);
+    node.write_conflist_with_magic_dns(headcni_node::config::MagicDnsConfig {
+        enable: true,
+        base_domain: Some("tailnet.example.com".into()),
+        ..Default::default()
+    });
+    let cl = node.conflist();
+    assert_eq!(
+        cl["plugins"][0]["dns"],
+        serde_json::json!({"nameservers": ["100.100.100.100"], "search": ["tailnet.example.com"]}),
+        "{cl}"
+    );
+    let podman = Podman::new(&node);
+    let images = runtimes::build_image_archive(&node.path("image"));
+    podman.ok(&["load", "--input", &images.display().to_string()]);
+    let resolv = podman.ok(&[
+        "run",
+        "--rm",
+        "--network",
+        NETWORK,
+        "--cgroup-parent",
+        &node.cgroup_parent,
+        BUSYBOX_IMAGE,
+        "cat",
+        "/etc/resolv.conf",
+    ]);
+    let lines: Vec<&str> = resolv.lines().map(str::trim).collect();
+    assert!(
+        lines.contains(&"nameserver 100.100.100.100"),
+        "resolv.conf:\n{resolv}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("search ") && l.contains("tailnet.example.com")),
+        "resolv.conf:\n{resolv}"
+    );
+}

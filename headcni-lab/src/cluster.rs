@@ -49,6 +49,9 @@ pub const HEADSCALE_PORT: u16 = 8080;
 pub const INET_GW: Ipv4Addr = Ipv4Addr::new(192, 168, 77, 253);
 /// The address a pod reaches "on the internet" (TEST-NET-2, on the inet namespace's lo).
 pub const INET_ADDR: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
+/// The lab tailnet's MagicDNS base domain (Headscale `dns.base_domain`, with
+/// `dns.magic_dns` on): node-N is `node-N.tailnet.lab` at 100.100.100.100.
+pub const BASE_DOMAIN: &str = "tailnet.lab";
 /// The cluster CIDR; node N gets 10.244.N.0/24.
 pub const CLUSTER_CIDR: &str = "10.244.0.0/16";
 /// The CNI plugins the lab's conflist chains after `headcni` (from Debian's
@@ -516,6 +519,8 @@ impl Lab {
                 shared.join("headscale-state.json").display()
             ),
             format!("--api-key-file={}", shared.join("api-key").display()),
+            format!("--base-domain={BASE_DOMAIN}"),
+            "--magic-dns".to_string(),
             format!(
                 "--preauth-key-file={}",
                 shared.join("preauth-key").display()

@@ -105,6 +105,21 @@ pub struct Netmap {
     pub self_node: NetmapNode,
     /// Every other node (no ACL filtering).
     pub peers: Vec<NetmapNode>,
+    /// The tailnet's DNS settings (tailcfg `DNSConfig`); absent in older stand-ins' answers.
+    #[serde(default)]
+    pub dns: NetmapDns,
+}
+
+/// The DNS part of a netmap, as Headscale fills tailcfg's `DNSConfig` from its config
+/// (headscale `hscontrol/types/config.go` `dnsToTailcfgDNS`): `Domains` = `[base_domain]`,
+/// `Proxied` = `magic_dns`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetmapDns {
+    /// Headscale `dns.base_domain`: node `N` is `N.<base_domain>` (none when unset).
+    pub base_domain: Option<String>,
+    /// Headscale `dns.magic_dns` (tailcfg `DNSConfig.Proxied`): the base domain is a local
+    /// domain of quad-100.
+    pub magic_dns: bool,
 }
 
 /// A failed coordination call.

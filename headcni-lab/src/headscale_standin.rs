@@ -66,6 +66,14 @@ pub struct Args {
     /// The policy generation: 0.25, 0.26, 0.27, 0.28, 0.29 or main (default: `--api`'s).
     #[arg(long)]
     pub policy_version: Option<String>,
+    /// Headscale `dns.base_domain`: node `N`'s MagicDNS name is `N.<base domain>`; carried
+    /// in the netmaps' DNS config.
+    #[arg(long)]
+    pub base_domain: Option<String>,
+    /// Headscale `dns.magic_dns` (tailcfg `DNSConfig.Proxied`). As Headscale
+    /// (`dnsToTailcfgDNS`), refused at start without `--base-domain`.
+    #[arg(long)]
+    pub magic_dns: bool,
 }
 
 /// What `--state-file` holds.
@@ -113,6 +121,7 @@ struct Coord {
     sessions: Mutex<BTreeMap<u64, Session>>,
     generation: watch::Sender<u64>,
     started: Instant,
+    dns: crate::coord::NetmapDns,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -294,6 +303,7 @@ impl Coord {
             generation,
             self_node: self.netmap_node(&me),
             peers,
+            dns: self.dns.clone(),
         })
     }
 
@@ -353,6 +363,9 @@ fn read_trimmed(path: &Path) -> anyhow::Result<Option<String>> {
 /// Errors: unreadable/invalid files, a listen address that cannot be bound.
 pub async fn run(args: Args) -> anyhow::Result<()> {
     let version = api_version(&args.api)?;
+    if args.magic_dns && args.base_domain.as_deref().is_none_or(str::is_empty) {
+        anyhow::bail!("dns.base_domain must be set when using MagicDNS (dns.magic_dns)");
+    }
     let persisted: Option<StateFile> = match std::fs::read(&args.state_file) {
         Ok(b) => Some(
             serde_json::from_slice(&b)
@@ -430,6 +443,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         sessions: Mutex::new(BTreeMap::new()),
         generation: gen_tx,
         started: Instant::now(),
+        dns: crate::coord::NetmapDns {
+            base_domain: args.base_domain.clone().filter(|d| !d.is_empty()),
+            magic_dns: args.magic_dns,
+        },
     });
     let state_file = args.state_file.clone();
     let save = {

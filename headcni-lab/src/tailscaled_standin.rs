@@ -15,6 +15,7 @@
 //!   the node key), the node id and the prefs, so a restart keeps the identity;
 //! - start-up cleanup of leftovers, full cleanup on SIGTERM/SIGINT, exit 0. Never logs keys.
 
+pub mod dns;
 pub mod netfilter;
 pub mod uapi;
 
@@ -237,6 +238,8 @@ struct Standin {
     rtnl: Rtnl,
     uapi: PathBuf,
     mtu: u32,
+    /// quad-100 ([`dns`]).
+    magic_dns: dns::MagicDns,
 }
 
 impl Standin {
@@ -540,6 +543,9 @@ impl Standin {
             applied.peers = keys;
             applied.wg = Some(wg);
         }
+        // MagicDNS: the quad-100 route in table 52 and the resolver ([`dns`]).
+        routes.extend(dns::MagicDns::route(netmap.as_ref()));
+        self.magic_dns.apply(&self.nl, netmap.as_ref()).await?;
         // Table 52 and rule 5270.
         let live = self.rtnl.table_routes(ROUTE_TABLE).await?;
         for (dst, _) in &live {
@@ -596,6 +602,7 @@ impl Standin {
             }
         }
         let _ = self.nl.delete_link(&self.args.tun).await;
+        self.magic_dns.cleanup().await;
     }
 }
 
@@ -718,6 +725,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         nl,
         rtnl,
         mtu,
+        magic_dns: dns::MagicDns::default(),
     });
     api.set_version(args.tailscale_version);
     if args.write_state_at_start && persisted.is_none() {

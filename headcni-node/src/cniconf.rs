@@ -243,6 +243,7 @@ pub fn conflist_for(
         strategy: cfg.cni.ipam_strategy,
         daemon_socket: cfg.cni.daemon_socket_path(),
         chained: &cfg.cni.chained,
+        dns: cfg.magic_dns.conflist_dns().as_ref(),
     })
 }
 

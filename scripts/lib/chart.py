@@ -73,6 +73,8 @@ ALL_SET = {
         "headscale": {"url": "https://hs.example.net", "user": "pods", "acl_tags": ["tag:headcni"],
                       "timeout_secs": 5},
         "tailscale_api": {"url": "https://hs.example.net", "tailnet": "-"},
+        "magic_dns": {"enable": True, "base_domain": "tailnet.example.com",
+                      "nameservers": ["100.100.100.100"], "search_domains": ["tailnet.example.com"]},
         "daemon": {"listen": "0.0.0.0:9090", "expose_to_network": True, "state_dir": "/var/lib/headcni",
                    "reconcile_interval_secs": 15, "log_level": "debug", "log_format": "json"},
     },
@@ -92,6 +94,8 @@ BAD_VALUES = [
     {"config": {"node": {"bridge_netfilter": "yes"}}},
     {"config": {"cni": {"conf_dir": "etc/cni"}}},
     {"config": {"daemon": {"listen": "localhost"}}},
+    {"config": {"magic_dns": {"base_domain": "tailnet.lab."}}},
+    {"config": {"magic_dns": {"nameservers": ["100.100.100.100"] * 4}}},
     {"image": {"pullPolicy": "Sometimes"}},
 ]
 

@@ -195,7 +195,16 @@ impl Node {
     /// the node's PodCIDR, MTU 1280, the IPAM store in the temp dir, no daemon socket, and
     /// portmap + bandwidth chained.
     fn write_conflist(&self) {
-        let mut cfg = Config::default();
+        self.write_conflist_with_magic_dns(Default::default());
+    }
+
+    /// [`Node::write_conflist`] with the daemon's `[magic_dns]` set to `dns` (the conflist
+    /// then carries `dns` when `dns.enable`).
+    pub fn write_conflist_with_magic_dns(&self, dns: headcni_node::config::MagicDnsConfig) {
+        let mut cfg = Config {
+            magic_dns: dns,
+            ..Config::default()
+        };
         cfg.cni.conf_dir = self.conf_dir();
         cfg.cni.data_dir = self.path("data");
         cfg.cni.network_name = NETWORK.into();
@@ -206,10 +215,7 @@ impl Node {
             json!({"type": "bandwidth", "capabilities": {"bandwidth": true}}),
         ];
         let cidr = self.cidr.parse().expect("PodCIDR");
-        assert!(
-            cniconf::ensure(&cfg, &[cidr], 1280).expect("write the conflist"),
-            "the conflist was not written"
-        );
+        cniconf::ensure(&cfg, &[cidr], 1280).expect("write the conflist");
     }
 
     /// The conflist as written.

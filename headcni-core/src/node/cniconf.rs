@@ -60,6 +60,11 @@ pub struct ConflistParams<'a> {
     /// `cniVersion` and `cniVersions`: what HeadCNI and every chained plugin accept
     /// ([`super::chain_versions::decide`]; [`ChainVersions::headcni_only`] without a chain).
     pub versions: &'a ChainVersions,
+    /// `dns` of HeadCNI's plugin object (nameservers, search domains), from the daemon's
+    /// `[magic_dns]`; `None` or empty: no `dns` key. The plugin returns it in the ADD
+    /// result's `dns` (CNI spec 1.1.0 §Result), which runtimes such as podman write to the
+    /// container's `resolv.conf` (the kubelet ignores it).
+    pub dns: Option<&'a crate::cni::Dns>,
 }
 
 /// The conflist the daemon writes, typed (CNI spec 1.1.0 §"Network configuration lists"):
@@ -102,6 +107,9 @@ pub struct HeadcniPlugin {
     /// `daemonSocket`: the node agent's event socket path; omitted when `None`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub daemon_socket: Option<String>,
+    /// `dns` (CNI spec 1.1.0 §"Network configuration" `dns`): omitted when `None`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns: Option<crate::cni::Dns>,
     /// `ipam`: HeadCNI's IPAM section.
     pub ipam: ConflistIpam,
 }
@@ -181,6 +189,7 @@ impl Conflist {
                 is_default_gateway: true,
                 hairpin_mode: true,
                 daemon_socket: p.daemon_socket.map(|s| s.to_string_lossy().into_owned()),
+                dns: p.dns.filter(|d| !d.is_empty()).cloned(),
                 ipam: ConflistIpam {
                     ipam_type: IPAM_PLUGIN_TYPE.to_owned(),
                     ranges,
@@ -334,6 +343,7 @@ mod tests {
             data_dir: Path::new("/var/lib/cni/networks"),
             strategy: Strategy::Sequential,
             daemon_socket: Some(Path::new("/run/headcni/daemon.sock")),
+            dns: None,
             chained,
         }
     }
@@ -470,5 +480,36 @@ mod tests {
                 "{bad}"
             );
         }
+    }
+
+    #[test]
+    fn dns_goes_into_the_plugin_object_and_the_plugin_reads_it_back() {
+        let cidrs = [IpNetwork::V4("10.244.1.0/24".parse().unwrap())];
+        let dns = crate::cni::Dns {
+            nameservers: vec!["100.100.100.100".into()],
+            search: vec!["tailnet.lab".into()],
+            ..Default::default()
+        };
+        let mut p = params(&cidrs, &[]);
+        p.dns = Some(&dns);
+        let v = render(&p);
+        assert_eq!(
+            v["plugins"][0]["dns"],
+            json!({"nameservers": ["100.100.100.100"], "search": ["tailnet.lab"]})
+        );
+        let parsed = Conflist::parse(v.to_string().as_bytes()).expect("parse");
+        assert_eq!(parsed.plugin.dns.as_ref(), Some(&dns));
+        // What the runtime hands the plugin: the list's cniVersion/name plus plugins[0].
+        let mut one = v["plugins"][0].clone();
+        one["cniVersion"] = v["cniVersion"].clone();
+        one["name"] = v["name"].clone();
+        let conf: NetConf<BridgeConf> = serde_json::from_value(one).expect("netconf");
+        assert_eq!(conf.dns.as_ref(), Some(&dns));
+        // Empty or absent: no key at all.
+        let empty = crate::cni::Dns::default();
+        p.dns = Some(&empty);
+        assert!(render(&p)["plugins"][0].get("dns").is_none());
+        p.dns = None;
+        assert!(render(&p)["plugins"][0].get("dns").is_none());
     }
 }

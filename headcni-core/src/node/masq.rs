@@ -516,6 +516,29 @@ mod tests {
         s.iter().map(|c| c.parse().unwrap()).collect()
     }
 
+    /// Pods reach tailscaled's MagicDNS at quad-100 (tailscale `net/tsaddr`
+    /// `TailscaleServiceIP`, `fd7a:115c:a1e0::53` for IPv6) with their own address:
+    /// tailscaled answers whatever the source (`wgengine/netstack` `handleLocalPackets`), so
+    /// no masquerade is needed, and none may happen (docs/operations.md "MagicDNS for pods").
+    #[test]
+    fn magic_dns_service_ips_keep_the_pods_source() {
+        let spec = MasqueradeSpec::new(
+            nets(&["10.244.1.0/24", "fd00:10:244:1::/64"]),
+            nets(&["10.244.0.0/16", "fd00:10:244::/56"]),
+        );
+        let p = plan(&spec).unwrap();
+        for (set, ip) in [
+            ("nomasq_v4", "100.100.100.100"),
+            ("nomasq_v6", "fd7a:115c:a1e0::53"),
+        ] {
+            let ip: IpAddr = ip.parse().unwrap();
+            assert!(
+                p.set(set).unwrap().elements.iter().any(|n| n.contains(ip)),
+                "{ip} must be in {set}"
+            );
+        }
+    }
+
     #[test]
     fn ipv4_single_stack_snapshot() {
         let spec = MasqueradeSpec::new(nets(&["10.244.1.0/24"]), nets(&["10.244.0.0/16"]));

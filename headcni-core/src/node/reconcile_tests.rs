@@ -59,6 +59,7 @@ fn conflist(subnet: &str, mtu: u32) -> Conflist {
         daemon_socket: None,
         chained: &[],
         versions: &crate::node::chain_versions::ChainVersions::headcni_only(),
+        dns: None,
     })
 }
 

@@ -7,4 +7,6 @@ mod client;
 mod types;
 
 pub use client::{DEFAULT_SOCKET, LOCALAPI_HOST, LocalApiClient, LocalApiError};
-pub use types::{MaskedPrefs, NetfilterMode, OptBool, PeerStatus, Prefs, StartOptions, Status};
+pub use types::{
+    MaskedPrefs, NetfilterMode, OptBool, PeerStatus, Prefs, StartOptions, Status, TailnetStatus,
+};

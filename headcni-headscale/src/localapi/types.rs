@@ -315,9 +315,44 @@ pub struct Status {
     /// `Peer`, keyed by `nodekey:<hex>` (absent/null with `?peers=false`).
     #[serde(rename = "Peer", deserialize_with = "de_null_default")]
     pub peer: BTreeMap<String, PeerStatus>,
+    /// `MagicDNSSuffix`: the tailnet's MagicDNS suffix, e.g. `tailnet.example.com` (empty
+    /// before login; tailscale `ipn/ipnstate/ipnstate.go`).
+    #[serde(rename = "MagicDNSSuffix", deserialize_with = "de_null_default")]
+    pub magic_dns_suffix: String,
+    /// `CurrentTailnet` (`null` before login).
+    #[serde(rename = "CurrentTailnet")]
+    pub current_tailnet: Option<TailnetStatus>,
+}
+
+/// `ipnstate.TailnetStatus` (`Status.CurrentTailnet`).
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(default)]
+pub struct TailnetStatus {
+    /// `Name`: the tailnet's name.
+    #[serde(rename = "Name", deserialize_with = "de_null_default")]
+    pub name: String,
+    /// `MagicDNSSuffix`.
+    #[serde(rename = "MagicDNSSuffix", deserialize_with = "de_null_default")]
+    pub magic_dns_suffix: String,
+    /// `MagicDNSEnabled`: control's `DNSConfig.Proxied`.
+    #[serde(rename = "MagicDNSEnabled", deserialize_with = "de_null_default")]
+    pub magic_dns_enabled: bool,
 }
 
 impl Status {
+    /// The MagicDNS suffix without a trailing dot: `CurrentTailnet.MagicDNSSuffix`, else
+    /// `MagicDNSSuffix`; `None` when both are empty.
+    pub fn magic_dns_suffix(&self) -> Option<String> {
+        let t = self
+            .current_tailnet
+            .as_ref()
+            .map(|t| t.magic_dns_suffix.as_str())
+            .filter(|s| !s.is_empty())
+            .unwrap_or(&self.magic_dns_suffix);
+        let t = t.trim_end_matches('.');
+        (!t.is_empty()).then(|| t.to_owned())
+    }
+
     /// `BackendState == "Running"`.
     pub fn is_running(&self) -> bool {
         self.backend_state == "Running"
@@ -327,6 +362,26 @@ impl Status {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn magic_dns_suffix_prefers_current_tailnet_and_drops_the_dot() {
+        let s: Status = serde_json::from_value(serde_json::json!({
+            "MagicDNSSuffix": "old.example.",
+            "CurrentTailnet": {"Name": "t", "MagicDNSSuffix": "tailnet.lab.", "MagicDNSEnabled": true}
+        }))
+        .unwrap();
+        assert_eq!(s.magic_dns_suffix().as_deref(), Some("tailnet.lab"));
+        let s: Status = serde_json::from_value(
+            serde_json::json!({"MagicDNSSuffix": "x.y", "CurrentTailnet": null}),
+        )
+        .unwrap();
+        assert_eq!(s.magic_dns_suffix().as_deref(), Some("x.y"));
+        let s: Status = serde_json::from_value(
+            serde_json::json!({"MagicDNSSuffix": "", "CurrentTailnet": null}),
+        )
+        .unwrap();
+        assert_eq!(s.magic_dns_suffix(), None);
+    }
 
     #[test]
     fn masked_prefs_emit_set_flags_only_for_sent_fields() {

@@ -62,6 +62,10 @@ pub(super) const KEYS: &[(&str, &str, Kind)] = &[
     ("tailscale_api", "url", Kind::Str),
     ("tailscale_api", "tailnet", Kind::Str),
     ("tailscale_api", "oauth_file", Kind::Str),
+    ("magic_dns", "enable", Kind::Bool),
+    ("magic_dns", "base_domain", Kind::Str),
+    ("magic_dns", "nameservers", Kind::Json),
+    ("magic_dns", "search_domains", Kind::Json),
 ];
 
 pub(super) const SECTIONS: &[&str] = &[
@@ -71,6 +75,7 @@ pub(super) const SECTIONS: &[&str] = &[
     "headscale",
     "daemon",
     "tailscale_api",
+    "magic_dns",
 ];
 
 /// The environment variable that overrides `section.key`: `HEADCNI_<SECTION>_<KEY>`.
@@ -152,6 +157,7 @@ mod tests {
         c.headscale.url = Some("https://h".into());
         c.headscale.api_key_file = Some("/f".into());
         c.tailscale_api.oauth_file = Some("/o".into());
+        c.magic_dns.base_domain = Some("t.lab".into());
         let v = toml::Value::try_from(&c).unwrap();
         let mut keys: Vec<String> = Vec::new();
         for (s, t) in v.as_table().unwrap() {

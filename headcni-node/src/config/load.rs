@@ -484,5 +484,9 @@ fn build(l: &Layers, errors: &mut Vec<ConfigError>) -> Config {
     set!("tailscale_api", "url", c.tailscale_api.url);
     set!("tailscale_api", "tailnet", c.tailscale_api.tailnet);
     set!("tailscale_api", "oauth_file", Some c.tailscale_api.oauth_file);
+    set!("magic_dns", "enable", c.magic_dns.enable);
+    set!("magic_dns", "base_domain", Some c.magic_dns.base_domain);
+    set!("magic_dns", "nameservers", c.magic_dns.nameservers);
+    set!("magic_dns", "search_domains", c.magic_dns.search_domains);
     c
 }

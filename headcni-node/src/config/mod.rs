@@ -92,6 +92,12 @@
 //! url = "https://api.tailscale.com"  # or a Headscale serving /api/v2
 //! tailnet = "-"                    # "-": the OAuth client's own tailnet
 //! oauth_file = "/etc/headcni/tailscale-oauth"  # client_id=… / client_secret=…, mode 0600
+//!
+//! [magic_dns]                      # DNS in the conflist/ADD result (podman); see magic_dns.rs
+//! enable = false
+//! base_domain = "tailnet.example.com"  # also `headcni dns coredns`'s zone
+//! nameservers = ["100.100.100.100"]    # default with enable
+//! search_domains = ["tailnet.example.com"]  # default with enable: [base_domain]
 //! ```
 //!
 //! # Files
@@ -105,6 +111,7 @@
 mod env;
 mod error;
 mod load;
+mod magic_dns;
 mod schema;
 mod show;
 mod validate;
@@ -112,6 +119,7 @@ mod validate;
 pub use env::{env_var_name, known_keys};
 pub use error::{ConfigError, Origin, Problem};
 pub use load::{Checked, DaemonFlags, Loaded, check_from, load, load_from};
+pub use magic_dns::{MAGIC_DNS_IP, MAX_NAMESERVERS, MAX_SEARCH_DOMAINS, MagicDnsConfig, is_domain};
 pub use schema::*;
 pub use show::render_show;
 pub use validate::{api_key_problem, cidr_warnings, oauth_file_problem};

@@ -499,6 +499,8 @@ pub struct Config {
     pub daemon: DaemonConfig,
     /// `[tailscale_api]`.
     pub tailscale_api: TailscaleApiConfig,
+    /// `[magic_dns]`.
+    pub magic_dns: super::magic_dns::MagicDnsConfig,
 }
 
 impl Config {

@@ -306,6 +306,9 @@ impl Config {
                 bad(key, message);
             }
         }
+        for (key, message) in self.magic_dns.problems() {
+            bad(key, message);
+        }
         p
     }
 

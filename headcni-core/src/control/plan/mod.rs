@@ -43,6 +43,8 @@ mod withdraw;
 mod tests;
 #[cfg(test)]
 mod tests_tailscale_api;
+#[cfg(test)]
+mod tests_trust_primary;
 
 pub use approver::approver_note;
 pub use ensure::{next_step, partial_routes};

@@ -69,7 +69,7 @@ ALL_SET = {
                       "tailscaled_path": "/usr/sbin/tailscaled", "state_dir": "/var/lib/headcni/ts",
                       "port": 41700, "netfilter_mode": "nodivert"},
         "headscale": {"url": "https://hs.example.net", "user": "pods", "acl_tags": ["tag:headcni"],
-                      "timeout_secs": 5},
+                      "timeout_secs": 5, "resync_secs": 600},
         "tailscale_api": {"url": "https://hs.example.net", "tailnet": "-"},
         "daemon": {"listen": "0.0.0.0:9090", "expose_to_network": True, "state_dir": "/var/lib/headcni",
                    "reconcile_interval_secs": 15, "log_level": "debug", "log_format": "json"},

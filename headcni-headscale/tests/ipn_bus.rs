@@ -164,6 +164,9 @@ async fn trusting_primary_asks_headscale_nothing_until_approval_is_needed() {
         .await
         .unwrap();
     assert_eq!(s.approved, vec![net(POD)]);
-    assert!(hs.exchanges().len() > after_verify, "approval needed: asked");
+    assert!(
+        hs.exchanges().len() > after_verify,
+        "approval needed: asked"
+    );
     assert_eq!(hs.node(me).unwrap().approved, vec![net(POD)]);
 }

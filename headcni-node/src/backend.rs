@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use headcni_core::control::{
-    ApprovalCheck, ControlPlaneBackend, ControlPlaneError, ControlPlaneStatus, NotReadyReason, PeerRoutes,
-    Readiness, RouteState,
+    ApprovalCheck, ControlPlaneBackend, ControlPlaneError, ControlPlaneStatus, NotReadyReason,
+    PeerRoutes, Readiness, RouteState,
 };
 use headcni_headscale::daemon::{self, DaemonPrefs, LoginStep};
 use headcni_headscale::localapi::NetfilterMode;

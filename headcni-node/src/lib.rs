@@ -44,7 +44,7 @@ pub mod status;
 pub mod tailscaled;
 
 pub use agent::{
-    DEFAULT_TAILNET_MTU, NFT_TABLE, NodeError, SHUTDOWN_BUDGET, UninstallReport, firewall_driver,
-    load_config, log_warnings, run, uninstall, uninstall_with,
+    BUS_DEBOUNCE, DEFAULT_TAILNET_MTU, NFT_TABLE, NodeError, SHUTDOWN_BUDGET, UninstallReport,
+    firewall_driver, load_config, log_warnings, run, uninstall, uninstall_with,
 };
 pub use reconciler::{NodeDeps, NodeReconciler, ReconcileOutcome};

@@ -917,7 +917,7 @@ fn route(s: &mut TsState, req: &Req, host: &str, had_ro: bool, body: Option<&Val
         // serveWatchIPNBus checks no method; the stream itself is LocalApi::watch's.
         (_, "watch-ipn-bus") => match bus::check(s, req.uri.query()) {
             Ok(_) => json_resp(StatusCode::OK, &Value::Null),
-            Err(resp) => resp,
+            Err((status, msg)) => text(status, msg),
         },
         (_, "status" | "prefs" | "start" | "login-interactive" | "logout" | "check-prefs") => {
             text(StatusCode::METHOD_NOT_ALLOWED, "unsupported method")

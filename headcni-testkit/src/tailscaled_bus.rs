@@ -26,7 +26,7 @@ use tokio::sync::mpsc;
 
 use super::{LocalApi, TailscaledVersion, TsState};
 use crate::headscale::NodeView;
-use crate::server::{Resp, Streamed, respond, text};
+use crate::server::{Resp, Streamed, respond};
 
 const INITIAL_STATE: u64 = 1 << 1;
 const INITIAL_PREFS: u64 = 1 << 2;
@@ -113,8 +113,7 @@ impl TsState {
                 .collect(),
             _ => BTreeMap::new(),
         };
-        let state = if self.backend_state == "Running" && me.is_none() && self.headscale.is_some()
-        {
+        let state = if self.backend_state == "Running" && me.is_none() && self.headscale.is_some() {
             "Starting"
         } else {
             self.backend_state.as_str()
@@ -128,10 +127,11 @@ impl TsState {
     }
 }
 
-/// Checks the request as `serveWatchIPNBus` does; `Ok(mask)` or the error answer.
-pub(super) fn check(s: &TsState, query: Option<&str>) -> Result<u64, Resp> {
+/// Checks the request as `serveWatchIPNBus` does: `Ok(mask)`, or the error answer's status
+/// and text.
+pub(super) fn check(s: &TsState, query: Option<&str>) -> Result<u64, (StatusCode, &'static str)> {
     if !s.ipn_bus {
-        return Err(text(StatusCode::NOT_FOUND, "404 page not found"));
+        return Err((StatusCode::NOT_FOUND, "404 page not found"));
     }
     let raw = query
         .unwrap_or_default()
@@ -142,17 +142,18 @@ pub(super) fn check(s: &TsState, query: Option<&str>) -> Result<u64, Resp> {
         0
     } else {
         raw.parse::<u64>()
-            .map_err(|_| text(StatusCode::BAD_REQUEST, "bad mask"))?
+            .map_err(|_| (StatusCode::BAD_REQUEST, "bad mask"))?
     };
     if mask & IN_PROCESS_NO_DISCONNECT != 0 {
-        return Err(text(
+        return Err((
             StatusCode::BAD_REQUEST,
             "NotifyInProcessNoDisconnect is only valid for in-process IPN bus subscribers",
         ));
     }
-    if mask & RATE_LIMIT != 0 && mask & (PEER_CHANGES | NO_NETMAP | INITIAL_STATUS | PEER_PATCHES) != 0
+    if mask & RATE_LIMIT != 0
+        && mask & (PEER_CHANGES | NO_NETMAP | INITIAL_STATUS | PEER_PATCHES) != 0
     {
-        return Err(text(
+        return Err((
             StatusCode::BAD_REQUEST,
             "NotifyRateLimit is incompatible with new-style IPN bus subscription bits",
         ));
@@ -253,7 +254,11 @@ impl LocalApi {
         let (tx, rx) = mpsc::channel::<Bytes>(QUEUE);
         let api = self.clone();
         let mut local = self.subscribe();
-        let netmap = self.lock().headscale.as_ref().and_then(|c| c.netmap_changes());
+        let netmap = self
+            .lock()
+            .headscale
+            .as_ref()
+            .and_then(|c| c.netmap_changes());
         tokio::spawn(async move {
             let session = format!("{:016x}", rand::random::<u64>());
             let (mut snap, version) = {
@@ -290,7 +295,10 @@ impl LocalApi {
                 snap = next;
             }
         });
-        Streamed::attach(respond(StatusCode::OK, "application/json", Bytes::new()), rx)
+        Streamed::attach(
+            respond(StatusCode::OK, "application/json", Bytes::new()),
+            rx,
+        )
     }
 }
 
@@ -317,7 +325,10 @@ mod tests {
         let with = updates(&old, &new, PEER_CHANGES, TailscaledVersion::V1_102);
         assert_eq!(with.len(), 1);
         assert_eq!(with[0]["PeersChanged"].as_array().map(Vec::len), Some(2));
-        assert!(with[0].get("NetMap").is_none(), "no runtime NetMap on Linux ≥ 1.100");
+        assert!(
+            with[0].get("NetMap").is_none(),
+            "no runtime NetMap on Linux ≥ 1.100"
+        );
         let without = updates(&old, &new, 0, TailscaledVersion::V1_102);
         assert_eq!(without.len(), 1);
         assert!(without[0].get("PeersChanged").is_none());

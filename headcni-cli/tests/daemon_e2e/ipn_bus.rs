@@ -68,7 +68,10 @@ fn bus_scenario(tag: &str, version: TailscaledVersion) {
     wait_status(&node, &mut d, "the peer's route in /status", |st| {
         peer_routes(st).contains(&net(PEER_POD))
     });
-    eprintln!("E2E-NUMBERS {tag}: peer route in /status {:?} after approval", t.elapsed());
+    eprintln!(
+        "E2E-NUMBERS {tag}: peer route in /status {:?} after approval",
+        t.elapsed()
+    );
     // ... and leaves it when the peer's approval is revoked.
     hs.set_approved(peer.id, &[]);
     wait_status(&node, &mut d, "the peer's route gone from /status", |st| {
@@ -103,7 +106,10 @@ fn bus_scenario(tag: &str, version: TailscaledVersion) {
             Err(format!("{:?}", p.advertise_routes))
         }
     });
-    eprintln!("E2E-NUMBERS {tag}: AdvertiseRoutes repaired {:?} after the drift", t.elapsed());
+    eprintln!(
+        "E2E-NUMBERS {tag}: AdvertiseRoutes repaired {:?} after the drift",
+        t.elapsed()
+    );
     node.wait_ready(&mut d, EVENT_TIMEOUT);
     d.signal(Signal::SIGTERM);
     let _ = d.wait_exit(Duration::from_secs(5));
@@ -127,7 +133,9 @@ fn without_the_ipn_bus_the_daemon_polls() {
     let hs = &node.fakes.hs;
     let mut d = node.start(&[]);
     node.wait_ready(&mut d, READY_TIMEOUT);
-    wait_status(&node, &mut d, "ipn_bus absent", |st| st["ipn_bus"] == "absent");
+    wait_status(&node, &mut d, "ipn_bus absent", |st| {
+        st["ipn_bus"] == "absent"
+    });
     assert!(
         node.fakes
             .ts
@@ -139,9 +147,12 @@ fn without_the_ipn_bus_the_daemon_polls() {
     let peer = hs.register_node(&format!("{}-peer", node.name), "ops", &random_node_key());
     hs.announce_routes(peer.id, &[net(PEER_POD)]);
     hs.set_approved(peer.id, &[net(PEER_POD)]);
-    wait_status(&node, &mut d, "the peer's route in /status (polled)", |st| {
-        peer_routes(st).contains(&net(PEER_POD))
-    });
+    wait_status(
+        &node,
+        &mut d,
+        "the peer's route in /status (polled)",
+        |st| peer_routes(st).contains(&net(PEER_POD)),
+    );
     let mut p = node.fakes.ts.prefs();
     p.advertise_routes.retain(|r| *r != net(POD));
     node.fakes.ts.set_prefs(p);

@@ -36,7 +36,11 @@ fn initial() -> BusEvent {
         state: Some("Running".into()),
         prefs: Some(prefs(&["10.244.1.0/24"])),
         full_netmap: Some((
-            Some(node(1, &["10.244.1.0/24"], &["100.64.0.1/32", "10.244.1.0/24"])),
+            Some(node(
+                1,
+                &["10.244.1.0/24"],
+                &["100.64.0.1/32", "10.244.1.0/24"],
+            )),
             vec![
                 node(2, &["10.244.2.0/24"], &["100.64.0.2/32", "10.244.2.0/24"]),
                 node(3, &[], &["100.64.0.3/32"]),
@@ -64,7 +68,11 @@ fn the_first_message_of_a_session_triggers_everything_once() {
             BusChange::PeerRoutes
         ]
     );
-    assert_eq!(v.tracked_peers(), 1, "the peer without routes is not tracked");
+    assert_eq!(
+        v.tracked_peers(),
+        1,
+        "the peer without routes is not tracked"
+    );
     assert!(v.apply(&initial()).is_empty(), "the same again: nothing");
 }
 
@@ -75,7 +83,11 @@ fn unrelated_notifications_trigger_nothing() {
     assert!(v.apply(&BusEvent::default()).is_empty());
     // A peer's endpoint/online change (v1.100 PeersChanged with the full node): same routes.
     let ev = BusEvent {
-        peers_changed: vec![node(2, &["10.244.2.0/24"], &["10.244.2.0/24", "100.64.0.2/32"])],
+        peers_changed: vec![node(
+            2,
+            &["10.244.2.0/24"],
+            &["10.244.2.0/24", "100.64.0.2/32"],
+        )],
         ..Default::default()
     };
     assert!(v.apply(&ev).is_empty());
@@ -99,7 +111,11 @@ fn a_peer_route_appearing_triggers_in_both_netmap_forms() {
     // v1.100+: PeersChanged.
     let mut v = seeded();
     let ev = BusEvent {
-        peers_changed: vec![node(3, &["10.244.3.0/24"], &["100.64.0.3/32", "10.244.3.0/24"])],
+        peers_changed: vec![node(
+            3,
+            &["10.244.3.0/24"],
+            &["100.64.0.3/32", "10.244.3.0/24"],
+        )],
         ..Default::default()
     };
     assert_eq!(v.apply(&ev), vec![BusChange::PeerRoutes]);
@@ -125,7 +141,11 @@ fn a_peer_leaving_with_routes_triggers_in_both_forms() {
     let mut v = seeded();
     let ev = BusEvent {
         full_netmap: Some((
-            Some(node(1, &["10.244.1.0/24"], &["100.64.0.1/32", "10.244.1.0/24"])),
+            Some(node(
+                1,
+                &["10.244.1.0/24"],
+                &["100.64.0.1/32", "10.244.1.0/24"],
+            )),
             vec![],
         )),
         ..Default::default()
@@ -206,8 +226,20 @@ fn control_pass_decisions() {
     assert_eq!(control_pass(base), ControlPass::Skip, "bus silent, ready");
     let verify = ControlPass::Run(ApprovalCheck::Verify);
     let trust = ControlPass::Run(ApprovalCheck::TrustPrimary);
-    assert_eq!(control_pass(PassInputs { first: true, ..base }), verify);
-    assert_eq!(control_pass(PassInputs { resync_due: true, ..base }), verify);
+    assert_eq!(
+        control_pass(PassInputs {
+            first: true,
+            ..base
+        }),
+        verify
+    );
+    assert_eq!(
+        control_pass(PassInputs {
+            resync_due: true,
+            ..base
+        }),
+        verify
+    );
     assert_eq!(
         control_pass(PassInputs {
             bus_signalled: true,

@@ -39,8 +39,8 @@ use headcni_core::control::plan::{
     prefs_patch_remove, running_self, stateful_filtering_note,
 };
 use headcni_core::control::{
-    ApprovalCheck, ControlPlaneBackend, ControlPlaneError, ControlPlaneStatus, NotReadyReason, PeerRoutes,
-    Readiness, RouteState,
+    ApprovalCheck, ControlPlaneBackend, ControlPlaneError, ControlPlaneStatus, NotReadyReason,
+    PeerRoutes, Readiness, RouteState,
 };
 use ipnetwork::IpNetwork;
 

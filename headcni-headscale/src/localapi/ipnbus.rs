@@ -129,7 +129,11 @@ pub struct TailcfgNode {
     #[serde(rename = "AllowedIPs", default, deserialize_with = "de_null_default")]
     pub allowed_ips: Vec<IpNetwork>,
     /// `PrimaryRoutes`: the subnet routes it serves as primary.
-    #[serde(rename = "PrimaryRoutes", default, deserialize_with = "de_null_default")]
+    #[serde(
+        rename = "PrimaryRoutes",
+        default,
+        deserialize_with = "de_null_default"
+    )]
     pub primary_routes: Vec<IpNetwork>,
 }
 

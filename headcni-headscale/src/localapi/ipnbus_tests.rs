@@ -47,7 +47,10 @@ fn the_initial_message_parses_and_triggers_everything() {
     );
     // v1.102 update: a peer's route appeared.
     let update: IpnNotify = serde_json::from_str(UPDATE_V1_102).unwrap();
-    assert_eq!(view.apply(&update.to_bus_event()), vec![BusChange::PeerRoutes]);
+    assert_eq!(
+        view.apply(&update.to_bus_event()),
+        vec![BusChange::PeerRoutes]
+    );
     assert_eq!(view.apply(&update.to_bus_event()), vec![]);
 }
 
@@ -90,7 +93,11 @@ fn the_headcni_mask_is_the_documented_bits() {
 /// A one-shot raw HTTP/1.1 server on a unix socket: answers the first request with `head`
 /// then writes `chunks` (each a chunk of a chunked body) with a pause between them, then
 /// keeps the connection open until `hold` passes.
-async fn raw_server(head: &'static str, chunks: Vec<Vec<u8>>, hold: Duration) -> (PathBuf, tempfile::TempDir) {
+async fn raw_server(
+    head: &'static str,
+    chunks: Vec<Vec<u8>>,
+    hold: Duration,
+) -> (PathBuf, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let sock = dir.path().join("ts.sock");
     let listener = tokio::net::UnixListener::bind(&sock).unwrap();
@@ -100,9 +107,7 @@ async fn raw_server(head: &'static str, chunks: Vec<Vec<u8>>, hold: Duration) ->
         let _ = s.read(&mut buf).await;
         let _ = s.write_all(head.as_bytes()).await;
         for c in chunks {
-            let _ = s
-                .write_all(format!("{:x}\r\n", c.len()).as_bytes())
-                .await;
+            let _ = s.write_all(format!("{:x}\r\n", c.len()).as_bytes()).await;
             let _ = s.write_all(&c).await;
             let _ = s.write_all(b"\r\n").await;
             tokio::time::sleep(Duration::from_millis(5)).await;
@@ -113,7 +118,8 @@ async fn raw_server(head: &'static str, chunks: Vec<Vec<u8>>, hold: Duration) ->
     (sock, dir)
 }
 
-const OK_HEAD: &str = "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n";
+const OK_HEAD: &str =
+    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n";
 
 #[tokio::test]
 async fn lines_split_across_chunks_are_joined_and_the_end_is_reported() {
@@ -160,10 +166,18 @@ async fn a_silent_stream_ends_at_the_idle_bound() {
 
 #[tokio::test]
 async fn garbage_is_a_decode_error() {
-    let (sock, _dir) = raw_server(OK_HEAD, vec![b"{not json\n".to_vec()], Duration::from_secs(5)).await;
+    let (sock, _dir) = raw_server(
+        OK_HEAD,
+        vec![b"{not json\n".to_vec()],
+        Duration::from_secs(5),
+    )
+    .await;
     let client = LocalApiClient::new(&sock);
     let mut stream = client.watch_ipn_bus(NotifyWatchOpt::HEADCNI).await.unwrap();
-    assert!(matches!(stream.next().await, Err(IpnBusError::Decode { .. })));
+    assert!(matches!(
+        stream.next().await,
+        Err(IpnBusError::Decode { .. })
+    ));
 }
 
 #[tokio::test]

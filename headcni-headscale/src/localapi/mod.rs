@@ -10,7 +10,7 @@ mod types;
 
 pub use client::{DEFAULT_SOCKET, LOCALAPI_HOST, LocalApiClient, LocalApiError};
 pub use ipnbus::{
-    DEFAULT_MAX_LINE, IpnBusError, IpnBusStream, IpnNetMap, IpnNotify, NotifyWatchOpt,
-    TailcfgNode, backend_state_name,
+    DEFAULT_MAX_LINE, IpnBusError, IpnBusStream, IpnNetMap, IpnNotify, NotifyWatchOpt, TailcfgNode,
+    backend_state_name,
 };
 pub use types::{MaskedPrefs, NetfilterMode, OptBool, PeerStatus, Prefs, StartOptions, Status};

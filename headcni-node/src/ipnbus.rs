@@ -84,10 +84,9 @@ pub async fn follow(
                 }
             }
         }
-        let was = *state.borrow();
-        state.send_replace(new_state);
-        if was.is_connected() {
-            // The loop falls back to its polling interval.
+        let was = state.send_replace(new_state);
+        if was != new_state {
+            // The loop switches between following and polling (and reports the new state).
             signal.notify_one();
         }
         tokio::select! {

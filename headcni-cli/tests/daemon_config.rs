@@ -404,6 +404,7 @@ fn every_key_has_an_env_override() {
         ("headscale.user", "pods"),
         ("headscale.acl_tags", r#"["tag:headcni","tag:pods"]"#),
         ("headscale.timeout_secs", "7"),
+        ("headscale.resync_secs", "600"),
         ("daemon.listen", "127.0.0.1:9999"),
         ("daemon.expose_to_network", "true"),
         ("daemon.state_dir", "/var/lib/hc2"),
@@ -466,6 +467,7 @@ fn every_key_has_an_env_override() {
     assert_eq!(c.tailscale.port, 41700);
     assert_eq!(c.headscale.approval, Approval::AutoApprovers);
     assert_eq!(c.headscale.timeout_secs, 7);
+    assert_eq!(c.headscale.resync_secs, 600);
     assert_eq!(c.headscale.acl_tags, ["tag:headcni", "tag:pods"]);
     assert_eq!(
         c.tailscale.netfilter_mode,
@@ -1019,6 +1021,10 @@ fn validation() {
         (
             Box::new(|c: &mut Config| c.headscale.timeout_secs = 0),
             "headscale.timeout_secs",
+        ),
+        (
+            Box::new(|c: &mut Config| c.headscale.resync_secs = 29),
+            "headscale.resync_secs",
         ),
         (
             Box::new(|c: &mut Config| {

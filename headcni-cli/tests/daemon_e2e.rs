@@ -15,6 +15,8 @@
 mod common;
 #[path = "daemon_e2e/harness.rs"]
 mod harness;
+#[path = "daemon_e2e/ipn_bus.rs"]
+mod ipn_bus;
 
 use std::path::PathBuf;
 use std::process::Output;

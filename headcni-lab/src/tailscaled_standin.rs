@@ -5,7 +5,9 @@
 //! [--hostname NAME]`
 //!
 //! - the LocalAPI on `--socket` is [`headcni_testkit::LocalApi`] (the same rules
-//!   and JSON as `FakeTailscaled`), coordinated over [`crate::coord`];
+//!   and JSON as `FakeTailscaled`, the IPN bus included: `watch-ipn-bus` follows each new
+//!   netmap; `--no-ipn-bus` answers 404 as tailscaled < 1.34), coordinated over
+//!   [`crate::coord`];
 //! - the data plane as tailscaled on Linux (tailscale v1.102.3, control-plane-apis.md §2.6):
 //!   `wireguard-go -f NAME` configured over its UAPI socket, the tun with the node's
 //!   `100.64.0.N/32` and MTU 1280 (`TS_DEBUG_MTU`), peers' AllowedIPs = tailnet IPs plus their
@@ -94,6 +96,10 @@ pub struct Args {
     /// from that file's existence (issue 10 item 1).
     #[arg(long, env = "HEADCNI_STANDIN_WRITE_STATE_AT_START")]
     pub write_state_at_start: bool,
+    /// Answer `GET /localapi/v0/watch-ipn-bus` with 404, as a tailscaled older than v1.34.0
+    /// (`ipn/localapi/localapi.go` has no such route there): the daemon then polls.
+    #[arg(long, env = "HEADCNI_STANDIN_NO_IPN_BUS")]
+    pub no_ipn_bus: bool,
 }
 
 fn parse_version(s: &str) -> Result<TailscaledVersion, String> {
@@ -225,6 +231,11 @@ impl TailnetControl for ControlRef {
         let mut s = self.0.lock();
         s.secret = random_secret();
         node_key_of(&s.secret)
+    }
+
+    /// The IPN bus (`headcni_testkit::LocalApi`) follows each new netmap.
+    fn netmap_changes(&self) -> Option<watch::Receiver<u64>> {
+        Some(self.0.netmap_gen.subscribe())
     }
 }
 
@@ -728,6 +739,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         magic_dns: dns::MagicDns::default(),
     });
     api.set_version(args.tailscale_version);
+    api.set_ipn_bus(!args.no_ipn_bus);
     if args.write_state_at_start && persisted.is_none() {
         // A fresh identity, no node id: the file exists although nothing is logged in.
         standin.persist();

@@ -461,6 +461,30 @@ fn two_nodes_tunnel_routes_restart_and_cleanup() {
         ));
         (v["node"]["availableRoutes"] == json!(["10.244.1.0/24"])).then_some(())
     });
+    // b watches its IPN bus (tailscale `ipn/localapi/localapi.go` `serveWatchIPNBus`): the
+    // first message is the initial state; a's route then arrives as a netmap update.
+    let mut bus = std::os::unix::net::UnixStream::connect(lab.sock("b")).unwrap();
+    bus.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    bus.write_all(
+        b"GET /localapi/v0/watch-ipn-bus?mask=4126 HTTP/1.1\r\nHost: local-tailscaled.sock\r\n\r\n",
+    )
+    .unwrap();
+    let mut seen = Vec::new();
+    let mut read_until = |needle: &str, seen: &mut Vec<u8>| {
+        let mut buf = [0u8; 65536];
+        while !String::from_utf8_lossy(seen).contains(needle) {
+            let n = bus.read(&mut buf).unwrap_or(0);
+            assert!(
+                n > 0,
+                "IPN bus ended before {needle:?}: {}",
+                String::from_utf8_lossy(seen)
+            );
+            seen.extend_from_slice(&buf[..n]);
+        }
+    };
+    read_until("\"State\":6", &mut seen);
+    assert!(String::from_utf8_lossy(&seen).starts_with("HTTP/1.1 200"));
+    seen.clear();
     let t_approve = Instant::now();
     let approved = valid(rest(
         &u,
@@ -482,6 +506,9 @@ fn two_nodes_tunnel_routes_restart_and_cleanup() {
             })
             .then_some(())
     });
+    read_until("\"PrimaryRoutes\":[\"10.244.1.0/24\"]", &mut seen);
+    eprintln!("approve → b's IPN bus: {:?}", t_approve.elapsed());
+    drop(bus);
     let convergence = t_approve.elapsed();
     eprintln!("route convergence (approve → peer status): {convergence:?}");
     assert!(convergence < Duration::from_secs(2));

@@ -8,7 +8,8 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use headcni_core::control::ControlPlaneBackend;
+use headcni_core::control::bus::{ControlPass, PassInputs, control_pass, jittered};
+use headcni_core::control::{ApprovalCheck, ControlPlaneBackend};
 use headcni_core::node::conflist_sink::ConflistSink;
 use headcni_core::node::firewall::{FirewallDriver, NoFirewall};
 use headcni_core::node::retry::ReconcileBackoff;
@@ -23,7 +24,7 @@ use crate::config::{self, Config, DaemonFlags, FirewallDriverKind, Mode};
 use crate::metrics::Metrics;
 use crate::reconciler::{NodeDeps, NodeReconciler};
 use crate::state::{self, DaemonState, SharedState};
-use crate::{dataplane, events, http, podcidr, tailscaled};
+use crate::{dataplane, events, http, ipnbus, podcidr, tailscaled};
 
 /// The nftables table HeadCNI owns (`inet headcni`): [`headcni_core::defaults::NFT_TABLE`].
 pub use headcni_core::defaults::NFT_TABLE;
@@ -32,6 +33,9 @@ pub use headcni_core::defaults::NFT_TABLE;
 pub use headcni_core::defaults::TAILNET_MTU as DEFAULT_TAILNET_MTU;
 /// How long SIGTERM may take before the daemon returns anyway.
 pub const SHUTDOWN_BUDGET: Duration = Duration::from_secs(5);
+/// After an IPN bus change, how long the loop gathers further notifications before its pass
+/// (at most one event-driven pass per this long, plus the pass itself).
+pub const BUS_DEBOUNCE: Duration = Duration::from_millis(50);
 
 /// The configuration from `flags` and the process environment, with every error at once
 /// ([`config::check_from`]) and its warnings, which the caller logs ([`log_warnings`]) once
@@ -123,9 +127,13 @@ pub enum NodeError {
 /// cancelled (the binary cancels on SIGTERM/SIGINT); each `reload` notification (SIGHUP)
 /// reloads the configuration from the same `flags` and the environment. Serves the HTTP
 /// endpoints ([`http`]) and the plugin event socket ([`events`]), discovers the PodCIDR
-/// ([`podcidr`]), supervises tailscaled in daemon mode ([`tailscaled`]) and reconciles every
-/// `[daemon] reconcile_interval_secs` (sooner, with backoff, while not ready). On cancel the
-/// tasks get [`SHUTDOWN_BUDGET`] to finish.
+/// ([`podcidr`]), supervises tailscaled in daemon mode ([`tailscaled`]), follows tailscaled's
+/// IPN bus ([`ipnbus`]) and reconciles every `[daemon] reconcile_interval_secs` (sooner, with
+/// backoff, while not ready) and at once (debounced by [`BUS_DEBOUNCE`]) when the bus reports
+/// a prefs, state or netmap-route change. While the bus is connected and the node ready, the
+/// periodic passes leave the control plane alone; every `[headscale] resync_secs` (jittered)
+/// a pass verifies the approval with Headscale (`headcni_core::control::bus::control_pass`).
+/// On cancel the tasks get [`SHUTDOWN_BUDGET`] to finish.
 ///
 /// # Errors
 /// Start-up only ([`NodeError`]): the HTTP listener cannot be bound, daemon mode beside a
@@ -223,19 +231,67 @@ pub async fn run(
         tracing::warn!("bridge netfilter: {w}");
     }
     node.set_node_warnings(bridge_warning.into_iter().collect());
+    let bus_signal = Arc::new(Notify::new());
+    let (bus_tx, bus_rx) = tokio::sync::watch::channel(ipnbus::BusState::default());
+    {
+        let client = headcni_headscale::LocalApiClient::new(cfg.tailscale_socket())
+            .with_timeout(cfg.headscale.timeout())
+            .with_observer(backend::metrics_observer(&metrics));
+        let opts = ipnbus::BusOptions {
+            retry_absent: cfg.headscale.resync(),
+            idle: cfg.headscale.resync(),
+        };
+        let follow = ipnbus::follow(
+            client,
+            bus_signal.clone(),
+            bus_tx,
+            opts,
+            cancel.child_token(),
+        );
+        tasks.spawn(async move {
+            follow.await;
+            Ok(())
+        });
+    }
 
     let mut backoff =
         ReconcileBackoff::new(Duration::from_secs(cfg.daemon.reconcile_interval_secs));
+    let mut first = true;
+    let mut last_ready = false;
+    let mut signalled = false;
+    let mut next_resync = Instant::now() + jittered(cfg.headscale.resync(), rand::random());
     loop {
         if !control_built {
             // e.g. the API key file was fixed through its Secret
             let (control, built, _) = build_or_unavailable(&cfg, &metrics);
             node.set_control(control);
             control_built = built;
+            first = true;
         }
-        let outcome = node.reconcile_once(&cancel).await;
+        let bus = *bus_rx.borrow();
+        lock(&state).ipn_bus = bus;
+        let resync_due = Instant::now() >= next_resync;
+        let pass = control_pass(PassInputs {
+            first,
+            bus_connected: bus.is_connected(),
+            bus_signalled: signalled,
+            last_ready,
+            resync_due,
+        });
+        if pass == ControlPass::Run(ApprovalCheck::Verify) {
+            next_resync = Instant::now() + jittered(cfg.headscale.resync(), rand::random());
+        }
+        tracing::debug!(?pass, ?bus, signalled, "reconcile pass");
+        let outcome = node.reconcile_with(&cancel, pass).await;
+        if outcome.control.is_some() {
+            first = false;
+        }
+        last_ready = outcome.ok();
+        signalled = false;
         // Not ready: retry sooner, with capped exponential backoff; ready: the normal interval.
-        let wait = backoff.next_wait(outcome.ok());
+        let wait = backoff
+            .next_wait(outcome.ok())
+            .min(next_resync.saturating_duration_since(Instant::now()));
         tokio::select! {
             _ = cancel.cancelled() => break,
             _ = reload.notified() => {
@@ -251,6 +307,7 @@ pub async fn run(
                         let (control, built, _) = build_or_unavailable(&new, &metrics);
                         node.set_control(control);
                         control_built = built;
+                        first = true;
                         node.set_config(new.clone());
                         cfg = new;
                         tracing::info!("configuration reloaded (flags and environment re-applied)");
@@ -258,7 +315,15 @@ pub async fn run(
                     Err(e) => tracing::error!("reload failed, keeping the running configuration: {e:#}"),
                 }
             }
-            _ = wake.notified() => {}
+            _ = wake.notified() => signalled = true,
+            _ = bus_signal.notified() => {
+                signalled = true;
+                // Debounce: one pass for a burst of notifications (bounded pass rate).
+                tokio::select! {
+                    _ = cancel.cancelled() => break,
+                    _ = tokio::time::sleep(BUS_DEBOUNCE) => {}
+                }
+            }
             _ = tokio::time::sleep(wait) => {}
         }
     }

@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use headcni_core::control::{
-    ControlPlaneBackend, ControlPlaneError, ControlPlaneStatus, NotReadyReason, PeerRoutes,
-    Readiness, RouteState,
+    ApprovalCheck, ControlPlaneBackend, ControlPlaneError, ControlPlaneStatus, NotReadyReason,
+    PeerRoutes, Readiness, RouteState,
 };
 use headcni_headscale::daemon::{self, DaemonPrefs, LoginStep};
 use headcni_headscale::localapi::NetfilterMode;
@@ -147,6 +147,8 @@ pub fn build(
     let opts = BackendOptions {
         approval_timeout: Duration::from_secs(10),
         cluster_cidrs: cfg.node.cluster_cidr.clone(),
+        // Headscale's node list (missing peer routes) only on the slow resync.
+        peer_check_interval: cfg.headscale.resync(),
         ..BackendOptions::default()
     };
     Ok((
@@ -285,6 +287,14 @@ pub fn daemon_prefs(cfg: &Config, routes: &[IpNetwork]) -> DaemonPrefs {
 #[async_trait]
 impl ControlPlaneBackend for DaemonModeBackend {
     async fn ensure_routes(&self, routes: &[IpNetwork]) -> Result<RouteState, ControlPlaneError> {
+        self.ensure_routes_checked(routes, ApprovalCheck::Verify)
+            .await
+    }
+    async fn ensure_routes_checked(
+        &self,
+        routes: &[IpNetwork],
+        check: ApprovalCheck,
+    ) -> Result<RouteState, ControlPlaneError> {
         let mut prefs = self.prefs.clone();
         prefs.routes = routes.to_vec();
         match daemon::ensure_logged_in(
@@ -303,7 +313,7 @@ impl ControlPlaneBackend for DaemonModeBackend {
                     tracing::info!(?step, "dedicated tailscaled logged in");
                 }
                 self.set_failure(None);
-                self.inner.ensure_routes(routes).await
+                self.inner.ensure_routes_checked(routes, check).await
             }
             Err(e) => {
                 tracing::warn!("dedicated tailscaled login: {e}");

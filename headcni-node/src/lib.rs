@@ -19,6 +19,7 @@
 //! - [`dataplane`]: bridge, forwarding sysctls and the masquerade table (observe, plan, act).
 //! - [`cniconf`]: the conflist writer (atomic, only when changed).
 //! - [`tailscaled`]: the dedicated tailscaled's supervisor (daemon mode).
+//! - [`ipnbus`]: following tailscaled's IPN bus (event-driven passes; polling without it).
 //! - [`state`], [`metrics`], [`http`]: what the node reports (`/status`, `/metrics`,
 //!   `/healthz`, `/readyz`); [`status`]: fetching and rendering `headcni status`.
 //! - [`events`]: the daemon side of the plugin event socket (the datagram format is
@@ -33,6 +34,7 @@ pub mod config;
 pub mod dataplane;
 pub mod events;
 pub mod http;
+pub mod ipnbus;
 pub mod metrics;
 pub mod podcidr;
 pub mod ready_file;
@@ -42,7 +44,7 @@ pub mod status;
 pub mod tailscaled;
 
 pub use agent::{
-    DEFAULT_TAILNET_MTU, NFT_TABLE, NodeError, SHUTDOWN_BUDGET, UninstallReport, firewall_driver,
-    load_config, log_warnings, run, uninstall, uninstall_with,
+    BUS_DEBOUNCE, DEFAULT_TAILNET_MTU, NFT_TABLE, NodeError, SHUTDOWN_BUDGET, UninstallReport,
+    firewall_driver, load_config, log_warnings, run, uninstall, uninstall_with,
 };
 pub use reconciler::{NodeDeps, NodeReconciler, ReconcileOutcome};

@@ -7,7 +7,8 @@
 use std::sync::{Arc, RwLock};
 use std::time::Instant;
 
-use headcni_core::control::{ControlPlaneBackend, ControlPlaneError, RouteState};
+use headcni_core::control::bus::ControlPass;
+use headcni_core::control::{ApprovalCheck, ControlPlaneBackend, ControlPlaneError, RouteState};
 use headcni_core::ipam::IpamConf;
 use headcni_core::link::LinkManager;
 use headcni_core::node::chain_versions::ChainVersions;
@@ -52,7 +53,8 @@ pub struct ReconcileOutcome {
     pub dataplane: Result<DataplaneReport, DataplaneError>,
     /// The conflist step: `Ok(true)` when it was written.
     pub conflist: Result<bool, std::io::Error>,
-    /// The control-plane step: the route state, or why not; `None` when cancelled first.
+    /// The control-plane step: the route state, or why not; `None` when cancelled first or
+    /// skipped ([`ControlPass::Skip`]).
     pub control: Option<Result<RouteState, ControlPlaneError>>,
     /// Why the node is not ready after the pass (`/readyz`); empty when ready.
     pub not_ready: Vec<String>,
@@ -200,6 +202,18 @@ impl NodeReconciler {
     /// own timeouts; `cancel` abandons its step). Updates the shared state and the metrics
     /// (`headcni_reconcile_*{step}`, routes, ready, pods) and logs each failing step.
     pub async fn reconcile_once(&self, cancel: &CancellationToken) -> ReconcileOutcome {
+        self.reconcile_with(cancel, ControlPass::Run(ApprovalCheck::Verify))
+            .await
+    }
+
+    /// One pass like [`NodeReconciler::reconcile_once`], with the control-plane step as
+    /// `pass` says (`headcni_core::control::bus::control_pass`): skipped (the last status
+    /// stays; [`ReconcileOutcome::control`] is `None`), or run with its [`ApprovalCheck`].
+    pub async fn reconcile_with(
+        &self,
+        cancel: &CancellationToken,
+        pass: ControlPass,
+    ) -> ReconcileOutcome {
         let d = &self.deps;
         let t = Instant::now();
         let mtu = self.pod_mtu().await;
@@ -268,17 +282,23 @@ impl NodeReconciler {
             &self.metrics,
         );
 
-        let t = Instant::now();
-        let cp = tokio::select! {
-            r = d.control.ensure_routes(&self.pod_cidrs) => Some(r),
-            _ = cancel.cancelled() => None,
+        let cp = match pass {
+            ControlPass::Skip => None,
+            ControlPass::Run(check) => {
+                let t = Instant::now();
+                let cp = tokio::select! {
+                    r = d.control.ensure_routes_checked(&self.pod_cidrs, check) => Some(r),
+                    _ = cancel.cancelled() => None,
+                };
+                let cp_ok = matches!(cp, Some(Ok(_)));
+                self.metrics
+                    .observe_reconcile("control-plane", t.elapsed().as_secs_f64(), cp_ok);
+                if let Some(Err(e)) = &cp {
+                    tracing::warn!("control plane: {e}");
+                }
+                cp
+            }
         };
-        let cp_ok = matches!(cp, Some(Ok(_)));
-        self.metrics
-            .observe_reconcile("control-plane", t.elapsed().as_secs_f64(), cp_ok);
-        if let Some(Err(e)) = &cp {
-            tracing::warn!("control plane: {e}");
-        }
         let status = d.control.status();
         for r in &self.pod_cidrs {
             self.metrics.set_route(

@@ -77,6 +77,10 @@ pub struct DaemonState {
     pub add_blocked: Vec<String>,
     /// The control plane's last observed status.
     pub control: Option<ControlPlaneStatus>,
+    /// tailscaled's IPN bus: `connected` (passes follow its changes), `connecting`,
+    /// `absent` (no bus: polling) or `failing` (polling until it reconnects).
+    #[serde(default)]
+    pub ipn_bus: crate::ipnbus::BusState,
     /// Pods on this node keyed by `containerID/ifname`.
     pub pods: BTreeMap<String, PodEntry>,
     /// Daemon start time.
@@ -101,6 +105,7 @@ impl DaemonState {
             cni_versions: Vec::new(),
             add_blocked: Vec::new(),
             control: None,
+            ipn_bus: crate::ipnbus::BusState::default(),
             pods: BTreeMap::new(),
             started_at: SystemTime::now(),
         }
@@ -178,6 +183,7 @@ impl DaemonState {
             cni_versions: self.cni_versions.clone(),
             add_blocked: self.add_blocked.clone(),
             control: self.control.clone(),
+            ipn_bus: self.ipn_bus,
             pods,
             started_at: self.started_at,
         };

@@ -297,14 +297,23 @@ fn table(rows: &[Vec<String>]) -> String {
     out
 }
 
-/// The human summary printed by `headcni status`: node, mode, PodCIDR(s) and their source,
+/// The human summary printed by `headcni status`: node, mode, the IPN bus, PodCIDR(s) and
+/// their source,
 /// node preparation, this node's routes (advertised / approved / primary), peers' pod CIDRs
 /// seen through the tailnet, pods on this node, and `READY` or `NOT READY: <reasons>`.
 pub fn render(state: &DaemonState) -> String {
+    use crate::ipnbus::BusState;
     let mut o = String::new();
     // Writing into a String cannot fail: the results of writeln! are ignored below.
     let _ = writeln!(o, "Node:        {}", clean(&state.node_name));
     let _ = writeln!(o, "Mode:        {}", clean(&state.mode));
+    let bus = match state.ipn_bus {
+        BusState::Connected => "connected (passes follow tailscaled's changes)",
+        BusState::Connecting => "connecting (polling meanwhile)",
+        BusState::Absent => "absent: tailscaled < 1.34 (polling)",
+        BusState::Failing => "failing (polling until it reconnects)",
+    };
+    let _ = writeln!(o, "IPN bus:     {bus}");
     let source = state
         .pod_cidr_source
         .and_then(|s| serde_json::to_value(s).ok())
@@ -486,6 +495,10 @@ mod tests {
         let s = DaemonState::new("node-1", "host");
         let out = render(&s);
         assert!(out.contains("Node:        node-1\n"), "{out}");
+        assert!(
+            out.contains("IPN bus:     connecting (polling meanwhile)\n"),
+            "{out}"
+        );
         assert!(out.contains("PodCIDR:     not known yet"), "{out}");
         assert!(out.contains("Control:     not reconciled yet"), "{out}");
         assert!(

@@ -60,6 +60,52 @@ pub fn no_content() -> Resp {
     respond(StatusCode::NO_CONTENT, "text/plain", Bytes::new())
 }
 
+/// A response extension that turns a [`Resp`] into a streamed one: [`serve_conn`] sends the
+/// response head, then each chunk received here as it comes (HTTP/1.1 chunked), and ends the
+/// body when every sender is gone (as tailscaled's `watch-ipn-bus`, flushed per message).
+#[derive(Clone)]
+pub struct Streamed(pub Arc<std::sync::Mutex<Option<tokio::sync::mpsc::Receiver<Bytes>>>>);
+
+impl Streamed {
+    /// `resp` streamed from `rx` (its own body is ignored).
+    pub fn attach(mut resp: Resp, rx: tokio::sync::mpsc::Receiver<Bytes>) -> Resp {
+        resp.extensions_mut()
+            .insert(Streamed(Arc::new(std::sync::Mutex::new(Some(rx)))));
+        resp
+    }
+}
+
+/// The body of a [`Streamed`] response.
+struct ChannelBody(tokio::sync::mpsc::Receiver<Bytes>);
+
+impl hyper::body::Body for ChannelBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Infallible>>> {
+        self.0
+            .poll_recv(cx)
+            .map(|o| o.map(|b| Ok(hyper::body::Frame::data(b))))
+    }
+}
+
+type AnyBody = http_body_util::Either<Full<Bytes>, ChannelBody>;
+
+fn into_any(resp: Resp) -> Response<AnyBody> {
+    let rx = resp
+        .extensions()
+        .get::<Streamed>()
+        .and_then(|s| s.0.lock().ok().and_then(|mut g| g.take()));
+    let (parts, body) = resp.into_parts();
+    match rx {
+        Some(rx) => Response::from_parts(parts, http_body_util::Either::Right(ChannelBody(rx))),
+        None => Response::from_parts(parts, http_body_util::Either::Left(body)),
+    }
+}
+
 /// Serves HTTP/1.1 on `io` with `handler`.
 pub async fn serve_conn<I>(io: I, handler: Handler)
 where
@@ -85,7 +131,7 @@ where
                 Ok(resp) => resp,
                 Err(_) => text(StatusCode::INTERNAL_SERVER_ERROR, "handler failed"),
             };
-            Ok::<_, Infallible>(resp)
+            Ok::<_, Infallible>(into_any(resp))
         }
     });
     let _ = hyper::server::conn::http1::Builder::new()

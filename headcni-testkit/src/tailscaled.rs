@@ -28,6 +28,9 @@ use crate::headscale::{HeadscaleControl, NodeView, random_node_key};
 use crate::server::{BoxFut, Handler, Req, Resp, json as json_resp, no_content, text, unix_loop};
 use headcni_headscale::localapi::{NetfilterMode, OptBool, Prefs};
 
+#[path = "tailscaled_bus.rs"]
+mod bus;
+
 /// How many [`LocalApiRequest`]s a [`LocalApi`] keeps (the oldest are dropped).
 const MAX_RECORDED: usize = 10_000;
 
@@ -102,6 +105,11 @@ pub trait TailnetControl: Send + Sync + std::fmt::Debug {
     fn new_node_key(&self) -> String {
         random_node_key()
     }
+    /// A receiver bumped whenever the netmap may have changed (the IPN bus follows it);
+    /// `None`: the bus sees only the LocalAPI's own changes.
+    fn netmap_changes(&self) -> Option<watch::Receiver<u64>> {
+        None
+    }
 }
 
 impl TailnetControl for HeadscaleControl {
@@ -140,6 +148,10 @@ impl TailnetControl for HeadscaleControl {
     fn peers_of(&self, id: u64) -> Vec<NodeView> {
         HeadscaleControl::peers_of(self, id)
     }
+
+    fn netmap_changes(&self) -> Option<watch::Receiver<u64>> {
+        Some(self.subscribe())
+    }
 }
 
 /// One LocalAPI request as the fake saw it.
@@ -175,6 +187,8 @@ struct TsState {
     write_denied: bool,
     delay: Option<Duration>,
     version: TailscaledVersion,
+    /// `watch-ipn-bus` is served (false: 404, a tailscaled older than v1.34).
+    ipn_bus: bool,
 }
 
 /// The prefs of a fresh tailscaled on Linux (`ipn.NewPrefs`): `WantRunning` false until
@@ -463,6 +477,7 @@ impl LocalApi {
             write_denied: false,
             delay: None,
             version: TailscaledVersion::default(),
+            ipn_bus: true,
         };
         state.announce();
         let (tx, _rx) = watch::channel(0u64);
@@ -495,14 +510,30 @@ impl LocalApi {
         })
     }
 
-    /// Answers one LocalAPI request (`/localapi/v0/...`) with the tailscaled rules.
+    /// Answers one LocalAPI request (`/localapi/v0/...`) with the tailscaled rules;
+    /// `watch-ipn-bus` is a streamed response ([`crate::server::Streamed`]).
     pub async fn handle(&self, req: Req) -> Resp {
         let write = req.method != Method::GET;
+        let bus = req.uri.path() == "/localapi/v0/watch-ipn-bus";
+        let query = req.uri.query().map(str::to_owned);
         let resp = handle(self.state.clone(), req).await;
+        if bus {
+            if resp.status() != StatusCode::OK {
+                return resp;
+            }
+            let mask = bus::check(&self.lock(), query.as_deref()).unwrap_or_default();
+            return self.watch(mask);
+        }
         if write {
             self.changed();
         }
         resp
+    }
+
+    /// Serve the IPN bus (`true`, the default) or answer `watch-ipn-bus` with 404 as a
+    /// tailscaled older than v1.34.0 does (`false`).
+    pub fn set_ipn_bus(&self, served: bool) {
+        self.lock().ipn_bus = served;
     }
 
     /// Imitate `version` from now on (default [`TailscaledVersion::V1_102`]). Switching to
@@ -883,6 +914,11 @@ fn route(s: &mut TsState, req: &Req, host: &str, had_ro: bool, body: Option<&Val
             s.backend_state = "NeedsLogin".to_string();
             no_content()
         }
+        // serveWatchIPNBus checks no method; the stream itself is LocalApi::watch's.
+        (_, "watch-ipn-bus") => match bus::check(s, req.uri.query()) {
+            Ok(_) => json_resp(StatusCode::OK, &Value::Null),
+            Err((status, msg)) => text(status, msg),
+        },
         (_, "status" | "prefs" | "start" | "login-interactive" | "logout" | "check-prefs") => {
             text(StatusCode::METHOD_NOT_ALLOWED, "unsupported method")
         }

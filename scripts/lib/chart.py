@@ -71,7 +71,7 @@ ALL_SET = {
                       "tailscaled_path": "/usr/sbin/tailscaled", "state_dir": "/var/lib/headcni/ts",
                       "port": 41700, "netfilter_mode": "nodivert"},
         "headscale": {"url": "https://hs.example.net", "user": "pods", "acl_tags": ["tag:headcni"],
-                      "timeout_secs": 5},
+                      "timeout_secs": 5, "resync_secs": 600},
         "tailscale_api": {"url": "https://hs.example.net", "tailnet": "-"},
         "magic_dns": {"enable": True, "base_domain": "tailnet.example.com",
                       "nameservers": ["100.100.100.100"], "search_domains": ["tailnet.example.com"]},

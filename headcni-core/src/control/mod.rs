@@ -8,6 +8,7 @@
 //! [`plan`] holds the backend's decisions as a pure state machine (observation in, one next
 //! step out); an adapter such as `headcni-headscale`'s `TailnetBackend` drives it with I/O.
 
+pub mod bus;
 pub mod plan;
 
 use async_trait::async_trait;
@@ -235,12 +236,39 @@ pub trait ControlPlaneBackend: Send + Sync {
     /// primary, keeping every route that is not HeadCNI's; returns the resulting state.
     /// Bounded in time: never blocks forever.
     async fn ensure_routes(&self, routes: &[IpNetwork]) -> Result<RouteState, ControlPlaneError>;
+    /// [`ControlPlaneBackend::ensure_routes`] with `check` saying whether the control
+    /// server's approvals must be read ([`ApprovalCheck::Verify`], what `ensure_routes`
+    /// does) or may be inferred from the routes being primary
+    /// ([`ApprovalCheck::TrustPrimary`]: the daemon's event-driven and polling passes between
+    /// two slow resyncs). The default ignores `check`.
+    async fn ensure_routes_checked(
+        &self,
+        routes: &[IpNetwork],
+        check: ApprovalCheck,
+    ) -> Result<RouteState, ControlPlaneError> {
+        let _ = check;
+        self.ensure_routes(routes).await
+    }
     /// Withdraws `routes` (uninstall); other routes are kept.
     async fn withdraw_routes(&self, routes: &[IpNetwork]) -> Result<(), ControlPlaneError>;
     /// Peers' routes seen through the tailnet.
     async fn peer_routes(&self) -> Result<Vec<PeerRoutes>, ControlPlaneError>;
     /// The last observed status (no I/O; cheap enough for every `/readyz` probe).
     fn status(&self) -> ControlPlaneStatus;
+}
+
+/// How a reconcile learns that this node's routes are approved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ApprovalCheck {
+    /// Read the approvals from the control server (Headscale REST, Tailscale API) as the
+    /// plan says: the first pass and the slow resync.
+    #[default]
+    Verify,
+    /// Routes that tailscaled already serves as primary (LocalAPI `Self.PrimaryRoutes`) are
+    /// approved: the control server computes primary routes from approved ones only. The
+    /// control server is then not asked; routes not primary go through the approval path.
+    TrustPrimary,
 }
 
 #[cfg(test)]

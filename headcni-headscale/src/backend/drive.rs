@@ -61,6 +61,12 @@ impl<'a> Drive<'a> {
         }
     }
 
+    /// Lets the plan take routes already primary as approved (no control-server read).
+    pub(super) fn trusting_primary(mut self, trust: bool) -> Self {
+        self.obs.trust_primary = trust;
+        self
+    }
+
     /// What was observed (for the status after [`Drive::run`]).
     pub(super) fn into_observation(self) -> ControlObservation {
         self.obs

@@ -39,8 +39,8 @@ use headcni_core::control::plan::{
     prefs_patch_remove, running_self, stateful_filtering_note,
 };
 use headcni_core::control::{
-    ControlPlaneBackend, ControlPlaneError, ControlPlaneStatus, NotReadyReason, PeerRoutes,
-    Readiness, RouteState,
+    ApprovalCheck, ControlPlaneBackend, ControlPlaneError, ControlPlaneStatus, NotReadyReason,
+    PeerRoutes, Readiness, RouteState,
 };
 use ipnetwork::IpNetwork;
 
@@ -247,10 +247,25 @@ impl TailnetBackend {
 #[async_trait]
 impl ControlPlaneBackend for TailnetBackend {
     async fn ensure_routes(&self, routes: &[IpNetwork]) -> Result<RouteState, ControlPlaneError> {
+        self.ensure_routes_checked(routes, ApprovalCheck::Verify)
+            .await
+    }
+
+    /// With [`ApprovalCheck::TrustPrimary`], routes already in LocalAPI `Self.PrimaryRoutes`
+    /// need no Headscale (or Tailscale API) read: a pass then costs the LocalAPI `status`,
+    /// `prefs` and the peers' `status`; Headscale is asked only when a route is not primary
+    /// (approval needed) and for [`missing_peer_routes`] at most once per
+    /// [`BackendOptions::peer_check_interval`].
+    async fn ensure_routes_checked(
+        &self,
+        routes: &[IpNetwork],
+        check: ApprovalCheck,
+    ) -> Result<RouteState, ControlPlaneError> {
         let mut out = ControlPlaneStatus::initial(Self::backend_name(&self.approval));
         out.wanted = routes.to_vec();
         let wanted = self.wanted(routes);
-        let mut drive = Drive::new(self, wanted.clone(), Op::Ensure);
+        let mut drive = Drive::new(self, wanted.clone(), Op::Ensure)
+            .trusting_primary(check == ApprovalCheck::TrustPrimary);
         let res = drive.run().await;
         let obs = drive.into_observation();
         if let Some(me) = obs.agent.as_ref().and_then(|a| running_self(a).ok()) {

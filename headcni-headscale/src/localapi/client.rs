@@ -134,6 +134,11 @@ impl LocalApiClient {
         self.timeout
     }
 
+    /// The request observer, if any.
+    pub(super) fn observer(&self) -> Option<&crate::observe::RequestObserver> {
+        self.observer.as_ref()
+    }
+
     /// tailscale ipn/localapi `GET /localapi/v0/status` (with peers).
     pub async fn status(&self) -> Result<Status, LocalApiError> {
         self.get_json("/localapi/v0/status").await
@@ -297,7 +302,7 @@ fn decode<T: DeserializeOwned>(endpoint: &str, bytes: &[u8]) -> Result<T, LocalA
     })
 }
 
-fn error_from(endpoint: &str, status: StatusCode, body: &[u8]) -> LocalApiError {
+pub(super) fn error_from(endpoint: &str, status: StatusCode, body: &[u8]) -> LocalApiError {
     #[derive(serde::Deserialize)]
     struct ErrBody {
         #[serde(rename = "Error")]

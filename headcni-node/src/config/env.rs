@@ -53,6 +53,7 @@ pub(super) const KEYS: &[(&str, &str, Kind)] = &[
     ("headscale", "user", Kind::Str),
     ("headscale", "acl_tags", Kind::Json),
     ("headscale", "timeout_secs", Kind::Int),
+    ("headscale", "resync_secs", Kind::Int),
     ("daemon", "listen", Kind::Str),
     ("daemon", "expose_to_network", Kind::Bool),
     ("daemon", "state_dir", Kind::Str),

@@ -471,6 +471,7 @@ fn build(l: &Layers, errors: &mut Vec<ConfigError>) -> Config {
     set!("headscale", "user", c.headscale.user);
     set!("headscale", "acl_tags", c.headscale.acl_tags);
     set!("headscale", "timeout_secs", c.headscale.timeout_secs);
+    set!("headscale", "resync_secs", c.headscale.resync_secs);
     set!("daemon", "listen", c.daemon.listen);
     set!("daemon", "expose_to_network", c.daemon.expose_to_network);
     set!("daemon", "state_dir", c.daemon.state_dir);

@@ -79,6 +79,7 @@
 //! approval = "api"                 # api | auto-approvers | tailscale-api
 //! user = "headcni"                 # daemon mode: the owner of pre-auth keys
 //! timeout_secs = 10                # per Headscale/LocalAPI request
+//! resync_secs = 300                # slow resync with Headscale (jittered +0–20 %); ≥ 30
 //!
 //! [daemon]
 //! listen = "127.0.0.1:8081"        # /metrics, /healthz, /readyz, /status

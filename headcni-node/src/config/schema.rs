@@ -393,6 +393,12 @@ pub struct HeadscaleConfig {
     pub acl_tags: Vec<String>,
     /// Timeout of one Headscale or LocalAPI request, in seconds.
     pub timeout_secs: u64,
+    /// The slow resync, in seconds (default 300, at least 30): how often Headscale (or the
+    /// Tailscale API) is asked about this node's approval and every node's served routes
+    /// while nothing changes. Each wait is stretched by up to a fifth at random
+    /// (`headcni_core::control::bus::jittered`). Between two resyncs the daemon follows
+    /// tailscaled's IPN bus and asks Headscale only when a route must be approved.
+    pub resync_secs: u64,
 }
 
 impl Default for HeadscaleConfig {
@@ -404,14 +410,25 @@ impl Default for HeadscaleConfig {
             user: "headcni".to_owned(),
             acl_tags: Vec::new(),
             timeout_secs: 10,
+            resync_secs: DEFAULT_RESYNC_SECS,
         }
     }
 }
+
+/// Default of `[headscale] resync_secs`: 5 minutes.
+pub const DEFAULT_RESYNC_SECS: u64 = 300;
+/// Least `[headscale] resync_secs` accepted.
+pub const MIN_RESYNC_SECS: u64 = 30;
 
 impl HeadscaleConfig {
     /// `timeout_secs` as a duration.
     pub fn timeout(&self) -> Duration {
         Duration::from_secs(self.timeout_secs)
+    }
+
+    /// `resync_secs` as a duration (before jitter).
+    pub fn resync(&self) -> Duration {
+        Duration::from_secs(self.resync_secs)
     }
 }
 

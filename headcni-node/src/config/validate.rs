@@ -283,6 +283,12 @@ impl Config {
         if h.timeout_secs == 0 {
             bad("headscale.timeout_secs", "must be at least 1".into());
         }
+        if h.resync_secs < super::schema::MIN_RESYNC_SECS {
+            bad(
+                "headscale.resync_secs",
+                format!("must be at least {}", super::schema::MIN_RESYNC_SECS),
+            );
+        }
 
         let d = &self.daemon;
         if !d.state_dir.is_absolute() {

@@ -22,6 +22,9 @@ use crate::control::{ControlPlaneError, NotReadyReason, RouteState};
 /// advertising the routes at the deadline or the answer lacking them (`not-approved`, naming
 /// the Tailscale API); not primary by the deadline: approved → `not-primary`, not approved →
 /// `not-approved`, autoApprovers → `not-approved` naming the policy's `autoApprovers.routes`.
+///
+/// With [`ControlObservation::trust_primary`], routes already in the status's
+/// `Self.PrimaryRoutes` are ready once the prefs are in place, without an approval read.
 pub fn next_step(wanted: &Wanted, obs: &ControlObservation) -> ControlStep {
     match plan(wanted, obs) {
         Ok(step) | Err(step) => step,
@@ -75,6 +78,15 @@ fn plan(wanted: &Wanted, obs: &ControlObservation) -> Result<ControlStep, Contro
     let patch = prefs_patch_add(prefs, routes);
     if !patch.is_empty() {
         return Err(ControlStep::PatchPrefs(patch));
+    }
+    if obs.trust_primary && contains_all(&me.primary_routes, routes) {
+        // Primary implies approved (the control server makes primary only approved routes):
+        // nothing to change, nothing to ask the control server.
+        return Ok(ControlStep::Ready(RouteState {
+            advertised: prefs.advertise_routes.clone(),
+            approved: routes.to_vec(),
+            primary: me.primary_routes.clone(),
+        }));
     }
     let approved = match wanted.approval {
         ApprovalPath::Api => Some(api_approval(wanted, me, obs)?),

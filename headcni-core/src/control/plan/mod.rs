@@ -45,6 +45,8 @@ mod tests;
 mod tests_dual_stack;
 #[cfg(test)]
 mod tests_tailscale_api;
+#[cfg(test)]
+mod tests_trust_primary;
 
 pub use approver::approver_note;
 pub use ensure::{next_step, partial_routes};

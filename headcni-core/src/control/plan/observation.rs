@@ -199,6 +199,10 @@ pub struct ControlObservation {
     /// Whether the approval deadline (set by the driver once the prefs are in place) has
     /// passed at the time of this decision.
     pub deadline_passed: bool,
+    /// The driver allows deciding from `Self.PrimaryRoutes` of [`ControlObservation::agent`]
+    /// alone that routes already primary are approved (no control-server read:
+    /// `crate::control::ApprovalCheck::TrustPrimary`). `false`: the approval is read.
+    pub trust_primary: bool,
 }
 
 impl ControlObservation {

@@ -668,7 +668,10 @@ impl Lab {
             self.wait_tailnet(n, Duration::from_secs(20))?;
         }
         if let Some((img, pod)) = self.image_node(n)? {
-            progress(format!("node-{n}: image mode: {} (deploy/headcni.yaml)", img.image));
+            progress(format!(
+                "node-{n}: image mode: {} (deploy/headcni.yaml)",
+                img.image
+            ));
             img.prepare(&pod, &self.shared().join("api-key"))?;
         }
         self.start_daemon(n)?;
@@ -934,12 +937,7 @@ impl Lab {
         };
         let list = self.conflist(n)?;
         let att = self.attachment(&pod, runtime_config);
-        match chain::add(
-            &ctx,
-            &self.cni_path()?,
-            &list,
-            &att,
-        ) {
+        match chain::add(&ctx, &self.cni_path()?, &list, &att) {
             Ok(result) => {
                 pod.ip = chain::first_ipv4(&result);
                 pod.result = result;
@@ -976,14 +974,8 @@ impl Lab {
         let ctx = self.node_ctx(pod.node);
         let list = self.conflist(pod.node)?;
         let att = self.attachment(&pod, json!({}));
-        chain::del(
-            &ctx,
-            &self.cni_path()?,
-            &list,
-            &att,
-            Some(&pod.result),
-        )
-        .map_err(|e| anyhow!("CNI DEL {name}: {e}"))?;
+        chain::del(&ctx, &self.cni_path()?, &list, &att, Some(&pod.result))
+            .map_err(|e| anyhow!("CNI DEL {name}: {e}"))?;
         let n = pod.name.clone();
         ctx.run(move || delete_named(&n))?
             .map_err(|e| anyhow!("{e}"))?;

@@ -89,8 +89,17 @@ fn plugin_conf(list: &Value, plugin: &Value, prev: Option<&Value>, rc: &Value) -
     Value::Object(conf)
 }
 
-fn find_plugin(cni_path: &[PathBuf], ty: &str) -> Option<PathBuf> {
-    cni_path.iter().map(|d| d.join(ty)).find(|p| p.is_file())
+/// The first `CNI_PATH` directory holding `ty`, looked up inside `ctx` (the node's mount
+/// namespace: in image mode the plugin exists only in the node's CNI bin dir).
+fn find_plugin(ctx: &Ctx, cni_path: &[PathBuf], ty: &str) -> Option<PathBuf> {
+    let candidates: Vec<PathBuf> = cni_path.iter().map(|d| d.join(ty)).collect();
+    match ctx.mnt {
+        Some(_) => ctx
+            .run(move || candidates.into_iter().find(|p| p.is_file()))
+            .ok()
+            .flatten(),
+        None => candidates.into_iter().find(|p| p.is_file()),
+    }
 }
 
 fn exec_one(
@@ -101,7 +110,7 @@ fn exec_one(
     conf: &Value,
 ) -> Result<Exec, ChainError> {
     let ty = conf["type"].as_str().unwrap_or_default().to_string();
-    let bin = find_plugin(cni_path, &ty).ok_or_else(|| ChainError::Spawn {
+    let bin = find_plugin(ctx, cni_path, &ty).ok_or_else(|| ChainError::Spawn {
         plugin: ty.clone(),
         source: std::io::Error::new(std::io::ErrorKind::NotFound, "not in CNI_PATH"),
     })?;
@@ -211,7 +220,7 @@ pub fn status(
         .ok_or_else(|| ChainError::Conflist(format!("no plugin of type {plugin}")))?;
     let mut conf = plugin_conf(list, p, None, &json!({}));
     conf["cniVersion"] = json!("1.1.0");
-    let bin = find_plugin(cni_path, plugin).ok_or_else(|| ChainError::Spawn {
+    let bin = find_plugin(ctx, cni_path, plugin).ok_or_else(|| ChainError::Spawn {
         plugin: plugin.to_string(),
         source: std::io::Error::new(std::io::ErrorKind::NotFound, "not in CNI_PATH"),
     })?;

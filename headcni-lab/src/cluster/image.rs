@@ -2,12 +2,15 @@
 //! from the container image `scripts/build-image.sh` builds, with podman, exactly as the
 //! DaemonSet of `deploy/headcni.yaml` runs it ([`super::manifest`]): the init containers
 //! (`headcni install` into the CNI bin dir), then the daemon container, privileged, in the
-//! node's network namespace (`--network ns:<node netns>`, the pod's `hostNetwork`), with every
+//! node's network namespace (the pod's `hostNetwork`), with every
 //! `hostPath` mounted where the manifest mounts it, the ConfigMap's `config.toml` and the
 //! API-key Secret (a 0400 file) where the manifest mounts them, the manifest's
 //! command/args/env (`NODE_NAME` filled as kubelet fills `spec.nodeName`).
 //!
-//! Per node: podman runs *inside* the node's mount namespace, so a `hostPath` resolves to the
+//! Per node: podman runs *inside* the node's network and mount namespaces, so `--network=host`
+//! is the node's network namespace (as a CRI runtime gives a `hostNetwork` pod the node's: no
+//! namespace of its own; `--network=ns:<node netns>` would name runc's own namespace, where
+//! runc refuses podman's default `net.ipv4.ping_group_range` sysctl), and a `hostPath` resolves to the
 //! node's own directory. Paths under `/run` (and `/var/run`, a symlink to it on Debian) are
 //! already the node's private tmpfs; every other host path gets the node's own directory
 //! `<shared>/node-N/host/<path>` bind-mounted over it in the node's mount namespace. A host
@@ -52,9 +55,6 @@ pub struct NodeImage {
     pub image: String,
     /// Node N's context (network + mount namespace).
     pub ctx: Ctx,
-    /// The node's network namespace path on the host, bind-mounted at the same path inside
-    /// the node so podman can name it.
-    pub netns: PathBuf,
     /// `<shared>/node-N`: the node's own files (visible at the same path inside the node).
     pub node_dir: PathBuf,
     /// The lab's shared directory (the exported image is kept there).
@@ -185,11 +185,7 @@ impl NodeImage {
     /// paths, its netns file, the ConfigMap and Secret volumes, the image in its store, the
     /// runtime's chained plugins in its CNI bin dir; then runs the init containers.
     pub fn prepare(&self, pod: &DaemonSetPod, api_key: &Path) -> Result<()> {
-        let host_paths: Vec<PathBuf> = pod
-            .host_paths()
-            .iter()
-            .map(|(p, _)| canonical(p))
-            .collect();
+        let host_paths: Vec<PathBuf> = pod.host_paths().iter().map(|(p, _)| canonical(p)).collect();
         for p in &host_paths {
             if !p.starts_with("/run") {
                 let src = self.host_dir(p);
@@ -201,10 +197,9 @@ impl NodeImage {
             }
         }
         let node_dir = self.node_dir.clone();
-        let netns = self.netns.clone();
         let paths = host_paths.clone();
         self.ctx
-            .run(move || mount_host_paths(&node_dir, &paths, &netns))?
+            .run(move || mount_host_paths(&node_dir, &paths))?
             .with_context(|| format!("{}: the manifest's host paths", self.node_name))?;
         self.write_volumes(pod, api_key)?;
         // The runtime's reference plugins (the chained portmap), where a node's package
@@ -213,13 +208,16 @@ impl NodeImage {
         for plugin in super::LAB_CHAINED_PLUGINS {
             let src = Path::new("/usr/lib/cni").join(plugin);
             let dst = self.host_dir(&bin_dir).join(plugin);
-            std::fs::copy(&src, &dst).with_context(|| {
-                format!("copy {} to {}", src.display(), dst.display())
-            })?;
+            std::fs::copy(&src, &dst)
+                .with_context(|| format!("copy {} to {}", src.display(), dst.display()))?;
         }
         self.load_image()?;
         for c in &pod.init {
-            let mut args = vec!["run".to_string(), "--rm".into(), format!("--name={}", c.name)];
+            let mut args = vec![
+                "run".to_string(),
+                "--rm".into(),
+                format!("--name={}", c.name),
+            ];
             args.extend(self.container_args(pod, c)?);
             self.podman_ok(&args)
                 .with_context(|| format!("init container {}", c.name))?;
@@ -316,7 +314,7 @@ impl NodeImage {
     pub fn container_args(&self, pod: &DaemonSetPod, c: &Container) -> Result<Vec<String>> {
         let mut a: Vec<String> = ULIMITS.iter().map(|s| s.to_string()).collect();
         if pod.host_network {
-            a.push(format!("--network=ns:{}", self.netns.display()));
+            a.push("--network=host".into());
         }
         if c.privileged {
             a.push("--privileged".into());
@@ -332,7 +330,11 @@ impl NodeImage {
             match pod.volumes.get(&m.volume) {
                 Some(Volume::HostPath(p)) => {
                     // The node's path (podman resolves it in the node's mount namespace).
-                    a.push(format!("--volume={}:{}{ro}", canonical(p).display(), m.path));
+                    a.push(format!(
+                        "--volume={}:{}{ro}",
+                        canonical(p).display(),
+                        m.path
+                    ));
                 }
                 Some(Volume::ConfigMap { .. } | Volume::Secret { .. }) => {
                     a.push(format!(
@@ -463,7 +465,11 @@ impl super::Lab {
     /// image is set and the tailnet mode is host mode).
     pub(super) fn image_node(&self, n: u32) -> Result<Option<(NodeImage, DaemonSetPod)>> {
         let spec = &self.state.spec;
-        let Some(image) = spec.image.clone().filter(|_| spec.mode == super::Mode::Host) else {
+        let Some(image) = spec
+            .image
+            .clone()
+            .filter(|_| spec.mode == super::Mode::Host)
+        else {
             return Ok(None);
         };
         let node = self.node(n)?;
@@ -487,12 +493,10 @@ impl super::Lab {
                 spec.reconcile_secs.to_string(),
             ),
         ];
-        let netns = self.netns_path(&format!("node-{n}"));
         Ok(Some((
             NodeImage {
                 image,
                 ctx: self.node_ctx(n),
-                netns,
                 node_dir: self.shared().join(format!("node-{n}")),
                 shared: self.shared(),
                 node_name: node.name.clone(),
@@ -544,22 +548,9 @@ fn quantity_bytes(q: &str) -> Option<u64> {
     n.checked_mul(mult)
 }
 
-/// Inside the node's mount namespace (and network namespace): the node's netns file at
-/// `netns` (the same path as on the host), and the node's own directory over every host
-/// path outside `/run`.
-fn mount_host_paths(node_dir: &Path, paths: &[PathBuf], netns: &Path) -> io::Result<()> {
-    if let Some(dir) = netns.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    File::create(netns)?;
-    mount(
-        Some("/proc/thread-self/ns/net"),
-        netns,
-        None::<&str>,
-        MsFlags::MS_BIND,
-        None::<&str>,
-    )
-    .map_err(|e| io::Error::other(format!("bind the node's netns at {}: {e}", netns.display())))?;
+/// Inside the node's mount namespace: the node's own directory over every host path outside
+/// `/run` (those under `/run` are made in the node's private `/run`).
+fn mount_host_paths(node_dir: &Path, paths: &[PathBuf]) -> io::Result<()> {
     let mut replaced: Vec<PathBuf> = Vec::new();
     for (i, p) in paths.iter().enumerate() {
         if p.starts_with("/run") {
@@ -627,8 +618,14 @@ fn ensure_dir(p: &Path, replaced: &mut Vec<PathBuf>, k: usize) -> io::Result<()>
             )
             .map_err(err(format!("bind {}", e.path().display())))?;
         }
-        mount(Some(&stage), anc, None::<&str>, MsFlags::MS_MOVE, None::<&str>)
-            .map_err(err(format!("move the tmpfs onto {}", anc.display())))?;
+        mount(
+            Some(&stage),
+            anc,
+            None::<&str>,
+            MsFlags::MS_MOVE,
+            None::<&str>,
+        )
+        .map_err(err(format!("move the tmpfs onto {}", anc.display())))?;
         let _ = std::fs::remove_dir(&stage);
         replaced.push(anc.to_path_buf());
     }
@@ -646,7 +643,6 @@ mod tests {
         NodeImage {
             image: "localhost/headcni:test".into(),
             ctx: Ctx::net("/run/netns/x-node-1"),
-            netns: "/run/netns/x-node-1".into(),
             node_dir: "/run/headcni-lab/x/shared/node-1".into(),
             shared: "/run/headcni-lab/x/shared".into(),
             node_name: "node-1".into(),
@@ -669,26 +665,29 @@ mod tests {
             );
         }
         assert!(args.contains(&"--privileged".to_string()));
-        assert!(args.contains(&"--network=ns:/run/netns/x-node-1".to_string()));
+        assert!(args.contains(&"--network=host".to_string()));
         assert!(args.contains(&"--env=NODE_NAME=node-1".to_string()));
         assert!(args.contains(&"--env=HEADCNI_NODE_POD_CIDR=10.244.1.0/24".to_string()));
         assert!(args.iter().any(|a| a.starts_with(
             "--volume=/run/headcni-lab/x/shared/node-1/volumes/api-key:/etc/headcni-secret:ro"
         )));
         // The image, then the manifest's command after its first word.
-        let i = args.iter().position(|a| a == "localhost/headcni:test").unwrap();
+        let i = args
+            .iter()
+            .position(|a| a == "localhost/headcni:test")
+            .unwrap();
         assert_eq!(args[i + 1], "daemon");
-        assert_eq!(
-            args[i - 1],
-            format!("--entrypoint={}", pod.daemon.argv[0])
-        );
+        assert_eq!(args[i - 1], format!("--entrypoint={}", pod.daemon.argv[0]));
     }
 
     #[test]
     fn quantities_and_var_run() {
         assert_eq!(quantity_bytes("16Mi"), Some(16 << 20));
         assert_eq!(quantity_bytes("2x"), None);
-        assert_eq!(canonical("/var/run/tailscale"), PathBuf::from("/run/tailscale"));
+        assert_eq!(
+            canonical("/var/run/tailscale"),
+            PathBuf::from("/run/tailscale")
+        );
         assert_eq!(canonical("/var/lib/cni"), PathBuf::from("/var/lib/cni"));
     }
 
@@ -697,7 +696,10 @@ mod tests {
         let pod = daemonset().unwrap();
         assert_eq!(
             node_cni_dirs(&pod).unwrap(),
-            (PathBuf::from("/opt/cni/bin"), PathBuf::from("/etc/cni/net.d"))
+            (
+                PathBuf::from("/opt/cni/bin"),
+                PathBuf::from("/etc/cni/net.d")
+            )
         );
     }
 }

@@ -132,9 +132,10 @@ impl DaemonSetPod {
 
     /// Where the daemon container mounts the `hostPath` `host`, if it does.
     pub fn daemon_mount_of(&self, host: &str) -> Option<&Mount> {
-        self.daemon.mounts.iter().find(
-            |m| matches!(self.volumes.get(&m.volume), Some(Volume::HostPath(p)) if p == host),
-        )
+        self.daemon
+            .mounts
+            .iter()
+            .find(|m| matches!(self.volumes.get(&m.volume), Some(Volume::HostPath(p)) if p == host))
     }
 }
 
@@ -240,7 +241,9 @@ fn volume(v: &Value) -> Result<Volume, ManifestError> {
             size_limit: v["emptyDir"]["sizeLimit"].as_str().map(String::from),
         });
     }
-    Err(shape(format!("volume {name}: a kind the lab does not model")))
+    Err(shape(format!(
+        "volume {name}: a kind the lab does not model"
+    )))
 }
 
 /// Parses a multi-document manifest and returns its (single) DaemonSet's pod and the
@@ -257,7 +260,8 @@ pub fn parse(text: &str) -> Result<DaemonSetPod, ManifestError> {
     let mut daemonset = None;
     let mut config_maps = BTreeMap::new();
     for doc in serde_norway::Deserializer::from_str(text) {
-        let y = serde_norway::Value::deserialize(doc).map_err(|e| ManifestError::Yaml(e.to_string()))?;
+        let y = serde_norway::Value::deserialize(doc)
+            .map_err(|e| ManifestError::Yaml(e.to_string()))?;
         if y.is_null() {
             continue;
         }
@@ -265,7 +269,10 @@ pub fn parse(text: &str) -> Result<DaemonSetPod, ManifestError> {
         match v["kind"].as_str() {
             Some("DaemonSet") if daemonset.is_none() => daemonset = Some(v),
             Some("ConfigMap") => {
-                let name = v["metadata"]["name"].as_str().unwrap_or_default().to_string();
+                let name = v["metadata"]["name"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string();
                 let data = v["data"]
                     .as_object()
                     .map(|o| {
@@ -327,13 +334,17 @@ mod tests {
         assert!(pod.host_network);
         assert!(pod.daemon.privileged);
         assert_eq!(pod.daemon.argv[..2], ["/usr/local/bin/headcni", "daemon"]);
-        assert!(
-            pod.daemon
-                .env
-                .contains(&("NODE_NAME".into(), EnvSource::FieldRef("spec.nodeName".into())))
-        );
+        assert!(pod.daemon.env.contains(&(
+            "NODE_NAME".into(),
+            EnvSource::FieldRef("spec.nodeName".into())
+        )));
         let hosts: Vec<String> = pod.host_paths().into_iter().map(|(p, _)| p).collect();
-        for p in ["/etc/cni/net.d", "/opt/cni/bin", "/var/lib/cni", "/run/headcni"] {
+        for p in [
+            "/etc/cni/net.d",
+            "/opt/cni/bin",
+            "/var/lib/cni",
+            "/run/headcni",
+        ] {
             assert!(hosts.contains(&p.to_string()), "{p} not in {hosts:?}");
         }
         assert!(pod.volumes.values().any(|v| matches!(

@@ -13,7 +13,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use headcni_headscale::localapi::{LocalApiClient, MaskedPrefs, Prefs};
-use headcni_lab::cluster::{Api, INET_ADDR, Lab, LabSpec, Mode, Pod, block_on, wait_for};
+use headcni_lab::cluster::{
+    Api, IMAGE_ENV, INET_ADDR, Lab, LabSpec, Mode, Pod, block_on, wait_for,
+};
 
 /// Tears the lab down when dropped.
 struct Guard(String);
@@ -47,7 +49,27 @@ fn up(spec: LabSpec) -> (Lab, Guard) {
     let _ = Lab::down(&spec.name);
     let guard = Guard(spec.name.clone());
     let lab = Lab::up(spec).unwrap_or_else(|e| panic!("lab up: {e:#}"));
+    if std::env::var_os(IMAGE_ENV).is_some() && lab.spec().mode == Mode::Host {
+        assert_daemons_run_from_the_image(&lab);
+    }
     (lab, guard)
+}
+
+/// Image mode (`HEADCNI_LAB_IMAGE`): every node's daemon process has the image's root file
+/// system (`/usr/local/bin/headcni-daemon` is not on this machine) with the ConfigMap's
+/// `config.toml` mounted where deploy/headcni.yaml mounts it.
+fn assert_daemons_run_from_the_image(lab: &Lab) {
+    assert!(lab.image_mode());
+    for node in lab.nodes().values() {
+        let pid = node.daemon_pid.expect("a daemon pid");
+        let root = std::path::PathBuf::from(format!("/proc/{pid}/root"));
+        assert!(
+            root.join("usr/local/bin/headcni-daemon").is_file()
+                && root.join("etc/headcni/config.toml").is_file(),
+            "{}'s daemon (pid {pid}) does not run from the image",
+            node.name
+        );
+    }
 }
 
 fn pod(lab: &Lab, name: &str) -> Pod {

@@ -6,6 +6,10 @@
 # What the image holds (FROM scratch, a rootfs assembled here):
 #   /usr/local/bin/headcni, /usr/local/bin/headcni-daemon
 #       static musl binaries (x86_64-unknown-linux-musl; no libc in the image for them).
+#       Where that rustup target is not installed and cannot be added (no network to the
+#       Rust distribution server, as on a CI machine), the glibc release binaries instead,
+#       with exactly the shared libraries ldd lists for them (the script says so).
+#       HEADCNI_IMAGE_LIBC=glibc forces that path, =musl forbids it.
 #   /usr/sbin/nft, /usr/sbin/{ip,ip6}tables{,-legacy,-nft}{,-save,-restore}
 #       the daemon runs nft (its `inet headcni` table, the foreign-drop check) and iptables
 #       (FORWARD accept rules, whichever backend the host uses). These are copied from this
@@ -20,7 +24,7 @@
 #
 # Prints the image's tags and its digest. Needs root (podman), the Debian packages podman,
 # nftables and iptables, and rustup's x86_64-unknown-linux-musl target (added when missing:
-# the one step that needs the network; none is needed when it is installed).
+# the one step that needs the network; without it the glibc fallback above is used).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -40,23 +44,40 @@ command -v podman >/dev/null || die "podman is missing: apt-get install podman"
 for tool in nft iptables-nft iptables-legacy; do
     [[ -x /usr/sbin/$tool ]] || die "/usr/sbin/$tool is missing: apt-get install nftables iptables"
 done
-if ! rustup target list --installed | grep -qx "$target"; then
+libc="${HEADCNI_IMAGE_LIBC:-auto}"
+case "$libc" in
+auto | musl | glibc) ;;
+*) die "HEADCNI_IMAGE_LIBC=$libc: auto, musl or glibc" ;;
+esac
+if [[ $libc != glibc ]] && ! rustup target list --installed | grep -qx "$target"; then
     echo "== rustup target add $target" >&2
-    rustup target add "$target" >&2
+    if ! rustup target add "$target" >&2; then
+        [[ $libc == musl ]] && die "rustup target add $target failed (HEADCNI_IMAGE_LIBC=musl)"
+        echo "== $target cannot be added (no network to the Rust distribution server?):" \
+            "falling back to the glibc release binaries plus exactly their shared libraries" >&2
+        libc=glibc
+    fi
 fi
+[[ $libc == glibc ]] || libc=musl
 
-echo "== cargo build --release --target $target (headcni, headcni-daemon)" >&2
-# ring's C parts: Debian has no x86_64-linux-musl-gcc unless musl-tools is installed; the
-# host gcc compiles them (they use no glibc-only headers) and rustc links with its own musl.
-CC_x86_64_unknown_linux_musl="${CC_x86_64_unknown_linux_musl:-cc}" \
-    cargo build --release --locked -p headcni-cli --target "$target" --quiet
 target_dir="${CARGO_TARGET_DIR:-$PWD/target}"
-bin_dir="$target_dir/$target/release"
-for b in headcni headcni-daemon; do
-    # glibc's ldd on a static(-pie) executable: "statically linked" or "not a dynamic executable".
-    ldd "$bin_dir/$b" 2>&1 | grep -Eq 'statically linked|not a dynamic executable' ||
-        die "$bin_dir/$b is not statically linked"
-done
+if [[ $libc == musl ]]; then
+    echo "== cargo build --release --target $target (headcni, headcni-daemon)" >&2
+    # ring's C parts: Debian has no x86_64-linux-musl-gcc unless musl-tools is installed; the
+    # host gcc compiles them (they use no glibc-only headers) and rustc links with its own musl.
+    CC_x86_64_unknown_linux_musl="${CC_x86_64_unknown_linux_musl:-cc}" \
+        cargo build --release --locked -p headcni-cli --target "$target" --quiet
+    bin_dir="$target_dir/$target/release"
+    for b in headcni headcni-daemon; do
+        # glibc's ldd on a static(-pie) executable: "statically linked" or "not a dynamic executable".
+        ldd "$bin_dir/$b" 2>&1 | grep -Eq 'statically linked|not a dynamic executable' ||
+            die "$bin_dir/$b is not statically linked"
+    done
+else
+    echo "== cargo build --release (headcni, headcni-daemon; glibc, dynamically linked)" >&2
+    cargo build --release --locked -p headcni-cli --quiet
+    bin_dir="$target_dir/release"
+fi
 
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
@@ -85,6 +106,12 @@ copy_libs() {
         copy_host "$lib"
     done
 }
+
+# The glibc fallback: exactly the libraries (and loader) the two binaries need.
+if [[ $libc == glibc ]]; then
+    copy_libs "$bin_dir/headcni"
+    copy_libs "$bin_dir/headcni-daemon"
+fi
 
 # nft and the iptables multi-call binaries, each command name a symlink as on the host
 # (xtables-*-multi dispatch on their invocation name). The plain iptables names follow the
@@ -141,6 +168,7 @@ done
 digest="$(podman image inspect --format '{{.Digest}}' "$image:$version-$rev")"
 id="$(podman image inspect --format '{{.Id}}' "$image:$version-$rev")"
 size="$(podman image inspect --format '{{.Size}}' "$image:$version-$rev")"
+echo "== headcni and headcni-daemon in the image: $libc binaries" >&2
 echo "localhost/$image:$version"
 echo "localhost/$image:$version-$rev"
 echo "digest $digest"

@@ -44,6 +44,21 @@ echo "== cargo test" >&2
 test_log="$(mktemp)"
 trap 'rm -f "$test_log"' EXIT
 cargo test --workspace --quiet -- --test-threads=4 2>&1 | tee "$test_log"
+
+# The lab's end-to-end scenarios again with every node's daemon run from the container image,
+# as deploy/headcni.yaml's DaemonSet runs it (`headcni lab up --image`): proves the manifest's
+# host paths, mounts and environment, not just its schema. Daemon-mode scenarios run from the
+# binaries (the image holds no tailscaled).
+echo "== container image (scripts/build-image.sh)" >&2
+image_start=$SECONDS
+image_out="$(scripts/build-image.sh)"
+echo "$image_out"
+image_ref="$(sed -n 2p <<<"$image_out")"
+echo "== image built in $((SECONDS - image_start)) s; lab e2e in image mode (HEADCNI_LAB_IMAGE=$image_ref)" >&2
+e2e_start=$SECONDS
+HEADCNI_LAB_IMAGE="$image_ref" cargo test -p headcni-lab --test e2e --quiet -- --test-threads=4 2>&1 |
+    tee -a "$test_log"
+echo "== image-mode e2e in $((SECONDS - e2e_start)) s" >&2
 # The total over every test binary (cargo's last line is often a doc-test run of 0 tests).
 totals="$(awk '/^test result:/ {p += $4; f += $6} END {printf "%d passed, %d failed", p, f}' "$test_log")"
 

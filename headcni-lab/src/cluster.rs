@@ -20,6 +20,8 @@
 
 pub mod chain;
 pub mod dual_stack;
+pub mod image;
+pub mod manifest;
 pub mod ns;
 
 use std::collections::BTreeMap;
@@ -154,6 +156,12 @@ pub struct LabSpec {
     /// The daemons' `[node] masquerade_ipv6` (with [`LabSpec::dual_stack`]).
     #[serde(default = "default_true")]
     pub masquerade_ipv6: bool,
+    /// Image mode ([`image`]): each node's daemon runs from this container image (in the
+    /// host's podman store, e.g. `localhost/headcni:0.1.0` from `scripts/build-image.sh`)
+    /// as deploy/headcni.yaml's DaemonSet runs it. Host mode only: with [`Mode::Daemon`]
+    /// the daemon runs from `bin_dir` (the image holds no tailscaled).
+    #[serde(default)]
+    pub image: Option<String>,
 }
 
 fn default_true() -> bool {
@@ -176,9 +184,14 @@ impl LabSpec {
             policy: None,
             dual_stack: false,
             masquerade_ipv6: true,
+            image: std::env::var(IMAGE_ENV).ok().filter(|s| !s.is_empty()),
         })
     }
 }
+
+/// Makes every [`LabSpec::new`] use image mode with this image reference (how the e2e suite
+/// reruns in image mode).
+pub const IMAGE_ENV: &str = "HEADCNI_LAB_IMAGE";
 
 /// The directory of the running executable (where the lab's companion binaries are built),
 /// or `HEADCNI_LAB_BIN_DIR`.
@@ -748,6 +761,13 @@ impl Lab {
             self.start_tailscaled(n)?;
             self.wait_tailnet(n, Duration::from_secs(20))?;
         }
+        if let Some((img, pod)) = self.image_node(n)? {
+            progress(format!(
+                "node-{n}: image mode: {} (deploy/headcni.yaml)",
+                img.image
+            ));
+            img.prepare(&pod, &self.shared().join("api-key"))?;
+        }
         self.start_daemon(n)?;
         Ok(())
     }
@@ -892,6 +912,14 @@ impl Lab {
 
     /// Starts node N's `headcni daemon` (the real one) with its lab configuration.
     pub fn start_daemon(&mut self, n: u32) -> Result<()> {
+        if let Some((img, pod)) = self.image_node(n)? {
+            let pid = img.run_daemon(&pod)?;
+            if let Some(node) = self.state.nodes.get_mut(&n) {
+                node.daemon_pid = Some(pid);
+            }
+            progress(format!("node-{n}: headcni daemon container, pid {pid}"));
+            return self.save();
+        }
         let args = vec![
             "daemon".to_string(),
             format!("--config={}", self.daemon_config(n).display()),
@@ -919,7 +947,9 @@ impl Lab {
             .nodes
             .get_mut(&n)
             .and_then(|x| x.daemon_pid.take());
-        if let Some(pid) = pid {
+        if let Some((img, pod)) = self.image_node(n)? {
+            img.stop_daemon(&pod)?;
+        } else if let Some(pid) = pid {
             ns::terminate(&[pid], Duration::from_secs(5));
         }
         self.save()
@@ -958,10 +988,21 @@ impl Lab {
 
     /// The conflist node N's daemon wrote (read inside the node).
     pub fn conflist(&self, n: u32) -> Result<Value> {
-        let bytes = self
-            .node_ctx(n)
-            .run(|| std::fs::read("/run/cni/net.d/10-headcni.conflist"))??;
+        let path = self.conf_dir()?.join("10-headcni.conflist");
+        let bytes = self.node_ctx(n).run(move || std::fs::read(path))??;
         Ok(serde_json::from_slice(&bytes)?)
+    }
+
+    /// CNI STATUS of node N's `headcni` plugin, run as containerd ≥ 2.1 runs it (see
+    /// [`chain::status`]) with the node's conflist, in the node.
+    pub fn cni_status(&self, n: u32) -> Result<chain::Exec> {
+        let list = self.conflist(n)?;
+        Ok(chain::status(
+            &self.node_ctx(n),
+            &self.cni_path()?,
+            &list,
+            "headcni",
+        )?)
     }
 
     /// Adds the next pod on node N through CNI ADD of the daemon's conflist.
@@ -1000,12 +1041,7 @@ impl Lab {
         };
         let list = self.conflist(n)?;
         let att = self.attachment(&pod, runtime_config);
-        match chain::add(
-            &ctx,
-            &chain::cni_path(&self.state.spec.bin_dir),
-            &list,
-            &att,
-        ) {
+        match chain::add(&ctx, &self.cni_path()?, &list, &att) {
             Ok(result) => {
                 pod.ip = chain::first_ipv4(&result);
                 pod.ip6 = chain::first_ipv6(&result);
@@ -1043,14 +1079,8 @@ impl Lab {
         let ctx = self.node_ctx(pod.node);
         let list = self.conflist(pod.node)?;
         let att = self.attachment(&pod, json!({}));
-        chain::del(
-            &ctx,
-            &chain::cni_path(&self.state.spec.bin_dir),
-            &list,
-            &att,
-            Some(&pod.result),
-        )
-        .map_err(|e| anyhow!("CNI DEL {name}: {e}"))?;
+        chain::del(&ctx, &self.cni_path()?, &list, &att, Some(&pod.result))
+            .map_err(|e| anyhow!("CNI DEL {name}: {e}"))?;
         let n = pod.name.clone();
         ctx.run(move || delete_named(&n))?
             .map_err(|e| anyhow!("{e}"))?;
@@ -1066,17 +1096,23 @@ impl Lab {
         // The daemon first, or its reconcile would advertise the route again.
         self.stop_daemon(n)?;
         let ctx = self.node_ctx(n);
-        let (mut cmd, fds) = ctx.command(self.bin("headcni"), false)?;
-        let out = cmd
-            .arg("uninstall")
-            .arg(format!("--config={}", self.daemon_config(n).display()))
-            .output()?;
-        drop(fds);
-        if !out.status.success() {
-            bail!(
-                "node-{n}: headcni uninstall failed: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
+        if let Some((img, pod)) = self.image_node(n)? {
+            img.uninstall(&pod)
+                .with_context(|| format!("node-{n}: headcni uninstall"))?;
+            img.remove_all();
+        } else {
+            let (mut cmd, fds) = ctx.command(self.bin("headcni"), false)?;
+            let out = cmd
+                .arg("uninstall")
+                .arg(format!("--config={}", self.daemon_config(n).display()))
+                .output()?;
+            drop(fds);
+            if !out.status.success() {
+                bail!(
+                    "node-{n}: headcni uninstall failed: {}",
+                    String::from_utf8_lossy(&out.stderr).trim()
+                );
+            }
         }
         let ids = self.node_ns_inodes(n);
         ns::terminate(&ns::processes_in(&ids.0, &ids.1), Duration::from_secs(5));
@@ -1326,6 +1362,12 @@ impl Lab {
             for p in pods {
                 if lab.del_pod(&p).is_ok() {
                     report.pods_deleted += 1;
+                }
+            }
+            let nodes: Vec<u32> = lab.state.nodes.keys().copied().collect();
+            for n in nodes {
+                if let Ok(Some((img, _))) = lab.image_node(n) {
+                    img.remove_all();
                 }
             }
         }

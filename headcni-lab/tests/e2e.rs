@@ -13,7 +13,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use headcni_headscale::localapi::{LocalApiClient, MaskedPrefs, Prefs};
-use headcni_lab::cluster::{Api, INET_ADDR, Lab, LabSpec, Mode, Pod, block_on, wait_for};
+use headcni_lab::cluster::{
+    Api, IMAGE_ENV, INET_ADDR, Lab, LabSpec, Mode, Pod, block_on, wait_for,
+};
 
 /// Tears the lab down when dropped.
 struct Guard(String);
@@ -47,7 +49,27 @@ fn up(spec: LabSpec) -> (Lab, Guard) {
     let _ = Lab::down(&spec.name);
     let guard = Guard(spec.name.clone());
     let lab = Lab::up(spec).unwrap_or_else(|e| panic!("lab up: {e:#}"));
+    if std::env::var_os(IMAGE_ENV).is_some() && lab.spec().mode == Mode::Host {
+        assert_daemons_run_from_the_image(&lab);
+    }
     (lab, guard)
+}
+
+/// Image mode (`HEADCNI_LAB_IMAGE`): every node's daemon process has the image's root file
+/// system (`/usr/local/bin/headcni-daemon` is not on this machine) with the ConfigMap's
+/// `config.toml` mounted where deploy/headcni.yaml mounts it.
+fn assert_daemons_run_from_the_image(lab: &Lab) {
+    assert!(lab.image_mode());
+    for node in lab.nodes().values() {
+        let pid = node.daemon_pid.expect("a daemon pid");
+        let root = std::path::PathBuf::from(format!("/proc/{pid}/root"));
+        assert!(
+            root.join("usr/local/bin/headcni-daemon").is_file()
+                && root.join("etc/headcni/config.toml").is_file(),
+            "{}'s daemon (pid {pid}) does not run from the image",
+            node.name
+        );
+    }
 }
 
 fn pod(lab: &Lab, name: &str) -> Pod {
@@ -691,4 +713,60 @@ fn daemon_mode_v025_api() {
         ),
         IpAddr::V4(ip(&p21))
     );
+}
+
+/// Issue 11's done-when: CNI STATUS, run on a node as containerd ≥ 2.1 runs it, answers 51
+/// naming the unapproved route while the node's route is not approved, and 0 once it is.
+/// node-2 joins under an autoApprovers policy that covers node-1's PodCIDR only, so its
+/// route stays unapproved until it is approved through Headscale's REST API.
+#[test]
+fn cni_status_is_51_until_the_route_is_approved() {
+    let mut s = spec(&unique("e2es"), 1, 0);
+    s.approval = headcni_lab::cluster::Approval::AutoApprovers;
+    let user = headcni_headscale::policy::PolicyVersion::V0_29.user_token("lab");
+    s.policy = Some(
+        serde_json::json!({"autoApprovers": {"routes": {"10.244.1.0/24": [user]}}}).to_string(),
+    );
+    let (mut lab, _g) = up(s);
+    assert_eq!(lab.cni_status(1).expect("STATUS on node-1").code, 0);
+
+    lab.add_node(2).expect("node-2 joins");
+    let route = "10.244.2.0/24";
+    // The daemon advertises the route and writes the conflist before it is approved; until
+    // its first pass STATUS may say "not running" (51 too), so wait for the route's reason.
+    let mut last = None;
+    let seen = wait_for(
+        Duration::from_secs(30),
+        "STATUS 51 naming node-2's route",
+        || {
+            let e = lab.cni_status(2)?;
+            let names_route = e.code == 51
+                && e.stdout
+                    .as_ref()
+                    .is_some_and(|j| j.to_string().contains(route));
+            last = Some(e);
+            Ok(names_route)
+        },
+    );
+    assert!(seen.is_ok(), "{seen:?}: last answer {last:?}");
+    assert!(!lab.daemon_ready(2));
+
+    let id = lab.tailnet_node_id(2).expect("node-2's id");
+    let (code, body) = lab
+        .headscale_api(
+            "POST",
+            &format!("/api/v1/node/{id}/approve_routes"),
+            Some(&serde_json::json!({"routes": [route]})),
+        )
+        .unwrap();
+    assert_eq!(code, 200, "{body}");
+    let mut last = None;
+    let ok = wait_for(Duration::from_secs(30), "STATUS 0 on node-2", || {
+        let e = lab.cni_status(2)?;
+        let ok = e.code == 0;
+        last = Some(e);
+        Ok(ok)
+    });
+    assert!(ok.is_ok(), "{ok:?}: last answer {last:?}");
+    assert!(lab.daemon_ready(2));
 }

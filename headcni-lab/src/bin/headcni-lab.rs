@@ -15,6 +15,18 @@ use headcni_lab::trace;
 
 /// HeadCNI's lab: nodes joined by WireGuard (wireguard-go), the real daemon and plugin,
 /// Headscale and tailscaled stand-ins.
+/// `--image`'s default: what scripts/build-image.sh tags.
+const DEFAULT_IMAGE: &str = concat!("localhost/headcni:", env!("CARGO_PKG_VERSION"));
+
+/// The first `PATH` entry holding an executable `name`.
+fn which(name: &str) -> Option<std::path::PathBuf> {
+    std::env::var_os("PATH").and_then(|p| {
+        std::env::split_paths(&p)
+            .map(|d| d.join(name))
+            .find(|f| f.is_file())
+    })
+}
+
 #[derive(Parser, Debug)]
 #[command(name = "headcni lab", version)]
 struct Cli {
@@ -59,6 +71,11 @@ enum Cmd {
         /// Do not install missing Debian packages (apt-get); name them and stop.
         #[arg(long)]
         no_install: bool,
+        /// Run each node's daemon from this container image (default
+        /// localhost/headcni:<version>, built by scripts/build-image.sh) with podman, as
+        /// deploy/headcni.yaml's DaemonSet runs it. Host mode only.
+        #[arg(long, num_args = 0..=1, default_missing_value = DEFAULT_IMAGE, value_name = "IMAGE")]
+        image: Option<String>,
     },
     /// Check what the lab needs from this machine (root, /dev/net/tun, network namespaces,
     /// wireguard-go, wg, nft, ip, iptables, the Debian CNI plugins) without changing anything.
@@ -300,6 +317,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             masquerade_ipv6,
             name,
             no_install: _,
+            image,
         } => {
             let mut spec = LabSpec::new(&name)?;
             spec.nodes = nodes;
@@ -310,6 +328,15 @@ fn run(cli: Cli) -> Result<ExitCode> {
             spec.forward_drop = forward_drop;
             spec.dual_stack = dual_stack;
             spec.masquerade_ipv6 = masquerade_ipv6;
+            if let Some(image) = image {
+                if mode == Mode::Daemon {
+                    bail!("--image runs the DaemonSet's host mode only: drop --mode daemon");
+                }
+                if which("podman").is_none() {
+                    bail!("--image needs podman: apt-get install podman");
+                }
+                spec.image = Some(image);
+            }
             let name = spec.name.clone();
             let lab = Lab::up(spec)?;
             print!("{}", lab.report()?);

@@ -89,8 +89,17 @@ fn plugin_conf(list: &Value, plugin: &Value, prev: Option<&Value>, rc: &Value) -
     Value::Object(conf)
 }
 
-fn find_plugin(cni_path: &[PathBuf], ty: &str) -> Option<PathBuf> {
-    cni_path.iter().map(|d| d.join(ty)).find(|p| p.is_file())
+/// The first `CNI_PATH` directory holding `ty`, looked up inside `ctx` (the node's mount
+/// namespace: in image mode the plugin exists only in the node's CNI bin dir).
+fn find_plugin(ctx: &Ctx, cni_path: &[PathBuf], ty: &str) -> Option<PathBuf> {
+    let candidates: Vec<PathBuf> = cni_path.iter().map(|d| d.join(ty)).collect();
+    match ctx.mnt {
+        Some(_) => ctx
+            .run(move || candidates.into_iter().find(|p| p.is_file()))
+            .ok()
+            .flatten(),
+        None => candidates.into_iter().find(|p| p.is_file()),
+    }
 }
 
 fn exec_one(
@@ -101,7 +110,7 @@ fn exec_one(
     conf: &Value,
 ) -> Result<Exec, ChainError> {
     let ty = conf["type"].as_str().unwrap_or_default().to_string();
-    let bin = find_plugin(cni_path, &ty).ok_or_else(|| ChainError::Spawn {
+    let bin = find_plugin(ctx, cni_path, &ty).ok_or_else(|| ChainError::Spawn {
         plugin: ty.clone(),
         source: std::io::Error::new(std::io::ErrorKind::NotFound, "not in CNI_PATH"),
     })?;
@@ -188,6 +197,58 @@ pub fn del(
         }
     }
     first_err.map_or(Ok(()), Err)
+}
+
+/// CNI STATUS (spec 1.1.0 §"STATUS: Check plugin status") of the conflist's plugin of type
+/// `plugin`, inside `ctx` (the node), as a libcni ≥ 1.2 runtime (containerd ≥ 2.1) runs it:
+/// `CNI_COMMAND=STATUS` and `CNI_PATH` only, the plugin's configuration with `cniVersion`
+/// 1.1.0 and the list's `name` on stdin. Returns the exec's outcome whatever its exit code
+/// (0: ready; 50/51 and the error JSON otherwise).
+///
+/// # Errors
+/// [`ChainError::Conflist`] when the list has no such plugin, [`ChainError::Spawn`] when it
+/// cannot be run.
+pub fn status(
+    ctx: &Ctx,
+    cni_path: &[PathBuf],
+    list: &Value,
+    plugin: &str,
+) -> Result<Exec, ChainError> {
+    let p = plugins(list)?
+        .iter()
+        .find(|p| p["type"] == plugin)
+        .ok_or_else(|| ChainError::Conflist(format!("no plugin of type {plugin}")))?;
+    let mut conf = plugin_conf(list, p, None, &json!({}));
+    conf["cniVersion"] = json!("1.1.0");
+    let bin = find_plugin(ctx, cni_path, plugin).ok_or_else(|| ChainError::Spawn {
+        plugin: plugin.to_string(),
+        source: std::io::Error::new(std::io::ErrorKind::NotFound, "not in CNI_PATH"),
+    })?;
+    let spawn_err = |source| ChainError::Spawn {
+        plugin: plugin.to_string(),
+        source,
+    };
+    let (mut cmd, fds) = ctx.command(&bin, false).map_err(spawn_err)?;
+    let path = std::env::join_paths(cni_path).map_err(|e| spawn_err(std::io::Error::other(e)))?;
+    cmd.env_clear()
+        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+        .env("CNI_COMMAND", "STATUS")
+        .env("CNI_PATH", path)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().map_err(spawn_err)?;
+    drop(fds);
+    if let Some(mut stdin) = child.stdin.take() {
+        let _ = stdin.write_all(conf.to_string().as_bytes());
+    }
+    let out = child.wait_with_output().map_err(spawn_err)?;
+    Ok(Exec {
+        plugin: plugin.to_string(),
+        code: out.status.code().unwrap_or(-1),
+        stdout: serde_json::from_slice(&out.stdout).ok(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    })
 }
 
 /// The `CNI_PATH` the lab uses: the directory of the HeadCNI binaries, then Debian's reference

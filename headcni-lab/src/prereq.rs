@@ -442,13 +442,25 @@ mod tests {
         std::fs::write(
             &script,
             format!(
-                "#!/bin/sh\necho \"$DEBIAN_FRONTEND $*\" >> {}\necho progress-line\n\
+                "#!/bin/sh\n[ \"$1\" = probe ] && exit 0\n\
+                 echo \"$DEBIAN_FRONTEND $*\" >> {}\necho progress-line\n\
                  case \"$*\" in *install*) exit {code};; esac\n",
                 log.display()
             ),
         )
         .unwrap();
         std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+        // Another test thread's fork may still hold the just-written file open for a moment
+        // (ETXTBSY on exec): run it until it starts.
+        for _ in 0..200 {
+            match std::process::Command::new(&script).arg("probe").status() {
+                Ok(_) => break,
+                Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) => {
+                    std::thread::sleep(std::time::Duration::from_millis(10))
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
         (script, log)
     }
 

@@ -407,8 +407,12 @@ fn daemon_restart_keeps_streams() {
     }
 }
 
-/// Headscale down for 30 s: established traffic flows, new pods still get ADD, the daemon
-/// reports not-ready; when Headscale is back the daemon recovers.
+/// Headscale down for 30 s: established traffic flows, new pods still get ADD, and the
+/// daemons stay ready: they follow tailscaled's IPN bus and ask Headscale only when a route
+/// must be approved or on the slow resync (≥ 5 minutes), so an outage of the coordination
+/// server does not take a working node's pod network down (issue 13). When Headscale is
+/// back, everything still converges. (A node that needs Headscale during an outage reports
+/// not-ready and recovers by itself: `daemon_mode_bootstrap_during_a_headscale_outage_…`.)
 #[test]
 fn headscale_outage() {
     let (mut lab, _g) = up(spec(&unique("e2ed"), 2, 1));
@@ -416,15 +420,6 @@ fn headscale_outage() {
     let p21 = pod(&lab, "pod-2-1");
     lab.stop_headscale().unwrap();
     let down_at = Instant::now();
-    // The daemons notice (their reconcile runs every 2 s in the lab).
-    wait_for(
-        Duration::from_secs(20),
-        "a daemon to report not-ready",
-        || Ok(!lab.daemon_ready(1)),
-    )
-    .unwrap();
-    let (_, body) = lab.daemon_get(1, "/readyz").unwrap();
-    assert!(!body.is_empty(), "not-ready must say why");
     // New pods are still attached (the plugin never needs Headscale).
     let p12 = lab.add_pod(1).expect("ADD during the outage");
     assert!(
@@ -439,6 +434,14 @@ fn headscale_outage() {
             "cross-node traffic stopped {:.1} s into the outage",
             down_at.elapsed().as_secs_f64()
         );
+        for n in [1, 2] {
+            assert!(
+                lab.daemon_ready(n),
+                "node-{n} went not-ready {:.1} s into the outage: {:?}",
+                down_at.elapsed().as_secs_f64(),
+                lab.daemon_get(n, "/readyz")
+            );
+        }
         std::thread::sleep(Duration::from_secs(1));
     }
     lab.start_headscale().unwrap();

@@ -10,12 +10,14 @@
 //! - [`tailscaled_standin`]: the tailscaled stand-in process (LocalAPI + wireguard-go).
 //! - [`cluster`]: `headcni lab up|status|exec|down`: namespaces, underlay, processes, pods.
 //! - [`prereq`]: what the lab needs from the machine, checked (and installed) before `up`.
+//! - [`request_stats`]: the stand-ins' request counters (`GET /lab/debug/requests`).
 
 pub mod cluster;
 pub mod coord;
 pub mod headscale_standin;
 pub mod policy;
 pub mod prereq;
+pub mod request_stats;
 pub mod tailscaled_standin;
 
 /// The stand-ins' process entry: `info` logs to stderr (`RUST_LOG` overrides), a two-worker

@@ -9,7 +9,8 @@
 #      CPU (utime+stime from /proc/<pid>/stat, all daemons), RSS per node (VmRSS of each
 #      node's daemon, tailscaled stand-in and wireguard-go), node-1's table 52 routes and
 #      WireGuard peers;
-#   2. `lab remove-node N`, then $REPS joins of a fresh node-N into the N-1 others
+#   2. `lab remove-node N`, then $REPS joins of a fresh node (node-N+1, N+2, ...: an index
+#      never used before) into the N-1 others
 #      (headcni-lab/examples/bench.rs `converge`: daemon start -> the new pod answers a pod on
 #      every other node; removal -> its route gone from every peer's table 52), with the
 #      Headscale requests counted over the joins;
@@ -147,7 +148,7 @@ for N in $SIZES; do
     # --- joins -------------------------------------------------------------------------------
     "$HEADCNI" lab remove-node --name "$NAME" "$N" >&2
     j0="$(hs_counts)"; jt0=$(date +%s.%N)
-    "$BENCH" converge --name "$NAME" --reps "$REPS" --first-node "$N" --poll-ms "$POLL_MS" >"$OUT/converge-$N.txt" 2>"$OUT/converge-$N.log"
+    "$BENCH" converge --name "$NAME" --reps "$REPS" --first-node "$((N + 1))" --poll-ms "$POLL_MS" >"$OUT/converge-$N.txt" 2>"$OUT/converge-$N.log"
     j1="$(hs_counts)"; jt1=$(date +%s.%N)
     sed "s/^RESULT /RESULT n$N./" "$OUT/converge-$N.txt" | tee -a "$RES" >&2
     jrest=$(( $(hs_rest <<<"$j1") - $(hs_rest <<<"$j0") ))

@@ -983,6 +983,7 @@ impl Lab {
             self.headscale_delete_node(id)?;
         }
         ns::unpin(&ctx.mnt.clone().unwrap_or_default())?;
+        self.delete_hub_link(n)?;
         delete_named(&self.ns_name(&format!("node-{n}"))).map_err(|e| anyhow!("{e}"))?;
         self.state.pods.retain(|p| p.node != n);
         self.state.nodes.remove(&n);

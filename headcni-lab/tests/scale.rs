@@ -1,7 +1,7 @@
 //! A running lab grows and shrinks through the command line (issue 13): `headcni lab
 //! add-node` joins a node whose pod reaches every other pod, `lab remove-node N` withdraws
 //! node N's route from every peer and leaves the others working, and `lab down` afterwards
-//! leaves no namespace, mount, process or file. Small on purpose (3 nodes, then 4, then 3).
+//! leaves no namespace, mount, process or file. Small on purpose (3 nodes, then 4, 3, 4).
 
 use std::process::{Command, Output};
 
@@ -139,6 +139,19 @@ fn add_node_and_remove_node_on_a_running_lab() {
     let again = lab(&["remove-node", "--name", name, "2"]);
     assert!(!again.status.success(), "removing node-2 twice");
     assert!(text(&again).contains("no node-2"), "{}", text(&again));
+
+    // The freed index is taken again at once (its underlay veth is gone with it).
+    let readd = lab(&["add-node", "--name", name, "--pods", "1"]);
+    assert!(readd.status.success(), "add-node again: {}", text(&readd));
+    assert_eq!(
+        Lab::load(name)
+            .expect("state")
+            .nodes()
+            .keys()
+            .copied()
+            .collect::<Vec<_>>(),
+        vec![1, 2, 3, 4]
+    );
 
     let down = lab(&["down", "--name", name]);
     assert!(down.status.success(), "{}", text(&down));

@@ -121,10 +121,28 @@ impl Lab {
         }
         let ctx = self.node_ctx(n);
         ns::unpin(&ctx.mnt.clone().unwrap_or_default())?;
+        self.delete_hub_link(n)?;
         let _ = headcni_testkit::netns::delete_named(&self.ns_name(&format!("node-{n}")));
         self.state.pods.retain(|p| p.node != n);
         self.state.nodes.remove(&n);
         self.save()
+    }
+
+    /// Deletes node N's underlay veth (`n<N>` in the hub) now. Deleting the node's netns
+    /// alone leaves the kernel to destroy the pair later (namespace clean-up runs
+    /// asynchronously), so an `add_node(N)` right after `remove_node(N)` could find `n<N>`
+    /// still there ("link n<N> already exists"), as `bench/scale.sh` did at 8 nodes.
+    ///
+    /// Errors: netlink errors other than the link being absent.
+    pub(super) fn delete_hub_link(&self, n: u32) -> Result<()> {
+        let hub = self.netns_path("hub");
+        let name = format!("n{n}");
+        super::block_on(async move {
+            use headcni_core::link::LinkManager;
+            let h = headcni_netlink::NetlinkHandle::for_netns(&hub).await?;
+            h.delete_link(&name).await?;
+            anyhow::Ok(())
+        })
     }
 
     /// Like [`Lab::remove_node`], for the command line: refuses an unknown node and daemon

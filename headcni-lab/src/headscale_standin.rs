@@ -10,7 +10,9 @@
 //! - persists the whole state (fake state + node endpoints) to `--state-file` (0600, temp
 //!   file + rename) after every change and reloads it at start;
 //! - logs one line per request to stderr (method, path, status, duration; never headers or
-//!   bodies, so never keys); SIGTERM/SIGINT: final save, exit 0.
+//!   bodies, so never keys); SIGTERM/SIGINT: final save, exit 0;
+//! - counts requests by route, served on `GET /lab/debug/requests`
+//!   ([`crate::request_stats`], for `bench/scale.sh`).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -32,6 +34,7 @@ use crate::coord::{
     self, CoordErrorBody, Hostinfo, MAP_LONG_POLL, Netmap, NetmapNode, OFFLINE_AFTER,
     RegisterRequest, Registered,
 };
+use crate::request_stats::RequestStats;
 
 /// Command line of `headscale-standin`.
 #[derive(Debug, Clone, clap::Parser)]
@@ -495,10 +498,15 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         });
     }
     let rest = control.handler();
+    let stats = Arc::new(RequestStats::new());
     let handler: Handler = Arc::new(move |req: Req| -> BoxFut {
         let coord = coord.clone();
         let rest = rest.clone();
+        let stats = stats.clone();
         Box::pin(async move {
+            if let Some(resp) = stats.observe(&req) {
+                return resp;
+            }
             let t0 = Instant::now();
             let method = req.method.clone();
             let path = req.uri.path().to_string();

@@ -13,6 +13,7 @@
 //! - [`trace`]: `headcni lab trace FROM TO`: one probe's hops, rules and routes (nftrace).
 //! - [`kubeproxy`]: the iptables rules kube-proxy writes for Services (pure).
 //! - [`services`]: `headcni lab service add|rm`: those rules installed on every node.
+//! - [`request_stats`]: the stand-ins' request counters (`GET /lab/debug/requests`).
 
 pub mod cluster;
 pub mod coord;
@@ -20,6 +21,7 @@ pub mod headscale_standin;
 pub mod kubeproxy;
 pub mod policy;
 pub mod prereq;
+pub mod request_stats;
 pub mod services;
 pub mod tailscaled_standin;
 pub mod trace;

@@ -15,9 +15,13 @@
 //!   `ts-*` netfilter chains ([`netfilter`]);
 //! - state (`<statedir>/tailscaled.state`, 0600): the WireGuard private key (its public key is
 //!   the node key), the node id and the prefs, so a restart keeps the identity;
-//! - start-up cleanup of leftovers, full cleanup on SIGTERM/SIGINT, exit 0. Never logs keys.
+//! - start-up cleanup of leftovers, full cleanup on SIGTERM/SIGINT, exit 0. Never logs keys;
+//! - LocalAPI requests counted by route, served on the same socket at
+//!   `GET /lab/debug/requests` ([`crate::request_stats`], for `bench/scale.sh`).
 
 pub mod dns;
+#[cfg(test)]
+mod lock_order_tests;
 pub mod netfilter;
 pub mod uapi;
 
@@ -32,7 +36,7 @@ use anyhow::Context;
 use headcni_core::link::{LinkManager, RouteManager};
 use headcni_headscale::localapi::{NetfilterMode, Prefs};
 use headcni_netlink::NetlinkHandle;
-use headcni_testkit::server::{Req, unix_loop};
+use headcni_testkit::server::{BoxFut, Handler, Req, unix_loop};
 use headcni_testkit::{
     LocalApi, LocalApiInit, LoginOutcome, NodeView, TailnetControl, TailscaledVersion,
     default_prefs,
@@ -43,6 +47,7 @@ use tokio::sync::{Notify, watch};
 
 use crate::coord::{CoordClient, Hostinfo, Netmap, NetmapNode, RegisterRequest};
 use crate::headscale_standin::{wait_for_signal, write_private};
+use crate::request_stats::RequestStats;
 
 /// Tailscale's route table (router_linux.go@v1.102.3).
 pub const ROUTE_TABLE: u32 = 52;
@@ -239,6 +244,22 @@ impl TailnetControl for ControlRef {
     }
 }
 
+/// What `tailscaled.state` holds now.
+///
+/// Lock order: the LocalAPI's state lock is taken before [`Control`]'s (the LocalAPI calls
+/// [`TailnetControl`] with its lock held, e.g. `status` → `node`), so the [`Control`] lock is
+/// never held here while the LocalAPI is asked. Holding it across `api.node_id()` (the
+/// secret's guard living to the end of a struct literal) deadlocked the stand-in once two
+/// threads met there: the lab's 28- and 32-node cliff (`docs/performance.md`).
+fn snapshot(control: &Control, api: &LocalApi) -> Persisted {
+    let secret = control.lock().secret;
+    Persisted {
+        private_key: uapi::hex(&secret),
+        node_id: api.node_id(),
+        prefs: api.prefs(),
+    }
+}
+
 struct Standin {
     args: Args,
     hostname: String,
@@ -259,11 +280,7 @@ impl Standin {
     }
 
     fn persist(&self) {
-        let p = Persisted {
-            private_key: uapi::hex(&self.control.lock().secret),
-            node_id: self.api.node_id(),
-            prefs: self.api.prefs(),
-        };
+        let p = snapshot(&self.control, &self.api);
         match serde_json::to_vec_pretty(&p) {
             Ok(b) => {
                 if let Err(e) = write_private(&self.state_path(), &b) {
@@ -777,7 +794,19 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     }
     let listener = tokio::net::UnixListener::bind(&args.socket)
         .with_context(|| format!("bind {}", args.socket.display()))?;
-    let server = tokio::spawn(unix_loop(listener, api.handler()));
+    let stats = Arc::new(RequestStats::new());
+    let localapi = api.handler();
+    let handler: Handler = Arc::new(move |req: Req| -> BoxFut {
+        let stats = stats.clone();
+        let localapi = localapi.clone();
+        Box::pin(async move {
+            match stats.observe(&req) {
+                Some(resp) => resp,
+                None => localapi(req).await,
+            }
+        })
+    });
+    let server = tokio::spawn(unix_loop(listener, handler));
     let tasks = [
         tokio::spawn(standin.clone().control_loop()),
         tokio::spawn(standin.clone().map_loop()),

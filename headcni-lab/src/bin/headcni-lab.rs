@@ -4,6 +4,7 @@
 use std::process::ExitCode;
 
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
@@ -68,6 +69,10 @@ enum Cmd {
         /// Lab name (namespace prefix, 1-24 letters/digits).
         #[arg(long, default_value = "hclab")]
         name: String,
+        /// The daemons' reconcile interval, seconds (the lab's 2 s shows drift repair
+        /// quickly; `bench/scale.sh` uses the daemon's default 30 s).
+        #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=3600))]
+        reconcile_secs: u64,
         /// Do not install missing Debian packages (apt-get); name them and stop.
         #[arg(long)]
         no_install: bool,
@@ -130,6 +135,25 @@ enum Cmd {
         /// The pod name to answer with.
         #[arg(long)]
         pod: String,
+    },
+    /// Join one more node (the next free index) to a running lab, with its pods; prints
+    /// the lab's table once every pod reaches every other.
+    AddNode {
+        /// Lab name.
+        #[arg(long, default_value = "hclab")]
+        name: String,
+        /// Pods on the new node.
+        #[arg(long, default_value_t = 1)]
+        pods: u32,
+    },
+    /// Remove node N from a running lab as an operator would (`headcni uninstall`, the node
+    /// deleted from Headscale, its processes and namespaces removed).
+    RemoveNode {
+        /// Lab name.
+        #[arg(long, default_value = "hclab")]
+        name: String,
+        /// The node's index (node-N).
+        node: u32,
     },
     /// Remove everything the lab created (also after a crash).
     Down {
@@ -316,6 +340,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             dual_stack,
             masquerade_ipv6,
             name,
+            reconcile_secs,
             no_install: _,
             image,
         } => {
@@ -337,6 +362,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 }
                 spec.image = Some(image);
             }
+            spec.reconcile_secs = reconcile_secs;
             let name = spec.name.clone();
             let lab = Lab::up(spec)?;
             print!("{}", lab.report()?);
@@ -377,6 +403,28 @@ fn run(cli: Cli) -> Result<ExitCode> {
             if t.answered.is_none() {
                 return Ok(ExitCode::from(1));
             }
+        }
+        Cmd::AddNode { name, pods } => {
+            let mut lab = Lab::load(&name)?;
+            let t = Instant::now();
+            let n = lab.join_node(pods)?;
+            let pairs = lab.pods().len();
+            lab.wait_full_mesh(
+                Duration::from_secs(30) + Duration::from_millis(250) * pairs as u32,
+            )?;
+            eprintln!(
+                "lab: node-{n} joined; every pod reaches every pod {:.2} s after the start",
+                t.elapsed().as_secs_f64()
+            );
+            print!("{}", lab.report()?);
+        }
+        Cmd::RemoveNode { name, node } => {
+            let mut lab = Lab::load(&name)?;
+            lab.leave_node(node)?;
+            eprintln!(
+                "lab: node-{node} removed ({} nodes left)",
+                lab.nodes().len()
+            );
         }
         Cmd::Down { name } => {
             let r = Lab::down(&name)?;

@@ -163,6 +163,12 @@ pub struct LabSpec {
     /// the daemon runs from `bin_dir` (the image holds no tailscaled).
     #[serde(default)]
     pub image: Option<String>,
+    /// Chain Debian's `portmap` after `headcni` (default). Its plugins support CNI ≤ 1.0.0,
+    /// so the daemon's negotiated conflist is then 1.0.0 and a libcni runtime never runs
+    /// STATUS; without it the conflist is 1.1.0. (Image mode chains what the manifest's
+    /// ConfigMap says.)
+    #[serde(default = "default_true")]
+    pub chain_portmap: bool,
 }
 
 fn default_true() -> bool {
@@ -186,6 +192,7 @@ impl LabSpec {
             dual_stack: false,
             masquerade_ipv6: true,
             image: std::env::var(IMAGE_ENV).ok().filter(|s| !s.is_empty()),
+            chain_portmap: true,
         })
     }
 }
@@ -832,11 +839,16 @@ impl Lab {
             "# headcni lab: node-{n}\n\
              [node]\nname = \"{name}\"\npod_cidr = {cidr}\ncluster_cidr = {cluster}\nmasquerade_ipv6 = {masq6}\n\n\
              [cni]\nconf_dir = \"/run/cni/net.d\"\nbin_dir = \"{bin}\"\ndata_dir = \"/run/cni/networks\"\n\
-             chained = [{{ type = \"portmap\", capabilities = {{ portMappings = true }} }}]\n\n\
+             chained = [{chained}]\n\n\
              [tailscale]\nmode = \"{mode}\"\n{tailscale}\n\
              [headscale]\nurl = \"http://{HEADSCALE_ADDR}:{HEADSCALE_PORT}\"\napi_key_file = \"{key}\"\napproval = \"{approval}\"\nuser = \"lab\"\ntimeout_secs = 3\n\n\
              [daemon]\nlisten = \"127.0.0.1:8081\"\nstate_dir = \"/run/headcni/state\"\nreconcile_interval_secs = {rec}\n",
             name = node.name,
+            chained = if spec.chain_portmap {
+                "{ type = \"portmap\", capabilities = { portMappings = true } }"
+            } else {
+                ""
+            },
             cidr = dual_stack::toml_list(
                 &node
                     .pod_cidrs()
@@ -998,8 +1010,9 @@ impl Lab {
     }
 
     /// CNI STATUS of node N's `headcni` plugin, run as containerd ≥ 2.1 runs it (see
-    /// [`chain::status`]) with the node's conflist, in the node.
-    pub fn cni_status(&self, n: u32) -> Result<chain::Exec> {
+    /// [`chain::status`]) with the node's conflist, in the node; `None` when libcni would not
+    /// run STATUS for this conflist (its version is below 1.1.0).
+    pub fn cni_status(&self, n: u32) -> Result<Option<chain::Exec>> {
         let list = self.conflist(n)?;
         Ok(chain::status(
             &self.node_ctx(n),

@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use headcni_headscale::localapi::{LocalApiClient, MaskedPrefs, Prefs};
+use headcni_lab::cluster::chain::libcni_list_version;
 use headcni_lab::cluster::{
     Api, IMAGE_ENV, INET_ADDR, Lab, LabSpec, Mode, Pod, block_on, wait_for,
 };
@@ -721,17 +722,45 @@ fn daemon_mode_v025_api() {
 /// Issue 11's done-when: CNI STATUS, run on a node as containerd ≥ 2.1 runs it, answers 51
 /// naming the unapproved route while the node's route is not approved, and 0 once it is.
 /// node-2 joins under an autoApprovers policy that covers node-1's PodCIDR only, so its
-/// route stays unapproved until it is approved through Headscale's REST API.
+/// route stays unapproved until it is approved through Headscale's REST API. The chain has
+/// no Debian portmap (CNI ≤ 1.0.0): with it the negotiated conflist is 1.0.0 and libcni
+/// runs no STATUS at all (`Lab::cni_status` applies that gate; checked below).
 #[test]
 fn cni_status_is_51_until_the_route_is_approved() {
+    let mut plain = spec(&unique("e2et"), 1, 0);
+    plain.image = None;
+    let (portmap_lab, _g1) = up(plain);
+    assert_eq!(
+        libcni_list_version(&portmap_lab.conflist(1).unwrap()).as_deref(),
+        Some("1.0.0"),
+        "Debian's portmap caps the list"
+    );
+    assert!(
+        portmap_lab.cni_status(1).unwrap().is_none(),
+        "libcni runs no STATUS on a 1.0.0 list"
+    );
+    drop(portmap_lab);
+
     let mut s = spec(&unique("e2es"), 1, 0);
+    s.chain_portmap = false;
     s.approval = headcni_lab::cluster::Approval::AutoApprovers;
     let user = headcni_headscale::policy::PolicyVersion::V0_29.user_token("lab");
     s.policy = Some(
         serde_json::json!({"autoApprovers": {"routes": {"10.244.1.0/24": [user]}}}).to_string(),
     );
     let (mut lab, _g) = up(s);
-    assert_eq!(lab.cni_status(1).expect("STATUS on node-1").code, 0);
+    assert_eq!(
+        libcni_list_version(&lab.conflist(1).unwrap()).as_deref(),
+        Some("1.1.0"),
+        "without portmap a libcni >= 1.2 runtime picks 1.1.0 from cniVersions"
+    );
+    assert_eq!(
+        lab.cni_status(1)
+            .expect("STATUS on node-1")
+            .expect("a 1.1.0 list gets STATUS")
+            .code,
+        0
+    );
 
     lab.add_node(2).expect("node-2 joins");
     let route = "10.244.2.0/24";
@@ -742,7 +771,9 @@ fn cni_status_is_51_until_the_route_is_approved() {
         Duration::from_secs(30),
         "STATUS 51 naming node-2's route",
         || {
-            let e = lab.cni_status(2)?;
+            let e = lab
+                .cni_status(2)?
+                .ok_or_else(|| anyhow::anyhow!("libcni would skip STATUS"))?;
             let names_route = e.code == 51
                 && e.stdout
                     .as_ref()
@@ -765,7 +796,9 @@ fn cni_status_is_51_until_the_route_is_approved() {
     assert_eq!(code, 200, "{body}");
     let mut last = None;
     let ok = wait_for(Duration::from_secs(30), "STATUS 0 on node-2", || {
-        let e = lab.cni_status(2)?;
+        let e = lab
+            .cni_status(2)?
+            .ok_or_else(|| anyhow::anyhow!("libcni would skip STATUS"))?;
         let ok = e.code == 0;
         last = Some(e);
         Ok(ok)

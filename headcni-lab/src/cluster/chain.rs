@@ -199,11 +199,38 @@ pub fn del(
     first_err.map_or(Ok(()), Err)
 }
 
+/// The highest CNI version libcni supports (libcni v1.2/v1.3 `pkg/version`).
+pub const LIBCNI_MAX_VERSION: (u64, u64, u64) = (1, 1, 0);
+
+fn semver(v: &str) -> Option<(u64, u64, u64)> {
+    let mut it = v.split('.').map(|p| p.parse::<u64>().ok());
+    Some((it.next()??, it.next()??, it.next().flatten().unwrap_or(0)))
+}
+
+/// The version a libcni ≥ 1.2 runtime runs a conflist at (containernetworking/cni
+/// `libcni/conf.go` `NetworkConfFromBytes`/`ConfListFromBytes`): with `cniVersions`, the
+/// highest listed version libcni supports ([`LIBCNI_MAX_VERSION`]); else `cniVersion`.
+/// `None` when neither gives a version.
+pub fn libcni_list_version(list: &Value) -> Option<String> {
+    if let Some(listed) = list["cniVersions"].as_array() {
+        return listed
+            .iter()
+            .filter_map(Value::as_str)
+            .filter_map(|v| semver(v).map(|s| (s, v)))
+            .filter(|(s, _)| *s <= LIBCNI_MAX_VERSION)
+            .max_by_key(|(s, _)| *s)
+            .map(|(_, v)| v.to_string());
+    }
+    list["cniVersion"].as_str().map(str::to_string)
+}
+
 /// CNI STATUS (spec 1.1.0 §"STATUS: Check plugin status") of the conflist's plugin of type
 /// `plugin`, inside `ctx` (the node), as a libcni ≥ 1.2 runtime (containerd ≥ 2.1) runs it:
-/// `CNI_COMMAND=STATUS` and `CNI_PATH` only, the plugin's configuration with `cniVersion`
-/// 1.1.0 and the list's `name` on stdin. Returns the exec's outcome whatever its exit code
-/// (0: ready; 50/51 and the error JSON otherwise).
+/// first libcni's gate (`libcni/api.go` `GetStatusNetworkList`: a list whose version —
+/// [`libcni_list_version`] — is below 1.1.0 gets no STATUS at all: `Ok(None)`, the runtime
+/// takes the network as ready), then `CNI_COMMAND=STATUS` and `CNI_PATH` only, the plugin's
+/// configuration with the list's `cniVersion` and `name` on stdin. Returns the exec's outcome
+/// whatever its exit code (0: ready; 50/51 and the error JSON otherwise).
 ///
 /// # Errors
 /// [`ChainError::Conflist`] when the list has no such plugin, [`ChainError::Spawn`] when it
@@ -213,13 +240,17 @@ pub fn status(
     cni_path: &[PathBuf],
     list: &Value,
     plugin: &str,
-) -> Result<Exec, ChainError> {
+) -> Result<Option<Exec>, ChainError> {
+    let version = libcni_list_version(list).unwrap_or_default();
+    if semver(&version).is_none_or(|v| v < (1, 1, 0)) {
+        return Ok(None);
+    }
     let p = plugins(list)?
         .iter()
         .find(|p| p["type"] == plugin)
         .ok_or_else(|| ChainError::Conflist(format!("no plugin of type {plugin}")))?;
     let mut conf = plugin_conf(list, p, None, &json!({}));
-    conf["cniVersion"] = json!("1.1.0");
+    conf["cniVersion"] = json!(version);
     let bin = find_plugin(ctx, cni_path, plugin).ok_or_else(|| ChainError::Spawn {
         plugin: plugin.to_string(),
         source: std::io::Error::new(std::io::ErrorKind::NotFound, "not in CNI_PATH"),
@@ -243,12 +274,12 @@ pub fn status(
         let _ = stdin.write_all(conf.to_string().as_bytes());
     }
     let out = child.wait_with_output().map_err(spawn_err)?;
-    Ok(Exec {
+    Ok(Some(Exec {
         plugin: plugin.to_string(),
         code: out.status.code().unwrap_or(-1),
         stdout: serde_json::from_slice(&out.stdout).ok(),
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    })
+    }))
 }
 
 /// The `CNI_PATH` the lab uses: the directory of the HeadCNI binaries, then Debian's reference
@@ -282,4 +313,37 @@ pub fn first_ipv6(result: &Value) -> Option<std::net::Ipv6Addr> {
 /// An empty runtime config.
 pub fn no_capabilities() -> Value {
     json!({})
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn libcni_runs_a_list_at_its_highest_supported_listed_version() {
+        let list =
+            json!({"cniVersion": "1.0.0", "cniVersions": ["0.4.0", "1.0.0", "1.1.0", "1.2.0"]});
+        assert_eq!(libcni_list_version(&list).as_deref(), Some("1.1.0"));
+        let list = json!({"cniVersion": "1.0.0", "cniVersions": ["0.3.1", "1.0.0"]});
+        assert_eq!(libcni_list_version(&list).as_deref(), Some("1.0.0"));
+        let list = json!({"cniVersion": "1.1.0"});
+        assert_eq!(libcni_list_version(&list).as_deref(), Some("1.1.0"));
+        assert_eq!(libcni_list_version(&json!({})), None);
+    }
+
+    #[test]
+    fn status_below_1_1_0_is_skipped_as_libcni_does() {
+        // No plugin is looked up or run: the gate comes first.
+        let ctx = Ctx::net("/nonexistent");
+        for list in [
+            json!({"cniVersion": "1.0.0", "name": "n", "plugins": [{"type": "headcni"}]}),
+            json!({"cniVersion": "1.0.0", "cniVersions": ["0.4.0", "1.0.0"], "name": "n", "plugins": [{"type": "headcni"}]}),
+            json!({"name": "n", "plugins": [{"type": "headcni"}]}),
+        ] {
+            assert!(
+                status(&ctx, &[], &list, "headcni").unwrap().is_none(),
+                "{list}"
+            );
+        }
+    }
 }

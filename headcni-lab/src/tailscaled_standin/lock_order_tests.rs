@@ -45,6 +45,7 @@ fn persisting_while_the_localapi_answers_status_does_not_deadlock() {
         generation: 1,
         self_node: node(7),
         peers: (1..6).map(node).collect(),
+        dns: Default::default(),
     });
     let api = LocalApi::new(LocalApiInit {
         prefs: up_prefs("http://192.0.2.1:8080", "node-7"),

@@ -297,13 +297,19 @@ pub fn hops(at: &str, lines: &[TraceLine]) -> Vec<Hop> {
 /// namespace's prerouting see the same TTL); at equal TTL, a piece that starts after a
 /// routing decision (it has an output interface) before one that starts at prerouting;
 /// remaining ties by arrival time. Adjacent hops in the same namespace are
-/// then one passage: the first one's entry, the last one's exit, every rule in order.
+/// then one passage when they entered the same way: the first one's entry, the last one's
+/// exit, every rule once. Bridged frames (same-node and hairpin traffic through `headcni0`
+/// with `br_netfilter`) are not routed, so their TTL does not change and their order within
+/// a namespace is the arrival order.
 pub fn path(mut timed: Vec<(Instant, Hop)>) -> Vec<Hop> {
     timed.sort_by_key(|(at, h)| (h.reply, std::cmp::Reverse(h.ttl), !h.routed_first, *at));
     let mut out: Vec<Hop> = Vec::new();
     for (_, h) in timed {
         match out.last_mut() {
-            Some(prev) if prev.at == h.at && prev.reply == h.reply => {
+            // One passage: same namespace and direction, entered the same way (both sent
+            // here, or both in on the same interface); a packet sent and then delivered back
+            // to the same namespace (hairpin) is two passages.
+            Some(prev) if prev.at == h.at && prev.reply == h.reply && prev.iif == h.iif => {
                 if prev.iif.is_none() {
                     prev.iif = h.iif;
                 }
@@ -877,6 +883,15 @@ trace id cfb81f22 ip filter FORWARD policy drop "#;
         assert_eq!(p[1].oif.as_deref(), Some("tailscale0"));
         assert_eq!(p[1].rules.len(), 2, "both pieces' rules, in order");
         assert!(p[4].reply);
+    }
+
+    #[test]
+    fn a_packet_sent_and_delivered_back_to_the_same_namespace_is_two_passages() {
+        let t0 = Instant::now();
+        let sent = hop("pod-2-1", None, Some("eth0"), 64, true);
+        let back = hop("pod-2-1", Some("eth0"), None, 64, false);
+        let p = path(vec![(t0, sent), (t0 + Duration::from_millis(1), back)]);
+        assert_eq!(p.len(), 2);
     }
 
     #[test]

@@ -159,6 +159,7 @@ impl HeadscaleClient {
             base.set_path(&p);
         }
         let http = crate::http::client(
+            &base,
             config.request_timeout,
             config.connect_timeout,
             config.extra_root_pem.as_deref(),

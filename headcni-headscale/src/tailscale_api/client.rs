@@ -151,6 +151,7 @@ impl TailscaleApi {
             ));
         }
         let http = crate::http::client(
+            &base,
             config.request_timeout,
             config.connect_timeout,
             config.extra_root_pem.as_deref(),

@@ -43,7 +43,7 @@ cargo clippy --workspace --all-targets --quiet -- -D warnings
 echo "== cargo test" >&2
 test_log="$(mktemp)"
 trap 'rm -f "$test_log"' EXIT
-cargo test --workspace --quiet -- --test-threads=4 2>&1 | tee "$test_log"
+cargo test --workspace --quiet --no-fail-fast -- --test-threads=4 2>&1 | tee "$test_log"
 
 # The lab's end-to-end scenarios again with every node's daemon run from the container image,
 # as deploy/headcni.yaml's DaemonSet runs it (`headcni lab up --image`): proves the manifest's

@@ -166,7 +166,8 @@ impl Lab {
         self.remove_node(n)
     }
 
-    /// Waits until every pod answers every other pod's ping. Each round pings only the pairs
+    /// Waits until every pod answers every other pod's ping (both families in a dual-stack
+    /// lab). Each round pings only the pairs
     /// that have not answered yet (a pair that answered once is not asked again), so a round
     /// costs what is still missing, not (pods × pods) pings of up to 500 ms.
     ///
@@ -184,10 +185,17 @@ impl Lab {
             let mut still = BTreeSet::new();
             for &(a, b) in &pending {
                 let (pa, pb) = (&self.state.pods[a], &self.state.pods[b]);
-                let ok = match pb.ip {
+                let mut ok = match pb.ip {
                     Some(ip) => self.ping_from(pa, IpAddr::V4(ip), wait).unwrap_or(false),
                     None => false,
                 };
+                // A dual-stack lab: IPv6 too.
+                if ok && self.state.spec.dual_stack {
+                    ok = match pb.ip6 {
+                        Some(ip) => self.ping_from(pa, IpAddr::V6(ip), wait).unwrap_or(false),
+                        None => false,
+                    };
+                }
                 if !ok {
                     still.insert((a, b));
                 }

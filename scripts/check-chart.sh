@@ -10,7 +10,8 @@
 #      against its values; every key of docs/configuration.md must be a chart value;
 #   5. validates every rendering with kubernetes-validate in strict mode (Kubernetes 1.33 and
 #      1.37 schemas) plus HeadCNI's deployment rules (scripts/validate-deploy.sh);
-#   6. deploy/headcni.yaml equals the default rendering (scripts/render-manifest.sh).
+#   6. deploy/headcni.yaml equals the default rendering, deploy/headcni-daemon-mode.yaml the
+#      daemon-mode one (scripts/render-manifest.sh).
 # The virtualenv is ${CARGO_TARGET_DIR:-target}/chart-venv, pinned (scripts/lib/chart-venv.sh);
 # if pip cannot reach PyPI this fails, it never skips.
 set -euo pipefail
@@ -28,10 +29,13 @@ echo "== helm lint, values schema, render every mode (Helm $("$CHART_PY" -c 'imp
 echo "== kubernetes-validate (strict) and deployment rules on every rendering" >&2
 HEADCNI_VALIDATE_VENV="$CHART_VENV" bash scripts/validate-deploy.sh "$out"/*.yaml
 
-echo "== deploy/headcni.yaml is the chart's default rendering" >&2
+echo "== deploy/headcni.yaml and deploy/headcni-daemon-mode.yaml are the chart's renderings" >&2
 "$CHART_PY" scripts/lib/chart.py manifest "$out/headcni.yaml"
-if ! diff -u deploy/headcni.yaml "$out/headcni.yaml"; then
-    echo "check-chart: deploy/headcni.yaml differs from the chart's rendering: run scripts/render-manifest.sh" >&2
-    exit 1
-fi
-echo "chart ok: lint, schema, $(find "$out" -name '*.yaml' ! -name headcni.yaml | wc -l) renderings valid, deploy/headcni.yaml up to date"
+"$CHART_PY" scripts/lib/chart.py manifest-daemon "$out/headcni-daemon-mode.yaml"
+for f in headcni.yaml headcni-daemon-mode.yaml; do
+    if ! diff -u "deploy/$f" "$out/$f"; then
+        echo "check-chart: deploy/$f differs from the chart's rendering: run scripts/render-manifest.sh" >&2
+        exit 1
+    fi
+done
+echo "chart ok: lint, schema, $(find "$out" -name '*.yaml' ! -name headcni.yaml ! -name headcni-daemon-mode.yaml | wc -l) renderings valid, deploy/headcni.yaml and deploy/headcni-daemon-mode.yaml up to date"

@@ -24,6 +24,7 @@ pub mod image;
 pub mod manifest;
 pub mod ns;
 pub mod scale;
+pub mod tailscale_pkg;
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
@@ -159,8 +160,9 @@ pub struct LabSpec {
     pub masquerade_ipv6: bool,
     /// Image mode ([`image`]): each node's daemon runs from this container image (in the
     /// host's podman store, e.g. `localhost/headcni:0.1.0` from `scripts/build-image.sh`)
-    /// as deploy/headcni.yaml's DaemonSet runs it. Host mode only: with [`Mode::Daemon`]
-    /// the daemon runs from `bin_dir` (the image holds no tailscaled).
+    /// as deploy/headcni.yaml's DaemonSet runs it, or with [`Mode::Daemon`] as
+    /// deploy/headcni-daemon-mode.yaml's does (the `tailscaled-standin` of `bin_dir` as the
+    /// node's tailscaled, [`tailscale_pkg`]).
     #[serde(default)]
     pub image: Option<String>,
     /// Chain Debian's `portmap` after `headcni` (default). Its plugins support CNI ≤ 1.0.0,
@@ -774,8 +776,12 @@ impl Lab {
         }
         if let Some((img, pod)) = self.image_node(n)? {
             progress(format!(
-                "node-{n}: image mode: {} (deploy/headcni.yaml)",
-                img.image
+                "node-{n}: image mode: {} ({})",
+                img.image,
+                match self.state.spec.mode {
+                    Mode::Host => "deploy/headcni.yaml",
+                    Mode::Daemon => "deploy/headcni-daemon-mode.yaml",
+                }
             ));
             img.prepare(&pod, &self.shared().join("api-key"))?;
         }

@@ -50,7 +50,7 @@ fn up(spec: LabSpec) -> (Lab, Guard) {
     let _ = Lab::down(&spec.name);
     let guard = Guard(spec.name.clone());
     let lab = Lab::up(spec).unwrap_or_else(|e| panic!("lab up: {e:#}"));
-    if std::env::var_os(IMAGE_ENV).is_some() && lab.spec().mode == Mode::Host {
+    if std::env::var_os(IMAGE_ENV).is_some() {
         assert_daemons_run_from_the_image(&lab);
     }
     (lab, guard)
@@ -58,18 +58,37 @@ fn up(spec: LabSpec) -> (Lab, Guard) {
 
 /// Image mode (`HEADCNI_LAB_IMAGE`): every node's daemon process has the image's root file
 /// system (`/usr/local/bin/headcni-daemon` is not on this machine) with the ConfigMap's
-/// `config.toml` mounted where deploy/headcni.yaml mounts it.
+/// `config.toml` mounted where deploy/headcni.yaml (deploy/headcni-daemon-mode.yaml in daemon
+/// mode) mounts it, of the lab's tailnet mode; in daemon mode the node's tailscaled binary is
+/// mounted where that manifest's `daemonMode.tailscaledHostPath` says.
 fn assert_daemons_run_from_the_image(lab: &Lab) {
     assert!(lab.image_mode());
+    let mode = match lab.spec().mode {
+        Mode::Host => "host",
+        Mode::Daemon => "daemon",
+    };
     for node in lab.nodes().values() {
         let pid = node.daemon_pid.expect("a daemon pid");
         let root = std::path::PathBuf::from(format!("/proc/{pid}/root"));
         assert!(
-            root.join("usr/local/bin/headcni-daemon").is_file()
-                && root.join("etc/headcni/config.toml").is_file(),
+            root.join("usr/local/bin/headcni-daemon").is_file(),
             "{}'s daemon (pid {pid}) does not run from the image",
             node.name
         );
+        let cfg = std::fs::read_to_string(root.join("etc/headcni/config.toml"))
+            .unwrap_or_else(|e| panic!("{}'s daemon has no config.toml: {e}", node.name));
+        assert!(
+            cfg.contains(&format!("mode = \"{mode}\"")),
+            "{}'s daemon runs the wrong manifest: {cfg}",
+            node.name
+        );
+        if lab.spec().mode == Mode::Daemon {
+            assert!(
+                root.join("usr/local/sbin/tailscaled").is_file(),
+                "{}'s daemon container has no tailscaled at the manifest's hostPath",
+                node.name
+            );
+        }
     }
 }
 
@@ -611,10 +630,17 @@ fn daemon_mode_bootstrap_during_a_headscale_outage_recovers_by_itself() {
         },
     )
     .unwrap();
+    // The daemon's state_dir: the lab configuration's, or in image mode the manifest's
+    // hostPath (the node's own directory).
+    let state_dir = if lab.image_mode() {
+        "/var/lib/headcni"
+    } else {
+        "/run/headcni/state"
+    };
     let state = run_in(
         &lab,
         "node-2",
-        &["sh", "-c", "ls /run/headcni/state/tailscaled/"],
+        &["sh", "-c", &format!("ls {state_dir}/tailscaled/")],
     );
     assert!(
         String::from_utf8_lossy(&state.stdout).contains("tailscaled.state"),

@@ -78,7 +78,8 @@ enum Cmd {
         no_install: bool,
         /// Run each node's daemon from this container image (default
         /// localhost/headcni:<version>, built by scripts/build-image.sh) with podman, as
-        /// deploy/headcni.yaml's DaemonSet runs it. Host mode only.
+        /// deploy/headcni.yaml's DaemonSet runs it (with --mode daemon:
+        /// deploy/headcni-daemon-mode.yaml's).
         #[arg(long, num_args = 0..=1, default_missing_value = DEFAULT_IMAGE, value_name = "IMAGE")]
         image: Option<String>,
     },
@@ -354,9 +355,6 @@ fn run(cli: Cli) -> Result<ExitCode> {
             spec.dual_stack = dual_stack;
             spec.masquerade_ipv6 = masquerade_ipv6;
             if let Some(image) = image {
-                if mode == Mode::Daemon {
-                    bail!("--image runs the DaemonSet's host mode only: drop --mode daemon");
-                }
                 if which("podman").is_none() {
                     bail!("--image needs podman: apt-get install podman");
                 }

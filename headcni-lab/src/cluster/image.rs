@@ -1,6 +1,7 @@
 //! Image mode (`headcni lab up --image IMAGE`, or `HEADCNI_LAB_IMAGE`): each node's daemon runs
 //! from the container image `scripts/build-image.sh` builds, with podman, exactly as the
-//! DaemonSet of `deploy/headcni.yaml` runs it ([`super::manifest`]): the init containers
+//! DaemonSet of `deploy/headcni.yaml` (host mode) or `deploy/headcni-daemon-mode.yaml` (daemon
+//! mode) runs it ([`super::manifest`]): the init containers
 //! (`headcni install` into the CNI bin dir), then the daemon container, privileged, in the
 //! node's network namespace (the pod's `hostNetwork`), with every
 //! `hostPath` mounted where the manifest mounts it, the ConfigMap's `config.toml` and the
@@ -17,7 +18,8 @@
 //! path that does not exist on the machine (e.g. `/opt/cni/bin`) is made without touching the
 //! host: its deepest existing ancestor is replaced, in the node's mount namespace only, by a
 //! tmpfs that holds a bind mount of each of the ancestor's entries plus the missing
-//! directories.
+//! directories. A `hostPath` file (`type: File`: daemon mode's tailscaled) is bind-mounted
+//! the same way, from the file the lab provides ([`super::tailscale_pkg`]).
 //!
 //! Node-specific values the ConfigMap cannot know go in through the daemon's documented
 //! `HEADCNI_<SECTION>_<KEY>` overrides (headcni-node `config/env.rs`): the PodCIDR (no
@@ -63,11 +65,30 @@ pub struct NodeImage {
     pub node_name: String,
     /// `HEADCNI_<SECTION>_<KEY>` overrides for this node's daemon.
     pub overrides: Vec<(String, String)>,
+    /// The manifest's `hostPath` files: (path on the node, the file on this machine that the
+    /// lab bind-mounts there in the node's mount namespace).
+    pub host_files: Vec<(PathBuf, PathBuf)>,
+    /// Extra read-only mounts of the daemon container: (file on this machine, path in the
+    /// container); daemon mode's stand-in runtime ([`super::tailscale_pkg::runtime_mounts`]).
+    pub daemon_extra_mounts: Vec<(PathBuf, PathBuf)>,
 }
 
-/// The DaemonSet this lab follows.
-pub fn daemonset() -> Result<DaemonSetPod> {
-    super::manifest::parse(super::manifest::DEPLOY_MANIFEST).context("deploy/headcni.yaml")
+/// The DaemonSet this lab follows: `deploy/headcni.yaml` in host mode,
+/// `deploy/headcni-daemon-mode.yaml` in daemon mode.
+pub fn daemonset(mode: super::Mode) -> Result<DaemonSetPod> {
+    match mode {
+        super::Mode::Host => {
+            super::manifest::parse(super::manifest::DEPLOY_MANIFEST).context("deploy/headcni.yaml")
+        }
+        super::Mode::Daemon => super::manifest::parse(super::manifest::DAEMON_MODE_MANIFEST)
+            .context("deploy/headcni-daemon-mode.yaml"),
+    }
+}
+
+/// The ConfigMap's `[tailscale] tailscaled_path`, if set.
+pub fn tailscaled_path(pod: &DaemonSetPod) -> Result<Option<String>> {
+    let t = toml_lite::parse(&config_toml(pod)?)?;
+    Ok(t.get("tailscale", "tailscaled_path").map(String::from))
 }
 
 /// `/var/run/...` → `/run/...` (Debian's `/var/run` is a symlink to `/run`).
@@ -198,8 +219,17 @@ impl NodeImage {
         }
         let node_dir = self.node_dir.clone();
         let paths = host_paths.clone();
+        let files = self.host_files.clone();
+        for (host, _) in pod.host_files() {
+            if !files.iter().any(|(p, _)| p == Path::new(&host)) {
+                bail!(
+                    "{}: the manifest's hostPath file {host} has no source",
+                    self.node_name
+                );
+            }
+        }
         self.ctx
-            .run(move || mount_host_paths(&node_dir, &paths))?
+            .run(move || mount_host_paths(&node_dir, &paths, &files))?
             .with_context(|| format!("{}: the manifest's host paths", self.node_name))?;
         self.write_volumes(pod, api_key)?;
         // The runtime's reference plugins (the chained portmap), where a node's package
@@ -267,7 +297,7 @@ impl NodeImage {
                         std::fs::set_permissions(&f, std::fs::Permissions::from_mode(*mode))?;
                     }
                 }
-                Volume::HostPath(_) | Volume::EmptyDir { .. } => {}
+                Volume::HostPath(_) | Volume::HostFile(_) | Volume::EmptyDir { .. } => {}
             }
         }
         Ok(())
@@ -328,7 +358,7 @@ impl NodeImage {
         for m in &c.mounts {
             let ro = if m.read_only { ":ro" } else { "" };
             match pod.volumes.get(&m.volume) {
-                Some(Volume::HostPath(p)) => {
+                Some(Volume::HostPath(p) | Volume::HostFile(p)) => {
                     // The node's path (podman resolves it in the node's mount namespace).
                     a.push(format!(
                         "--volume={}:{}{ro}",
@@ -373,6 +403,9 @@ impl NodeImage {
         if c.name == pod.daemon.name {
             for (k, v) in &self.overrides {
                 a.push(format!("--env={k}={v}"));
+            }
+            for (src, dst) in &self.daemon_extra_mounts {
+                a.push(format!("--volume={}:{}:ro", src.display(), dst.display()));
             }
         }
         let (entry, rest) = c
@@ -461,16 +494,30 @@ impl NodeImage {
 }
 
 impl super::Lab {
-    /// Node N's image-mode view and the DaemonSet, when the lab runs in image mode (an
-    /// image is set and the tailnet mode is host mode).
+    /// Node N's image-mode view and the DaemonSet of the lab's tailnet mode, when the lab
+    /// runs in image mode (an image is set).
     pub(super) fn image_node(&self, n: u32) -> Result<Option<(NodeImage, DaemonSetPod)>> {
         let spec = &self.state.spec;
-        let Some(image) = spec
-            .image
-            .clone()
-            .filter(|_| spec.mode == super::Mode::Host)
-        else {
+        let Some(image) = spec.image.clone() else {
             return Ok(None);
+        };
+        let pod = daemonset(spec.mode)?;
+        let (host_files, daemon_extra_mounts) = match spec.mode {
+            super::Mode::Host => (Vec::new(), Vec::new()),
+            super::Mode::Daemon => {
+                let standin = self.bin("tailscaled-standin");
+                let files = super::tailscale_pkg::host_files(
+                    &pod,
+                    tailscaled_path(&pod)?.as_deref(),
+                    &standin,
+                )?;
+                let path = std::env::var("PATH").unwrap_or_default();
+                let wg = crate::prereq::find_in_path(&path, "wireguard-go").ok_or_else(|| {
+                    anyhow!("wireguard-go is not on PATH (the tailscaled stand-in runs it)")
+                })?;
+                let mounts = super::tailscale_pkg::runtime_mounts(&standin, &wg)?;
+                (files, mounts)
+            }
         };
         let node = self.node(n)?;
         let approval = match spec.approval {
@@ -501,8 +548,10 @@ impl super::Lab {
                 shared: self.shared(),
                 node_name: node.name.clone(),
                 overrides,
+                host_files,
+                daemon_extra_mounts,
             },
-            daemonset()?,
+            pod,
         )))
     }
 
@@ -510,7 +559,7 @@ impl super::Lab {
     /// the init container installed the plugin), else [`super::chain::cni_path`].
     pub(super) fn cni_path(&self) -> Result<Vec<PathBuf>> {
         if self.image_mode() {
-            return Ok(vec![node_cni_dirs(&daemonset()?)?.0]);
+            return Ok(vec![node_cni_dirs(&daemonset(self.state.spec.mode)?)?.0]);
         }
         Ok(super::chain::cni_path(&self.state.spec.bin_dir))
     }
@@ -519,14 +568,14 @@ impl super::Lab {
     /// `[cni] conf_dir`, else the lab configuration's `/run/cni/net.d`.
     pub(super) fn conf_dir(&self) -> Result<PathBuf> {
         if self.image_mode() {
-            return Ok(node_cni_dirs(&daemonset()?)?.1);
+            return Ok(node_cni_dirs(&daemonset(self.state.spec.mode)?)?.1);
         }
         Ok(PathBuf::from("/run/cni/net.d"))
     }
 
-    /// True when node daemons run from the image.
+    /// True when node daemons run from the image (host or daemon mode).
     pub fn image_mode(&self) -> bool {
-        self.state.spec.image.is_some() && self.state.spec.mode == super::Mode::Host
+        self.state.spec.image.is_some()
     }
 }
 
@@ -549,8 +598,13 @@ fn quantity_bytes(q: &str) -> Option<u64> {
 }
 
 /// Inside the node's mount namespace: the node's own directory over every host path outside
-/// `/run` (those under `/run` are made in the node's private `/run`).
-fn mount_host_paths(node_dir: &Path, paths: &[PathBuf]) -> io::Result<()> {
+/// `/run` (those under `/run` are made in the node's private `/run`), then each host file
+/// `(path, source)`: `source` bind-mounted read-only at `path`, made here only if missing.
+fn mount_host_paths(
+    node_dir: &Path,
+    paths: &[PathBuf],
+    files: &[(PathBuf, PathBuf)],
+) -> io::Result<()> {
     let mut replaced: Vec<PathBuf> = Vec::new();
     for (i, p) in paths.iter().enumerate() {
         if p.starts_with("/run") {
@@ -563,7 +617,41 @@ fn mount_host_paths(node_dir: &Path, paths: &[PathBuf]) -> io::Result<()> {
             io::Error::other(format!("bind {} over {}: {e}", src.display(), p.display()))
         })?;
     }
+    for (i, (p, src)) in files.iter().enumerate() {
+        ensure_file(p, &mut replaced, paths.len() + i)?;
+        let err = |e: nix::Error| {
+            io::Error::other(format!("bind {} at {}: {e}", src.display(), p.display()))
+        };
+        mount(Some(src), p, None::<&str>, MsFlags::MS_BIND, None::<&str>).map_err(err)?;
+        mount(
+            None::<&str>,
+            p,
+            None::<&str>,
+            MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
+            None::<&str>,
+        )
+        .map_err(err)?;
+    }
     Ok(())
+}
+
+/// Makes file `p` exist (empty, as a mount point) in this mount namespace without creating
+/// anything on the host's file systems: its directory is made by [`ensure_dir`], and when
+/// that directory is the host's own, it is first replaced (here only) by a tmpfs holding bind
+/// mounts of its entries.
+fn ensure_file(p: &Path, replaced: &mut Vec<PathBuf>, k: usize) -> io::Result<()> {
+    if p.is_file() {
+        return Ok(());
+    }
+    let dir = p
+        .parent()
+        .ok_or_else(|| io::Error::other(format!("{}: no directory", p.display())))?;
+    ensure_dir(dir, replaced, k)?;
+    if !replaced.iter().any(|r| dir.starts_with(r)) {
+        shadow_dir(dir, k)?;
+        replaced.push(dir.to_path_buf());
+    }
+    File::create(p).map(drop)
 }
 
 /// Makes directory `p` exist in this mount namespace without creating anything on the host's
@@ -584,55 +672,63 @@ fn ensure_dir(p: &Path, replaced: &mut Vec<PathBuf>, k: usize) -> io::Result<()>
         )));
     }
     if !replaced.iter().any(|r| anc.starts_with(r)) {
-        let stage = PathBuf::from(format!("/run/headcni-lab-stage-{k}"));
-        std::fs::create_dir_all(&stage)?;
-        let mode = std::fs::metadata(anc)?.permissions().mode() & 0o7777;
-        let err = |what: String| move |e: nix::Error| io::Error::other(format!("{what}: {e}"));
-        mount(
-            Some("tmpfs"),
-            &stage,
-            Some("tmpfs"),
-            MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-            Some(format!("mode={mode:o}").as_str()),
-        )
-        .map_err(err(format!("tmpfs for {}", anc.display())))?;
-        for e in std::fs::read_dir(anc)? {
-            let e = e?;
-            let ty = e.file_type()?;
-            let dst = stage.join(e.file_name());
-            if ty.is_symlink() {
-                std::os::unix::fs::symlink(std::fs::read_link(e.path())?, &dst)?;
-                continue;
-            }
-            if ty.is_dir() {
-                std::fs::create_dir(&dst)?;
-            } else {
-                File::create(&dst)?;
-            }
-            mount(
-                Some(&e.path()),
-                &dst,
-                None::<&str>,
-                MsFlags::MS_BIND | MsFlags::MS_REC,
-                None::<&str>,
-            )
-            .map_err(err(format!("bind {}", e.path().display())))?;
-        }
-        mount(
-            Some(&stage),
-            anc,
-            None::<&str>,
-            MsFlags::MS_MOVE,
-            None::<&str>,
-        )
-        .map_err(err(format!("move the tmpfs onto {}", anc.display())))?;
-        let _ = std::fs::remove_dir(&stage);
+        shadow_dir(anc, k)?;
         replaced.push(anc.to_path_buf());
     }
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o755)
         .create(p)
+}
+
+/// Replaces directory `anc`, in this mount namespace only, by a tmpfs (same mode) holding a
+/// bind mount of each of its entries (symlinks copied), so that new entries can be made in
+/// it without touching the host. `k` makes the staging directory's name unique.
+fn shadow_dir(anc: &Path, k: usize) -> io::Result<()> {
+    let stage = PathBuf::from(format!("/run/headcni-lab-stage-{k}"));
+    std::fs::create_dir_all(&stage)?;
+    let mode = std::fs::metadata(anc)?.permissions().mode() & 0o7777;
+    let err = |what: String| move |e: nix::Error| io::Error::other(format!("{what}: {e}"));
+    mount(
+        Some("tmpfs"),
+        &stage,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some(format!("mode={mode:o}").as_str()),
+    )
+    .map_err(err(format!("tmpfs for {}", anc.display())))?;
+    for e in std::fs::read_dir(anc)? {
+        let e = e?;
+        let ty = e.file_type()?;
+        let dst = stage.join(e.file_name());
+        if ty.is_symlink() {
+            std::os::unix::fs::symlink(std::fs::read_link(e.path())?, &dst)?;
+            continue;
+        }
+        if ty.is_dir() {
+            std::fs::create_dir(&dst)?;
+        } else {
+            File::create(&dst)?;
+        }
+        mount(
+            Some(&e.path()),
+            &dst,
+            None::<&str>,
+            MsFlags::MS_BIND | MsFlags::MS_REC,
+            None::<&str>,
+        )
+        .map_err(err(format!("bind {}", e.path().display())))?;
+    }
+    mount(
+        Some(&stage),
+        anc,
+        None::<&str>,
+        MsFlags::MS_MOVE,
+        None::<&str>,
+    )
+    .map_err(err(format!("move the tmpfs onto {}", anc.display())))?;
+    let _ = std::fs::remove_dir(&stage);
+    Ok(())
 }
 
 #[cfg(test)]
@@ -647,12 +743,14 @@ mod tests {
             shared: "/run/headcni-lab/x/shared".into(),
             node_name: "node-1".into(),
             overrides: vec![("HEADCNI_NODE_POD_CIDR".into(), "10.244.1.0/24".into())],
+            host_files: Vec::new(),
+            daemon_extra_mounts: Vec::new(),
         }
     }
 
     #[test]
     fn the_daemon_container_gets_every_host_mount_of_the_manifest() {
-        let pod = daemonset().unwrap();
+        let pod = daemonset(super::super::Mode::Host).unwrap();
         let args = node().container_args(&pod, &pod.daemon).unwrap();
         for (host, _) in pod.host_paths() {
             let Some(m) = pod.daemon_mount_of(&host) else {
@@ -693,7 +791,7 @@ mod tests {
 
     #[test]
     fn the_cni_dirs_come_from_the_configmap() {
-        let pod = daemonset().unwrap();
+        let pod = daemonset(super::super::Mode::Host).unwrap();
         assert_eq!(
             node_cni_dirs(&pod).unwrap(),
             (

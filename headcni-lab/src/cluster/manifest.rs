@@ -1,6 +1,8 @@
-//! The DaemonSet of `deploy/headcni.yaml` (the chart rendered with its default values), read
-//! as a kubelet would: the daemon container and its init containers (command, args, env,
-//! volume mounts, privileged, read-only root), the pod's volumes (`hostPath`, the ConfigMap,
+//! The DaemonSet of `deploy/headcni.yaml` (the chart rendered with its default values: host
+//! mode) or of `deploy/headcni-daemon-mode.yaml` (the chart in daemon mode), read as a kubelet
+//! would: the daemon container and its init containers (command, args, env,
+//! volume mounts, privileged, read-only root), the pod's volumes (`hostPath` directories and
+//! files, the ConfigMap,
 //! the Secret, `emptyDir`) and the ConfigMap's data. The lab's image mode
 //! ([`super::image`]) runs each node's daemon from exactly these.
 //!
@@ -15,6 +17,11 @@ use serde_json::Value;
 /// The manifest the lab's image mode follows, compiled in: the checked-in rendering of the
 /// chart (scripts/check-chart.sh keeps it equal to `deploy/chart/headcni`'s rendering).
 pub const DEPLOY_MANIFEST: &str = include_str!("../../../deploy/headcni.yaml");
+
+/// The daemon-mode manifest, compiled in: the chart rendered with `mode: daemon` and
+/// `daemonMode.tailscaledHostPath: /usr/local/sbin/tailscaled` (scripts/render-manifest.sh;
+/// scripts/check-chart.sh keeps it equal to the rendering).
+pub const DAEMON_MODE_MANIFEST: &str = include_str!("../../../deploy/headcni-daemon-mode.yaml");
 
 /// Upper bound on the manifest text (a rendered chart is a few KiB).
 const MAX_MANIFEST_BYTES: usize = 1 << 20;
@@ -72,8 +79,11 @@ pub struct Container {
 /// A pod volume.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Volume {
-    /// `hostPath.path`.
+    /// `hostPath.path` of a directory (`type` `DirectoryOrCreate`, `Directory` or unset).
     HostPath(String),
+    /// `hostPath.path` with `type: File`: a file that must exist on the node (kubelet refuses
+    /// to start the pod otherwise), e.g. daemon mode's tailscaled binary.
+    HostFile(String),
     /// `configMap`: its name and the `items` (key, path in the volume).
     ConfigMap {
         /// `configMap.name`.
@@ -128,6 +138,18 @@ impl DaemonSetPod {
             }
         }
         out
+    }
+
+    /// Every `hostPath` file (`type: File`) the daemon container mounts: (host path, mount).
+    pub fn host_files(&self) -> Vec<(String, &Mount)> {
+        self.daemon
+            .mounts
+            .iter()
+            .filter_map(|m| match self.volumes.get(&m.volume) {
+                Some(Volume::HostFile(p)) => Some((p.clone(), m)),
+                _ => None,
+            })
+            .collect()
     }
 
     /// Where the daemon container mounts the `hostPath` `host`, if it does.
@@ -218,7 +240,13 @@ fn container(c: &Value) -> Result<Container, ManifestError> {
 fn volume(v: &Value) -> Result<Volume, ManifestError> {
     let name = v["name"].as_str().unwrap_or("?");
     if let Some(p) = v["hostPath"]["path"].as_str() {
-        return Ok(Volume::HostPath(p.into()));
+        return match v["hostPath"]["type"].as_str() {
+            Some("File") => Ok(Volume::HostFile(p.into())),
+            None | Some("" | "Directory" | "DirectoryOrCreate") => Ok(Volume::HostPath(p.into())),
+            Some(t) => Err(shape(format!(
+                "volume {name}: hostPath type {t} is not modelled"
+            ))),
+        };
     }
     if let Some(n) = v["configMap"]["name"].as_str() {
         return Ok(Volume::ConfigMap {
@@ -355,6 +383,35 @@ mod tests {
         assert!(cm["config.toml"].contains("[cni]"));
         assert_eq!(pod.init.len(), 1);
         assert!(pod.init[0].argv.iter().any(|a| a == "install"));
+    }
+
+    #[test]
+    fn the_daemon_mode_manifest_mounts_the_nodes_tailscaled_binary() {
+        let pod = parse(DAEMON_MODE_MANIFEST).expect("deploy/headcni-daemon-mode.yaml");
+        let files = pod.host_files();
+        assert_eq!(files.len(), 1, "{files:?}");
+        let (host, mount) = &files[0];
+        assert_eq!(host, "/usr/local/sbin/tailscaled");
+        assert_eq!(mount.path, "/usr/local/sbin/tailscaled");
+        assert!(mount.read_only);
+        // A file, never a directory the lab would make.
+        assert!(!pod.host_paths().iter().any(|(p, _)| p == host));
+        let cfg = &pod.config_maps.values().next().expect("a ConfigMap")["config.toml"];
+        assert!(cfg.contains("mode = \"daemon\""), "{cfg}");
+        assert!(
+            cfg.contains("tailscaled_path = \"/usr/local/sbin/tailscaled\""),
+            "{cfg}"
+        );
+        // Its LocalAPI socket and state live in the pod's hostPaths.
+        let hosts: Vec<String> = pod.host_paths().into_iter().map(|(p, _)| p).collect();
+        assert!(hosts.contains(&"/run/headcni".to_string()), "{hosts:?}");
+        assert!(hosts.contains(&"/var/lib/headcni".to_string()), "{hosts:?}");
+    }
+
+    #[test]
+    fn an_unmodelled_host_path_type_is_refused() {
+        let bad = "kind: DaemonSet\nspec:\n  template:\n    spec:\n      containers:\n        - name: d\n          command: [x]\n      volumes: [{name: s, hostPath: {path: /run/x.sock, type: Socket}}]\n";
+        assert!(matches!(parse(bad), Err(ManifestError::Shape(m)) if m.contains("Socket")));
     }
 
     #[test]

@@ -68,9 +68,9 @@ pub struct NodeImage {
     /// The manifest's `hostPath` files: (path on the node, the file on this machine that the
     /// lab bind-mounts there in the node's mount namespace).
     pub host_files: Vec<(PathBuf, PathBuf)>,
-    /// Extra read-only mounts of the daemon container: (file on this machine, path in the
-    /// container); daemon mode's stand-in runtime ([`super::tailscale_pkg::runtime_mounts`]).
-    pub daemon_extra_mounts: Vec<(PathBuf, PathBuf)>,
+    /// Extra `podman run` arguments of the daemon container: daemon mode's stand-in runtime
+    /// ([`super::tailscale_pkg::runtime_args`]).
+    pub daemon_extra_args: Vec<String>,
 }
 
 /// The DaemonSet this lab follows: `deploy/headcni.yaml` in host mode,
@@ -218,7 +218,11 @@ impl NodeImage {
             }
         }
         let node_dir = self.node_dir.clone();
-        let paths = host_paths.clone();
+        let mut paths = host_paths.clone();
+        if !self.daemon_extra_args.is_empty() {
+            // The stand-in runtime's UAPI directory, in the node's private /run.
+            paths.push(PathBuf::from(super::tailscale_pkg::NODE_WIREGUARD_DIR));
+        }
         let files = self.host_files.clone();
         for (host, _) in pod.host_files() {
             if !files.iter().any(|(p, _)| p == Path::new(&host)) {
@@ -404,9 +408,7 @@ impl NodeImage {
             for (k, v) in &self.overrides {
                 a.push(format!("--env={k}={v}"));
             }
-            for (src, dst) in &self.daemon_extra_mounts {
-                a.push(format!("--volume={}:{}:ro", src.display(), dst.display()));
-            }
+            a.extend(self.daemon_extra_args.iter().cloned());
         }
         let (entry, rest) = c
             .argv
@@ -502,7 +504,7 @@ impl super::Lab {
             return Ok(None);
         };
         let pod = daemonset(spec.mode)?;
-        let (host_files, daemon_extra_mounts) = match spec.mode {
+        let (host_files, daemon_extra_args) = match spec.mode {
             super::Mode::Host => (Vec::new(), Vec::new()),
             super::Mode::Daemon => {
                 let standin = self.bin("tailscaled-standin");
@@ -515,8 +517,8 @@ impl super::Lab {
                 let wg = crate::prereq::find_in_path(&path, "wireguard-go").ok_or_else(|| {
                     anyhow!("wireguard-go is not on PATH (the tailscaled stand-in runs it)")
                 })?;
-                let mounts = super::tailscale_pkg::runtime_mounts(&standin, &wg)?;
-                (files, mounts)
+                let args = super::tailscale_pkg::runtime_args(&standin, &wg)?;
+                (files, args)
             }
         };
         let node = self.node(n)?;
@@ -549,7 +551,7 @@ impl super::Lab {
                 node_name: node.name.clone(),
                 overrides,
                 host_files,
-                daemon_extra_mounts,
+                daemon_extra_args,
             },
             pod,
         )))
@@ -744,7 +746,7 @@ mod tests {
             node_name: "node-1".into(),
             overrides: vec![("HEADCNI_NODE_POD_CIDR".into(), "10.244.1.0/24".into())],
             host_files: Vec::new(),
-            daemon_extra_mounts: Vec::new(),
+            daemon_extra_args: Vec::new(),
         }
     }
 

@@ -9,7 +9,11 @@
 //! `wireguard-go`. So the daemon container also gets, read-only, `wireguard-go` at
 //! `/usr/bin/wireguard-go` (on the image's `PATH`) and every shared library the two need that
 //! is not glibc's core (`libc.so.6` and the loader, which the image carries for `nft`), at its
-//! canonical path (e.g. `libgcc_s.so.1`). Those are the stand-in's runtime, not HeadCNI's.
+//! canonical path (e.g. `libgcc_s.so.1`), plus the node's own `/run/wireguard` at both
+//! `/run/wireguard` (where the stand-in looks for wireguard-go's UAPI socket) and
+//! `/var/run/wireguard` (where wireguard-go makes it): the image's root is read-only and has
+//! no `/var/run` → `/run` symlink.
+//! Those are the stand-in's runtime, not HeadCNI's.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -21,6 +25,13 @@ use super::manifest::DaemonSetPod;
 /// Where the stand-in's `wireguard-go` goes in the daemon container (the image's `PATH` is
 /// `/usr/local/bin:/usr/sbin:/usr/bin`).
 pub const WIREGUARD_GO_IN_CONTAINER: &str = "/usr/bin/wireguard-go";
+
+/// wireguard-go's UAPI socket directory (wireguard-go `ipc/uapi_unix.go`, `socketDirectory`).
+pub const WIREGUARD_RUN_DIR: &str = "/var/run/wireguard";
+
+/// The node's own directory behind it (in the node's private `/run`), where the stand-in
+/// reads the UAPI socket (`tailscaled_standin.rs`).
+pub const NODE_WIREGUARD_DIR: &str = "/run/wireguard";
 
 /// Upper bound on `ldd`'s output read (a few dozen lines for these binaries).
 const MAX_LDD_BYTES: usize = 64 << 10;
@@ -53,8 +64,24 @@ pub fn host_files(
     Ok(out)
 }
 
-/// The stand-in's runtime for the daemon container: (file on this machine, path in the
-/// container), each mounted read-only. `wireguard_go` is the machine's `wireguard-go`.
+/// The stand-in's runtime for the daemon container as `podman run` arguments: every file of
+/// [`runtime_mounts`] read-only, and the node's [`NODE_WIREGUARD_DIR`] at itself and at
+/// [`WIREGUARD_RUN_DIR`]. `wireguard_go` is the
+/// machine's `wireguard-go`.
+///
+/// Errors: `ldd` cannot run or fails on one of the binaries.
+pub fn runtime_args(standin: &Path, wireguard_go: &Path) -> Result<Vec<String>> {
+    let mut args: Vec<String> = runtime_mounts(standin, wireguard_go)?
+        .into_iter()
+        .map(|(src, dst)| format!("--volume={}:{}:ro", src.display(), dst.display()))
+        .collect();
+    for dst in [NODE_WIREGUARD_DIR, WIREGUARD_RUN_DIR] {
+        args.push(format!("--volume={NODE_WIREGUARD_DIR}:{dst}"));
+    }
+    Ok(args)
+}
+
+/// The files of [`runtime_args`]: (file on this machine, path in the container).
 ///
 /// Errors: `ldd` cannot run or fails on one of the binaries.
 pub fn runtime_mounts(standin: &Path, wireguard_go: &Path) -> Result<Vec<(PathBuf, PathBuf)>> {

@@ -47,8 +47,8 @@ cargo test --workspace --quiet --no-fail-fast -- --test-threads=4 2>&1 | tee "$t
 
 # The lab's end-to-end scenarios again with every node's daemon run from the container image,
 # as deploy/headcni.yaml's DaemonSet runs it (`headcni lab up --image`): proves the manifest's
-# host paths, mounts and environment, not just its schema. Daemon-mode scenarios run from the
-# binaries (the image holds no tailscaled).
+# host paths, mounts and environment, not just its schema. Daemon-mode scenarios follow
+# deploy/headcni-daemon-mode.yaml (the node's tailscaled at the chart's tailscaledHostPath).
 echo "== container image (scripts/build-image.sh)" >&2
 image_start=$SECONDS
 image_out="$(scripts/build-image.sh)"

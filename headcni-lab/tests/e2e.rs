@@ -753,9 +753,13 @@ fn daemon_mode_v025_api() {
 /// runs no STATUS at all (`Lab::cni_status` applies that gate; checked below).
 #[test]
 fn cni_status_is_51_until_the_route_is_approved() {
+    // The binaries' lab chains Debian's portmap (image mode follows the manifest's
+    // ConfigMap, which chains nothing), so this part runs from the binaries in both runs.
     let mut plain = spec(&unique("e2et"), 1, 0);
     plain.image = None;
-    let (portmap_lab, _g1) = up(plain);
+    let _ = Lab::down(&plain.name);
+    let _g1 = Guard(plain.name.clone());
+    let portmap_lab = Lab::up(plain).unwrap_or_else(|e| panic!("lab up: {e:#}"));
     assert_eq!(
         libcni_list_version(&portmap_lab.conflist(1).unwrap()).as_deref(),
         Some("1.0.0"),

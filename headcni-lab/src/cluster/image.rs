@@ -50,6 +50,30 @@ const ULIMITS: &[&str] = &[
     "nproc=4096:4096",
 ];
 
+/// `config.toml` with `chained = []` in its `[cni]` table (which must exist and must not set
+/// `chained` already).
+///
+/// Errors: no `[cni]` table, or one that sets `chained`.
+fn without_chain(toml: &str) -> Result<String> {
+    if toml.lines().any(|l| l.trim_start().starts_with("chained")) {
+        bail!("the ConfigMap's config.toml sets [cni] chained already");
+    }
+    let mut out = String::with_capacity(toml.len() + 16);
+    let mut done = false;
+    for line in toml.lines() {
+        out.push_str(line);
+        out.push('\n');
+        if !done && line.trim() == "[cni]" {
+            out.push_str("chained = []\n");
+            done = true;
+        }
+    }
+    if !done {
+        bail!("the ConfigMap's config.toml has no [cni] table");
+    }
+    Ok(out)
+}
+
 /// The per-node view of the lab that image mode needs.
 #[derive(Debug, Clone)]
 pub struct NodeImage {
@@ -71,6 +95,10 @@ pub struct NodeImage {
     /// Extra `podman run` arguments of the daemon container: daemon mode's stand-in runtime
     /// ([`super::tailscale_pkg::runtime_args`]).
     pub daemon_extra_args: Vec<String>,
+    /// Chain nothing after `headcni` ([`super::LabSpec::chain_portmap`] off): the projected
+    /// `config.toml` gets `chained = []` in `[cni]`, as the chart's `config.cni.chained: []`
+    /// renders it.
+    pub no_chain: bool,
 }
 
 /// The DaemonSet this lab follows: `deploy/headcni.yaml` in host mode,
@@ -286,6 +314,11 @@ impl NodeImage {
                         let text = data
                             .get(key)
                             .ok_or_else(|| anyhow!("ConfigMap {cm} has no key {key}"))?;
+                        let text = if self.no_chain && key == "config.toml" {
+                            without_chain(text)?
+                        } else {
+                            text.clone()
+                        };
                         std::fs::write(dir.join(path), text)?;
                     }
                 }
@@ -552,6 +585,7 @@ impl super::Lab {
                 overrides,
                 host_files,
                 daemon_extra_args,
+                no_chain: !spec.chain_portmap,
             },
             pod,
         )))
@@ -737,6 +771,21 @@ fn shadow_dir(anc: &Path, k: usize) -> io::Result<()> {
 mod tests {
     use super::*;
 
+    #[test]
+    fn no_chain_puts_an_empty_chain_in_the_cni_table_of_the_configmap() {
+        let pod = super::super::manifest::parse(super::super::manifest::DEPLOY_MANIFEST).unwrap();
+        let toml = pod
+            .config_maps
+            .values()
+            .find_map(|m| m.get("config.toml").cloned())
+            .expect("the manifest's config.toml");
+        let out = without_chain(&toml).unwrap();
+        assert!(out.contains("[cni]\nchained = []\n"), "{out}");
+        assert_eq!(out.lines().count(), toml.lines().count() + 1);
+        assert!(without_chain(&out).is_err(), "chained is set once");
+        assert!(without_chain("[node]\n").is_err());
+    }
+
     fn node() -> NodeImage {
         NodeImage {
             image: "localhost/headcni:test".into(),
@@ -744,6 +793,7 @@ mod tests {
             node_dir: "/run/headcni-lab/x/shared/node-1".into(),
             shared: "/run/headcni-lab/x/shared".into(),
             node_name: "node-1".into(),
+            no_chain: false,
             overrides: vec![("HEADCNI_NODE_POD_CIDR".into(), "10.244.1.0/24".into())],
             host_files: Vec::new(),
             daemon_extra_args: Vec::new(),

@@ -109,24 +109,50 @@ fn exec_one(
     att: &Attachment,
     conf: &Value,
 ) -> Result<Exec, ChainError> {
-    let ty = conf["type"].as_str().unwrap_or_default().to_string();
-    let bin = find_plugin(ctx, cni_path, &ty).ok_or_else(|| ChainError::Spawn {
-        plugin: ty.clone(),
-        source: std::io::Error::new(std::io::ErrorKind::NotFound, "not in CNI_PATH"),
-    })?;
+    let ty = conf["type"].as_str().unwrap_or_default();
+    let exec = run_plugin(
+        ctx,
+        cni_path,
+        ty,
+        &[
+            ("CNI_COMMAND", command),
+            ("CNI_CONTAINERID", &att.container_id),
+            ("CNI_NETNS", &att.netns),
+            ("CNI_IFNAME", &att.ifname),
+            ("CNI_ARGS", &att.args),
+        ],
+        conf,
+    )?;
+    if exec.code != 0 {
+        return Err(ChainError::Plugin(Box::new(exec)));
+    }
+    Ok(exec)
+}
+
+/// Runs plugin `ty` (looked up in `cni_path` inside `ctx`) with a clean environment: `PATH`,
+/// `cni_env` and `CNI_PATH`; `conf` on stdin. Returns its outcome whatever the exit code.
+fn run_plugin(
+    ctx: &Ctx,
+    cni_path: &[PathBuf],
+    ty: &str,
+    cni_env: &[(&str, &str)],
+    conf: &Value,
+) -> Result<Exec, ChainError> {
     let spawn_err = |source| ChainError::Spawn {
-        plugin: ty.clone(),
+        plugin: ty.to_string(),
         source,
     };
+    let bin = find_plugin(ctx, cni_path, ty).ok_or_else(|| {
+        spawn_err(std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            "not in CNI_PATH",
+        ))
+    })?;
     let (mut cmd, fds) = ctx.command(&bin, false).map_err(spawn_err)?;
     let path = std::env::join_paths(cni_path).map_err(|e| spawn_err(std::io::Error::other(e)))?;
     cmd.env_clear()
         .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
-        .env("CNI_COMMAND", command)
-        .env("CNI_CONTAINERID", &att.container_id)
-        .env("CNI_NETNS", &att.netns)
-        .env("CNI_IFNAME", &att.ifname)
-        .env("CNI_ARGS", &att.args)
+        .envs(cni_env.iter().copied())
         .env("CNI_PATH", path)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -137,16 +163,12 @@ fn exec_one(
         let _ = stdin.write_all(conf.to_string().as_bytes());
     }
     let out = child.wait_with_output().map_err(spawn_err)?;
-    let exec = Exec {
-        plugin: ty,
+    Ok(Exec {
+        plugin: ty.to_string(),
         code: out.status.code().unwrap_or(-1),
         stdout: serde_json::from_slice(&out.stdout).ok(),
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    };
-    if exec.code != 0 {
-        return Err(ChainError::Plugin(Box::new(exec)));
-    }
-    Ok(exec)
+    })
 }
 
 fn plugins(list: &Value) -> Result<&Vec<Value>, ChainError> {
@@ -251,35 +273,7 @@ pub fn status(
         .ok_or_else(|| ChainError::Conflist(format!("no plugin of type {plugin}")))?;
     let mut conf = plugin_conf(list, p, None, &json!({}));
     conf["cniVersion"] = json!(version);
-    let bin = find_plugin(ctx, cni_path, plugin).ok_or_else(|| ChainError::Spawn {
-        plugin: plugin.to_string(),
-        source: std::io::Error::new(std::io::ErrorKind::NotFound, "not in CNI_PATH"),
-    })?;
-    let spawn_err = |source| ChainError::Spawn {
-        plugin: plugin.to_string(),
-        source,
-    };
-    let (mut cmd, fds) = ctx.command(&bin, false).map_err(spawn_err)?;
-    let path = std::env::join_paths(cni_path).map_err(|e| spawn_err(std::io::Error::other(e)))?;
-    cmd.env_clear()
-        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
-        .env("CNI_COMMAND", "STATUS")
-        .env("CNI_PATH", path)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = cmd.spawn().map_err(spawn_err)?;
-    drop(fds);
-    if let Some(mut stdin) = child.stdin.take() {
-        let _ = stdin.write_all(conf.to_string().as_bytes());
-    }
-    let out = child.wait_with_output().map_err(spawn_err)?;
-    Ok(Some(Exec {
-        plugin: plugin.to_string(),
-        code: out.status.code().unwrap_or(-1),
-        stdout: serde_json::from_slice(&out.stdout).ok(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }))
+    run_plugin(ctx, cni_path, plugin, &[("CNI_COMMAND", "STATUS")], &conf).map(Some)
 }
 
 /// The `CNI_PATH` the lab uses: the directory of the HeadCNI binaries, then Debian's reference
